@@ -1,0 +1,186 @@
+// Package api holds the wire types of idexd's control protocol: the objects
+// the server sends and the client decodes, in one place so that the two can
+// never disagree about a field name.
+package api
+
+import (
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+)
+
+// Version is the protocol version; every route lives under /v1/.
+const Version = "v1"
+
+// Mode says how the interpreter runs a script.
+type Mode string
+
+const (
+	// ModeScript runs `python3 SCRIPT ARGS`, as a student would in a terminal.
+	ModeScript Mode = "script"
+	// ModeRepl runs `python3 -i SCRIPT`: the script's variables stay for the REPL.
+	ModeRepl Mode = "repl"
+)
+
+// State is where a run is in its life.
+type State string
+
+const (
+	StateRunning State = "running"
+	StateEnded   State = "ended"
+)
+
+// Reason is the single reason a run ended.
+type Reason string
+
+const (
+	ReasonExited      Reason = "exited"
+	ReasonSignaled    Reason = "signaled"
+	ReasonOOMKilled   Reason = "oom_killed"
+	ReasonTimedOut    Reason = "timed_out"
+	ReasonOutputLimit Reason = "output_limit"
+	ReasonStopped     Reason = "stopped"
+	ReasonShutdown    Reason = "shutdown"
+	ReasonStartFailed Reason = "start_failed"
+	ReasonLost        Reason = "lost"
+)
+
+// Limits bound one run. A zero field means "the configured default".
+type Limits struct {
+	MemoryMB    int64 `json:"memory_mb,omitempty" toml:"memory_mb"`
+	Pids        int64 `json:"pids,omitempty" toml:"pids"`
+	CPUPercent  int64 `json:"cpu_percent,omitempty" toml:"cpu_percent"`
+	WallSeconds int64 `json:"wall_seconds,omitempty" toml:"wall_seconds"`
+	CPUSeconds  int64 `json:"cpu_seconds,omitempty" toml:"cpu_seconds"`
+	OutputKB    int64 `json:"output_kb,omitempty" toml:"output_kb"`
+}
+
+// RunRequest is the body of POST /v1/runs.
+type RunRequest struct {
+	Student string   `json:"student"`
+	Script  string   `json:"script"`
+	Args    []string `json:"args,omitempty"`
+	Mode    Mode     `json:"mode,omitempty"`
+	Limits  Limits   `json:"limits"`
+}
+
+// Run is the run object: what the server knows of one run.
+type Run struct {
+	ID              string     `json:"id"`
+	Host            string     `json:"host,omitempty"`
+	Student         string     `json:"student"`
+	UID             uint32     `json:"uid"`
+	GID             uint32     `json:"gid"`
+	Script          string     `json:"script"`
+	ScriptSHA256    string     `json:"script_sha256,omitempty"`
+	Args            []string   `json:"args,omitempty"`
+	Mode            Mode       `json:"mode"`
+	State           State      `json:"state"`
+	Reason          Reason     `json:"reason,omitempty"`
+	ExitCode        *int       `json:"exit_code,omitempty"`
+	Signal          string     `json:"signal,omitempty"`
+	Error           string     `json:"error,omitempty"`
+	Limits          Limits     `json:"limits"`
+	StartedAt       time.Time  `json:"started_at"`
+	EndedAt         *time.Time `json:"ended_at,omitempty"`
+	WallMS          int64      `json:"wall_ms"`
+	CPUMS           int64      `json:"cpu_ms"`
+	PeakMemoryBytes int64      `json:"peak_memory_bytes"`
+	OutputBytes     int64      `json:"output_bytes"`
+	Truncated       bool       `json:"truncated"`
+}
+
+// Ended reports whether the run has its final record.
+func (r *Run) Ended() bool { return r.State == StateEnded }
+
+// EventType tags an event of a run's stream.
+type EventType string
+
+const (
+	EventStdout EventType = "stdout"
+	EventStderr EventType = "stderr"
+	// EventTruncated marks where output past the cap was cut.
+	EventTruncated EventType = "truncated"
+	// EventEnd is the last event of every stream; it carries the final run.
+	EventEnd EventType = "end"
+)
+
+// Event is one line of GET /v1/runs/{id}/events. Output that is valid UTF-8
+// travels in Data; anything else travels byte for byte, base64-encoded, in
+// B64, so that no byte a program writes is lost or altered on the way.
+type Event struct {
+	Seq  int64     `json:"seq"`
+	Type EventType `json:"type"`
+	Data string    `json:"data,omitempty"`
+	B64  []byte    `json:"b64,omitempty"`
+	Run  *Run      `json:"run,omitempty"`
+}
+
+// OutputEvent builds an output event, choosing the encoding that keeps every byte.
+func OutputEvent(seq int64, t EventType, p []byte) Event {
+	if utf8.Valid(p) {
+		return Event{Seq: seq, Type: t, Data: string(p)}
+	}
+	return Event{Seq: seq, Type: t, B64: append([]byte(nil), p...)}
+}
+
+// Bytes returns the event's payload as the program wrote it.
+func (e *Event) Bytes() []byte {
+	if e.B64 != nil {
+		return e.B64
+	}
+	return []byte(e.Data)
+}
+
+// Student is a student as idexd knows it.
+type Student struct {
+	Name    string `json:"name"`
+	UID     uint32 `json:"uid"`
+	GID     uint32 `json:"gid"`
+	Workdir string `json:"workdir"`
+}
+
+// Check is one self-check of the health report.
+type Check struct {
+	Name    string `json:"name"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"`
+}
+
+// Health is the body of GET /v1/health.
+type Health struct {
+	Status     string  `json:"status"` // ok, degraded or draining
+	Version    string  `json:"version"`
+	UptimeS    int64   `json:"uptime_s"`
+	RunsActive int     `json:"runs_active"`
+	CgroupMode string  `json:"cgroup_mode"`
+	Store      string  `json:"store"`
+	Checks     []Check `json:"checks"`
+}
+
+// Health statuses.
+const (
+	HealthOK       = "ok"
+	HealthDegraded = "degraded"
+	HealthDraining = "draining"
+)
+
+// RunList is the body of GET /v1/runs.
+type RunList struct {
+	Runs []Run `json:"runs"`
+}
+
+// StudentList is the body of GET /v1/students.
+type StudentList struct {
+	Students []Student `json:"students"`
+}
+
+// MustJSON is for tests and examples: it panics only on types that cannot
+// be encoded at all, which is a programming error.
+func MustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

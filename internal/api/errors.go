@@ -1,0 +1,140 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Code is a stable, machine-readable error code. Clients branch on it; the
+// message beside it is for people and may change.
+type Code string
+
+// The error codes of the protocol. Adding one is fine; renaming one breaks
+// the web tier.
+const (
+	CodeInvalidRequest   Code = "invalid_request"
+	CodeInvalidStudent   Code = "invalid_student"
+	CodeInvalidPath      Code = "invalid_path"
+	CodeLimitTooHigh     Code = "limit_too_high"
+	CodeScriptNotFound   Code = "script_not_found"
+	CodeNotFound         Code = "not_found"
+	CodeStudentNotFound  Code = "student_not_found"
+	CodeLocked           Code = "locked"
+	CodeDraining         Code = "draining"
+	CodeAtCapacity       Code = "at_capacity"
+	CodeStoreUnavailable Code = "store_unavailable"
+	CodeStartFailed      Code = "start_failed"
+	CodeForbidden        Code = "forbidden"
+	CodeBodyTooLarge     Code = "body_too_large"
+	CodeMethodNotAllowed Code = "method_not_allowed"
+	CodeRunEnded         Code = "run_ended"
+	CodeStdinClosed      Code = "stdin_closed"
+	CodeTimeout          Code = "timeout"
+	CodeInternal         Code = "internal"
+)
+
+// Error is the one error type of the protocol. The server writes it as
+// {"error": {...}}; the client decodes it back, so callers on both sides
+// test it the same way: errors.Is(err, api.ErrLocked).
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+	// RunID names the run an error is about: the running run for
+	// `locked`, the failed run for `start_failed`.
+	RunID string `json:"run_id,omitempty"`
+}
+
+func (e *Error) Error() string {
+	if e.RunID != "" {
+		return fmt.Sprintf("%s (%s, run %s)", e.Message, e.Code, e.RunID)
+	}
+	return fmt.Sprintf("%s (%s)", e.Message, e.Code)
+}
+
+// Is makes errors.Is match on the code alone.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	if !errors.As(target, &t) {
+		return false
+	}
+	return t.Code == e.Code
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+// Sentinels to compare against with errors.Is.
+var (
+	ErrInvalidRequest   = &Error{Code: CodeInvalidRequest}
+	ErrInvalidStudent   = &Error{Code: CodeInvalidStudent}
+	ErrInvalidPath      = &Error{Code: CodeInvalidPath}
+	ErrLimitTooHigh     = &Error{Code: CodeLimitTooHigh}
+	ErrScriptNotFound   = &Error{Code: CodeScriptNotFound}
+	ErrNotFound         = &Error{Code: CodeNotFound}
+	ErrStudentNotFound  = &Error{Code: CodeStudentNotFound}
+	ErrLocked           = &Error{Code: CodeLocked}
+	ErrDraining         = &Error{Code: CodeDraining}
+	ErrAtCapacity       = &Error{Code: CodeAtCapacity}
+	ErrStoreUnavailable = &Error{Code: CodeStoreUnavailable}
+	ErrStartFailed      = &Error{Code: CodeStartFailed}
+	ErrForbidden        = &Error{Code: CodeForbidden}
+	ErrRunEnded         = &Error{Code: CodeRunEnded}
+)
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// HTTPStatus maps a code to its HTTP status, in this one place.
+func HTTPStatus(code Code) int {
+	switch code {
+	case CodeInvalidRequest, CodeInvalidStudent, CodeInvalidPath, CodeLimitTooHigh:
+		return http.StatusBadRequest
+	case CodeForbidden:
+		return http.StatusForbidden
+	case CodeScriptNotFound, CodeNotFound, CodeStudentNotFound:
+		return http.StatusNotFound
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case CodeLocked, CodeRunEnded, CodeStdinClosed:
+		return http.StatusConflict
+	case CodeBodyTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeDraining, CodeAtCapacity, CodeStoreUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeTimeout:
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// AsError finds the *Error in err's chain, or wraps err as `internal`.
+// Context added by wrapping (fmt.Errorf("start run %s: %w", ...)) is kept
+// in the message.
+func AsError(err error) *Error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return &Error{Code: CodeInternal, Message: err.Error()}
+	}
+	if err == error(e) { //nolint:errorlint // identity: err is the coded error itself, unwrapped
+
+		return e
+	}
+	return &Error{Code: e.Code, Message: trimCode(err, e), RunID: e.RunID}
+}
+
+// trimCode returns err's text without the " (code)" suffix that the inner
+// *Error adds, so that the message reads once, not twice.
+func trimCode(err error, e *Error) string {
+	s := err.Error()
+	suffix := e.Error()[len(e.Message):]
+	if len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix {
+		return s[:len(s)-len(suffix)]
+	}
+	return s
+}

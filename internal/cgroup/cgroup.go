@@ -1,0 +1,334 @@
+// Package cgroup gives each run a cgroup of its own and takes it away again.
+//
+// Two layouts are supported, both over github.com/containerd/cgroups/v3:
+//
+//   - unified (cgroup v2 with controllers, production under systemd): one
+//     group per run holds the limits and is the unit of tracking and killing;
+//   - hybrid (v1 controllers, plus cgroup2 at /sys/fs/cgroup/unified with no
+//     controllers, as on the CI machines): v1 memory/pids/cpu/cpuacct groups
+//     hold the limits, and a v2 group tracks the processes, kills them all at
+//     once with cgroup.kill and says when the group is empty.
+//
+// In both layouts the child is cloned straight into the v2 group
+// (SysProcAttr.UseCgroupFD); in hybrid mode it must also join the v1 groups
+// (Group.Join) before it runs any student code, which the sandbox ensures.
+// Plain v1 without a cgroup2 mount is refused: nothing there can kill a
+// process tree race-free without freezing it, and no supported host lacks it.
+package cgroup
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	cgroups "github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Mode is the cgroup layout of the host.
+type Mode string
+
+const (
+	ModeUnified Mode = "unified"
+	ModeHybrid  Mode = "hybrid"
+)
+
+const (
+	v2Root      = "/sys/fs/cgroup"
+	v2HybridDir = "/sys/fs/cgroup/unified"
+	// cpuPeriod is the CFS period the CPU quota is expressed in.
+	cpuPeriod = 100000
+)
+
+// v1Controllers are the v1 hierarchies a run joins in hybrid mode: the
+// ones that hold its limits and account its CPU time. Fewer groups mean
+// fewer cgroup.procs writes on the start path.
+var v1Controllers = []cgroup1.Name{cgroup1.Memory, cgroup1.Pids, cgroup1.Cpu, cgroup1.Cpuacct}
+
+// Limits are what a run's cgroup enforces.
+type Limits struct {
+	MemoryBytes int64
+	Pids        int64
+	CPUPercent  int64
+}
+
+// Manager creates run groups under one parent.
+type Manager struct {
+	mode     Mode
+	v2Mount  string
+	v2Parent string       // absolute group path under v2Mount, e.g. /idexd
+	v1Parent cgroup1.Path // hybrid only
+	v1Swap   bool         // memory.memsw.* exists: swap can be limited
+}
+
+// New finds the host's layout and prepares parent. A relative parent is
+// placed under idexd's own cgroup (v1: per hierarchy), an absolute one under
+// the root of each hierarchy. On a unified host where idexd runs in a
+// cgroup of its own (systemd's Delegate=yes), idexd first moves itself into
+// a leaf "<own>/daemon", because cgroup v2 lets no process live in a group
+// whose children have controllers.
+func New(parent string) (*Manager, error) {
+	if strings.Contains(parent, "..") || parent == "" {
+		return nil, fmt.Errorf("cgroup parent %q: must be non-empty and without '..'", parent)
+	}
+	m := &Manager{}
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		m.mode, m.v2Mount = ModeUnified, v2Root
+	case cgroups.Hybrid:
+		m.mode, m.v2Mount = ModeHybrid, v2HybridDir
+	case cgroups.Legacy:
+		return nil, errors.New("cgroup v1 without a cgroup2 mount is not supported: mount cgroup2 (hybrid) or boot with the unified hierarchy")
+	default:
+		return nil, errors.New("no cgroup filesystem is mounted at /sys/fs/cgroup")
+	}
+	own, err := ownV2Group()
+	if err != nil {
+		return nil, err
+	}
+	if filepath.IsAbs(parent) {
+		m.v2Parent = filepath.Clean(parent)
+	} else {
+		if m.mode == ModeUnified && own != "/" {
+			if own, err = moveSelfToLeaf(own); err != nil {
+				return nil, err
+			}
+		}
+		m.v2Parent = filepath.Join(own, parent)
+	}
+	if err := os.MkdirAll(filepath.Join(m.v2Mount, m.v2Parent), 0o755); err != nil {
+		return nil, fmt.Errorf("create cgroup parent %s: %w", m.v2Parent, err)
+	}
+	if m.mode == ModeHybrid {
+		if filepath.IsAbs(parent) {
+			m.v1Parent = cgroup1.StaticPath(m.v2Parent)
+		} else {
+			m.v1Parent = cgroup1.NestedPath(parent)
+		}
+		memRoot, err := m.v1Parent(cgroup1.Memory)
+		if err != nil {
+			return nil, fmt.Errorf("find v1 memory cgroup: %w", err)
+		}
+		_, err = os.Stat(filepath.Join("/sys/fs/cgroup/memory", filepath.Dir(memRoot), "memory.memsw.limit_in_bytes"))
+		m.v1Swap = err == nil
+	}
+	if err := m.Check(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Mode is the host's layout.
+func (m *Manager) Mode() Mode { return m.mode }
+
+// Parent is the v2 path under which run groups are created.
+func (m *Manager) Parent() string { return m.v2Parent }
+
+// Check proves the parent is usable by creating and removing a group in it;
+// health and the watchdog call it.
+func (m *Manager) Check() error {
+	probe := filepath.Join(m.v2Mount, m.v2Parent, ".probe")
+	if err := os.Mkdir(probe, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("cgroup parent %s is not writable: %w", m.v2Parent, err)
+	}
+	if err := os.Remove(probe); err != nil {
+		return fmt.Errorf("remove cgroup probe %s: %w", probe, err)
+	}
+	return nil
+}
+
+// Create makes the groups of one run with its limits applied.
+func (m *Manager) Create(student, id string, lim Limits) (_ *Group, err error) {
+	rel := filepath.Join(student, id)
+	g := &Group{mode: m.mode}
+	res := &cgroup2.Resources{}
+	if m.mode == ModeUnified {
+		res = v2Resources(lim)
+	}
+	g.v2, err = cgroup2.NewManager(m.v2Mount, filepath.Join(m.v2Parent, rel), res)
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", rel, err)
+	}
+	g.v2Path = filepath.Join(m.v2Mount, m.v2Parent, rel)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, g.Delete())
+		}
+	}()
+	if m.mode == ModeUnified {
+		if err := setV2Swap(g.v2Path); err != nil {
+			return nil, err
+		}
+	}
+	if m.mode == ModeHybrid {
+		base := m.v1Parent
+		path := func(n cgroup1.Name) (string, error) {
+			p, err := base(n)
+			if err != nil {
+				return "", err
+			}
+			return filepath.Join(p, rel), nil
+		}
+		g.v1, err = cgroup1.New(path, m.v1Resources(lim), cgroup1.WithHierarchy(v1Hierarchy))
+		if err != nil {
+			return nil, fmt.Errorf("create v1 cgroups %s: %w", rel, err)
+		}
+		for _, s := range g.v1.Subsystems() {
+			if p, ok := s.(interface{ Path(string) string }); ok && s.Name() == cgroup1.Cpuacct {
+				acct, err := path(cgroup1.Cpuacct)
+				if err != nil {
+					return nil, fmt.Errorf("find cpuacct cgroup of %s: %w", rel, err)
+				}
+				g.cpuacctDir = p.Path(acct)
+			}
+		}
+		if g.cpuacctDir == "" {
+			return nil, fmt.Errorf("create v1 cgroups %s: no cpuacct group", rel)
+		}
+	}
+	fd, err := os.OpenFile(g.v2Path, os.O_RDONLY|syscallODirectory, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup %s: %w", g.v2Path, err)
+	}
+	g.dir = fd
+	return g, nil
+}
+
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	all, err := cgroup1.Default()
+	if err != nil {
+		return nil, fmt.Errorf("list v1 controllers: %w", err)
+	}
+	var out []cgroup1.Subsystem
+	for _, s := range all {
+		for _, n := range v1Controllers {
+			if s.Name() == n {
+				out = append(out, s)
+			}
+		}
+	}
+	if len(out) != len(v1Controllers) {
+		return nil, fmt.Errorf("v1 controllers: found %d of %v", len(out), v1Controllers)
+	}
+	return out, nil
+}
+
+func (m *Manager) v1Resources(lim Limits) *specs.LinuxResources {
+	pids := lim.Pids
+	mem := lim.MemoryBytes
+	quota := lim.CPUPercent * cpuPeriod / 100
+	period := uint64(cpuPeriod)
+	r := &specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &mem},
+		Pids:   &specs.LinuxPids{Limit: &pids},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+	}
+	if m.v1Swap {
+		// memsw is memory+swap: equal to the memory limit, swap adds nothing.
+		r.Memory.Swap = &mem
+	}
+	return r
+}
+
+func v2Resources(lim Limits) *cgroup2.Resources {
+	mem := lim.MemoryBytes
+	quota := lim.CPUPercent * cpuPeriod / 100
+	period := uint64(cpuPeriod)
+	return &cgroup2.Resources{
+		Memory: &cgroup2.Memory{Max: &mem},
+		Pids:   &cgroup2.Pids{Max: lim.Pids},
+		CPU:    &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)},
+	}
+}
+
+// setV2Swap forbids swap where the kernel accounts it; without swap
+// accounting the file does not exist and swap cannot be charged to the group.
+func setV2Swap(path string) error {
+	f := filepath.Join(path, "memory.swap.max")
+	if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.WriteFile(f, []byte("0"), 0); err != nil {
+		return fmt.Errorf("forbid swap in %s: %w", path, err)
+	}
+	return nil
+}
+
+// ownV2Group reads idexd's own cgroup v2 path from /proc/self/cgroup.
+func ownV2Group() (string, error) {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read own cgroup: %w", err)
+	}
+	defer f.Close() //nolint:errcheck // read-only file
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			return p, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read own cgroup: %w", err)
+	}
+	return "", errors.New("read own cgroup: no cgroup v2 entry in /proc/self/cgroup")
+}
+
+func moveSelfToLeaf(own string) (string, error) {
+	if filepath.Base(own) == "daemon" {
+		return filepath.Dir(own), nil
+	}
+	leaf := filepath.Join(v2Root, own, "daemon")
+	if err := os.MkdirAll(leaf, 0o755); err != nil {
+		return "", fmt.Errorf("create daemon leaf cgroup %s: %w", leaf, err)
+	}
+	if err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte("0"), 0); err != nil {
+		return "", fmt.Errorf("move idexd into leaf cgroup %s: %w", leaf, err)
+	}
+	return own, nil
+}
+
+// RemoveParent removes the parent group and the student groups in it,
+// which must hold no runs. Tests use it; the daemon keeps its parent.
+func (m *Manager) RemoveParent() error {
+	dir := filepath.Join(m.v2Mount, m.v2Parent)
+	students, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read cgroup parent %s: %w", dir, err)
+	}
+	var errs []error
+	for _, s := range students {
+		if s.IsDir() {
+			errs = append(errs, m.removeGroup(s.Name()))
+		}
+	}
+	errs = append(errs, m.removeGroup(""))
+	return errors.Join(errs...)
+}
+
+// removeGroup removes the (empty) group rel under the parent in every hierarchy.
+func (m *Manager) removeGroup(rel string) error {
+	var errs []error
+	if m.mode == ModeHybrid {
+		for _, n := range v1Controllers {
+			p, err := m.v1Parent(n)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("find v1 %s parent: %w", n, err))
+				continue
+			}
+			d := filepath.Join("/sys/fs/cgroup", string(n), p, rel)
+			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove v1 cgroup %s: %w", d, err))
+			}
+		}
+	}
+	d := filepath.Join(m.v2Mount, m.v2Parent, rel)
+	if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,183 @@
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+)
+
+const syscallODirectory = syscall.O_DIRECTORY | syscall.O_CLOEXEC
+
+// Group is one run's cgroups.
+type Group struct {
+	mode   Mode
+	v2     *cgroup2.Manager
+	v2Path string
+	v1     cgroup1.Cgroup // hybrid only
+	dir    *os.File       // the v2 directory, for clone into the group
+	// cpuacctDir is the v1 cpuacct group (hybrid), polled for CPU time.
+	cpuacctDir string
+}
+
+// FD is the v2 group's directory fd for SysProcAttr.CgroupFD.
+func (g *Group) FD() int { return int(g.dir.Fd()) }
+
+// Path is the v2 group's directory.
+func (g *Group) Path() string { return g.v2Path }
+
+// NeedsJoin reports whether a process cloned into the group must still
+// join v1 groups (hybrid) before it may run student code.
+func (g *Group) NeedsJoin() bool { return g.v1 != nil }
+
+// Join puts pid into the v1 groups. On a unified host it does nothing.
+func (g *Group) Join(pid int) error {
+	if g.v1 == nil {
+		return nil
+	}
+	if err := g.v1.AddProc(uint64(pid)); err != nil {
+		return fmt.Errorf("move pid %d into v1 cgroups: %w", pid, err)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to every process of the group at once (cgroup.kill),
+// including any that called setsid and double-forked.
+func (g *Group) Kill() error {
+	if err := g.v2.Kill(); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", g.v2Path, err)
+	}
+	return nil
+}
+
+// Populated reports whether any process is still in the group. Zombies
+// have already left it: the kernel removes a task at exit, before reaping.
+func (g *Group) Populated() (bool, error) {
+	b, err := os.ReadFile(filepath.Join(g.v2Path, "cgroup.events"))
+	if err != nil {
+		return false, fmt.Errorf("read cgroup.events of %s: %w", g.v2Path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "populated "); ok {
+			return v != "0", nil
+		}
+	}
+	return false, fmt.Errorf("cgroup.events of %s has no populated line", g.v2Path)
+}
+
+// KillAndWait kills the group and waits until it is empty or ctx ends.
+func (g *Group) KillAndWait(ctx context.Context) error {
+	delay := 200 * time.Microsecond
+	for {
+		if err := g.Kill(); err != nil {
+			return err
+		}
+		pop, err := g.Populated()
+		if err != nil {
+			return err
+		}
+		if !pop {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for cgroup %s to empty: %w", g.v2Path, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 20*time.Millisecond)
+	}
+}
+
+// Stats is what a run used.
+type Stats struct {
+	CPU         time.Duration
+	PeakMemory  int64
+	OOMKills    uint64
+	MemoryLimit int64
+}
+
+// Stats reads CPU time, peak memory and the OOM-kill counter.
+func (g *Group) Stats() (Stats, error) {
+	if g.v1 != nil {
+		m, err := g.v1.Stat(cgroup1.IgnoreNotExist)
+		if err != nil {
+			return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
+		}
+		var s Stats
+		if m.CPU != nil && m.CPU.Usage != nil {
+			s.CPU = time.Duration(m.CPU.Usage.Total)
+		}
+		if m.Memory != nil && m.Memory.Usage != nil {
+			s.PeakMemory = int64(m.Memory.Usage.Max)
+			s.MemoryLimit = int64(m.Memory.Usage.Limit)
+		}
+		if m.MemoryOomControl != nil {
+			s.OOMKills = m.MemoryOomControl.OomKill
+		}
+		return s, nil
+	}
+	m, err := g.v2.Stat()
+	if err != nil {
+		return Stats{}, fmt.Errorf("read stats of %s: %w", g.v2Path, err)
+	}
+	var s Stats
+	if m.CPU != nil {
+		s.CPU = time.Duration(m.CPU.UsageUsec) * time.Microsecond
+	}
+	if m.Memory != nil {
+		s.PeakMemory = int64(m.Memory.MaxUsage)
+		s.MemoryLimit = int64(m.Memory.UsageLimit)
+	}
+	if m.MemoryEvents != nil {
+		s.OOMKills = m.MemoryEvents.OomKill
+	}
+	return s, nil
+}
+
+// CPUTime is the group's CPU time so far: cheap enough to poll.
+func (g *Group) CPUTime() (time.Duration, error) {
+	if g.v1 != nil {
+		b, err := os.ReadFile(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
+		if err != nil {
+			return 0, fmt.Errorf("read cpuacct.usage of %s: %w", g.cpuacctDir, err)
+		}
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse cpuacct.usage of %s: %w", g.cpuacctDir, err)
+		}
+		return time.Duration(ns), nil
+	}
+	m, err := g.v2.StatFiltered(cgroup2.StatCPU)
+	if err != nil {
+		return 0, fmt.Errorf("read cpu.stat of %s: %w", g.v2Path, err)
+	}
+	return time.Duration(m.CPU.UsageUsec) * time.Microsecond, nil
+}
+
+// Delete removes the groups; the group must be empty.
+func (g *Group) Delete() error {
+	var errs []error
+	if g.dir != nil {
+		if err := g.dir.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close cgroup dir: %w", err))
+		}
+		g.dir = nil
+	}
+	if g.v1 != nil {
+		if err := g.v1.Delete(); err != nil && !errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			errs = append(errs, fmt.Errorf("delete v1 cgroups of %s: %w", g.v2Path, err))
+		}
+	}
+	if err := g.v2.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("delete cgroup %s: %w", g.v2Path, err))
+	}
+	return errors.Join(errs...)
+}

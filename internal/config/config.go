@@ -1,0 +1,270 @@
+// Package config loads idexd's configuration once at start-up: built-in
+// defaults, then the TOML file given by --config, then flags that were set
+// explicitly. Validate rejects a bad configuration before anything starts,
+// so that the daemon never runs half-configured.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+// UID sources.
+const (
+	UIDSourceRange  = "range"
+	UIDSourcePasswd = "passwd"
+)
+
+// Duration is a time.Duration that reads "30s" from TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler for TOML.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("parse duration %q: %w", b, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is everything idexd is told. Field names are the TOML keys.
+type Config struct {
+	Socket       string `toml:"socket"`
+	WorkdirRoot  string `toml:"workdir_root"`
+	StateDir     string `toml:"state_dir"`
+	CgroupParent string `toml:"cgroup_parent"`
+	// Interpreter is an absolute path: a PATH lookup may find a slow
+	// version-manager shim (see README).
+	Interpreter string `toml:"interpreter"`
+	ClientGroup string `toml:"client_group"`
+	AdminGroup  string `toml:"admin_group"`
+	UIDSource   string `toml:"uid_source"`
+	UIDMin      uint32 `toml:"uid_min"`
+	UIDMax      uint32 `toml:"uid_max"`
+	// DatabaseURL selects PostgreSQL; empty means the embedded SQLite store.
+	// It is never accepted as a flag so that it never shows in ps.
+	DatabaseURL string `toml:"database_url"`
+	Host        string `toml:"host"`
+	// MaxRuns is how many runs may be live at once on this host.
+	MaxRuns int `toml:"max_runs"`
+	// ShutdownGrace is how long running runs may go on after SIGTERM.
+	ShutdownGrace Duration `toml:"shutdown_grace"`
+	// KeepEnded is how long an ended run's events stay in memory for late readers.
+	KeepEnded Duration   `toml:"keep_ended"`
+	Defaults  api.Limits `toml:"defaults"`
+	Max       api.Limits `toml:"max"`
+	LogLevel  string     `toml:"log_level"`
+	// MetricsAddr, when set, also serves /metrics on this TCP address.
+	MetricsAddr string `toml:"metrics_addr"`
+}
+
+// Default returns the production defaults.
+func Default() Config {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "localhost"
+	}
+	return Config{
+		Socket:        "/run/idexd/idexd.sock",
+		WorkdirRoot:   "/srv/idexd/students",
+		StateDir:      "/var/lib/idexd",
+		CgroupParent:  "idexd",
+		Interpreter:   "/usr/bin/python3",
+		ClientGroup:   "idex",
+		AdminGroup:    "idex-admin",
+		UIDSource:     UIDSourceRange,
+		UIDMin:        200000,
+		UIDMax:        299999,
+		Host:          host,
+		MaxRuns:       256,
+		ShutdownGrace: Duration{10 * time.Second},
+		KeepEnded:     Duration{10 * time.Minute},
+		Defaults: api.Limits{
+			MemoryMB: 256, Pids: 64, CPUPercent: 100,
+			WallSeconds: 30, CPUSeconds: 30, OutputKB: 1024,
+		},
+		Max: api.Limits{
+			MemoryMB: 1024, Pids: 256, CPUPercent: 200,
+			WallSeconds: 600, CPUSeconds: 600, OutputKB: 16 * 1024,
+		},
+		LogLevel: "info",
+	}
+}
+
+// Load builds the configuration from args (without the program name):
+// defaults, then --config's file, then explicitly set flags.
+func Load(args []string) (Config, error) {
+	cfg := Default()
+	fs := flag.NewFlagSet("idexd", flag.ContinueOnError)
+	path := fs.String("config", "", "TOML configuration file")
+	var flagCfg Config
+	fs.StringVar(&flagCfg.Socket, "socket", cfg.Socket, "Unix socket to listen on")
+	fs.StringVar(&flagCfg.WorkdirRoot, "workdir-root", cfg.WorkdirRoot, "directory holding one directory per student")
+	fs.StringVar(&flagCfg.StateDir, "state-dir", cfg.StateDir, "directory for the embedded store")
+	fs.StringVar(&flagCfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup under which runs are created (relative: under idexd's own cgroup)")
+	fs.StringVar(&flagCfg.Interpreter, "interpreter", cfg.Interpreter, "absolute path of the interpreter")
+	fs.StringVar(&flagCfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if *path != "" {
+		md, err := toml.DecodeFile(*path, &cfg)
+		if err != nil {
+			return Config{}, fmt.Errorf("read config %s: %w", *path, err)
+		}
+		if un := md.Undecoded(); len(un) > 0 {
+			keys := make([]string, len(un))
+			for i, k := range un {
+				keys[i] = k.String()
+			}
+			return Config{}, fmt.Errorf("read config %s: unknown keys: %s", *path, strings.Join(keys, ", "))
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "socket":
+			cfg.Socket = flagCfg.Socket
+		case "workdir-root":
+			cfg.WorkdirRoot = flagCfg.WorkdirRoot
+		case "state-dir":
+			cfg.StateDir = flagCfg.StateDir
+		case "cgroup-parent":
+			cfg.CgroupParent = flagCfg.CgroupParent
+		case "interpreter":
+			cfg.Interpreter = flagCfg.Interpreter
+		case "log-level":
+			cfg.LogLevel = flagCfg.LogLevel
+		}
+	})
+	if v := os.Getenv("IDEXD_DATABASE_URL"); v != "" {
+		cfg.DatabaseURL = v
+	}
+	if cfg.DatabaseURL == "" {
+		if dir := os.Getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+			b, err := os.ReadFile(filepath.Join(dir, "database-url"))
+			switch {
+			case err == nil:
+				cfg.DatabaseURL = strings.TrimSpace(string(b))
+			case !errors.Is(err, os.ErrNotExist):
+				return Config{}, fmt.Errorf("read credential database-url: %w", err)
+			}
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate reports every problem of the configuration at once.
+func (c *Config) Validate() error {
+	var errs []error
+	abs := func(key, v string) {
+		if !filepath.IsAbs(v) {
+			errs = append(errs, fmt.Errorf("%s must be an absolute path, got %q", key, v))
+		}
+	}
+	abs("socket", c.Socket)
+	abs("workdir_root", c.WorkdirRoot)
+	abs("state_dir", c.StateDir)
+	abs("interpreter", c.Interpreter)
+	if c.CgroupParent == "" || strings.Contains(c.CgroupParent, "..") {
+		errs = append(errs, fmt.Errorf("cgroup_parent %q must be a non-empty path without '..'", c.CgroupParent))
+	}
+	switch c.UIDSource {
+	case UIDSourceRange, UIDSourcePasswd:
+	default:
+		errs = append(errs, fmt.Errorf("uid_source must be %q or %q, got %q", UIDSourceRange, UIDSourcePasswd, c.UIDSource))
+	}
+	if c.UIDMin < 1000 || c.UIDMax < c.UIDMin {
+		errs = append(errs, fmt.Errorf("uid range %d-%d must start at 1000 or above and not be empty", c.UIDMin, c.UIDMax))
+	}
+	if c.ClientGroup == "" || c.AdminGroup == "" {
+		errs = append(errs, errors.New("client_group and admin_group must be set"))
+	}
+	if c.MaxRuns < 1 {
+		errs = append(errs, fmt.Errorf("max_runs must be at least 1, got %d", c.MaxRuns))
+	}
+	if c.ShutdownGrace.Duration < 0 {
+		errs = append(errs, errors.New("shutdown_grace must not be negative"))
+	}
+	errs = append(errs, checkLimits("defaults", c.Defaults)...)
+	errs = append(errs, checkLimits("max", c.Max)...)
+	if err := FitLimits(c.Defaults, c.Max); err != nil {
+		errs = append(errs, fmt.Errorf("defaults exceed max: %w", err))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level must be debug, info, warn or error, got %q", c.LogLevel))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func checkLimits(section string, l api.Limits) []error {
+	var errs []error
+	for _, f := range limitFields(&l) {
+		if *f.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s.%s must be positive, got %d", section, f.name, *f.v))
+		}
+	}
+	return errs
+}
+
+type limitField struct {
+	name string
+	v    *int64
+}
+
+func limitFields(l *api.Limits) []limitField {
+	return []limitField{
+		{"memory_mb", &l.MemoryMB}, {"pids", &l.Pids}, {"cpu_percent", &l.CPUPercent},
+		{"wall_seconds", &l.WallSeconds}, {"cpu_seconds", &l.CPUSeconds}, {"output_kb", &l.OutputKB},
+	}
+}
+
+// FitLimits returns an error naming the first field of l above max.
+func FitLimits(l, max api.Limits) error {
+	lf, mf := limitFields(&l), limitFields(&max)
+	for i := range lf {
+		if *lf[i].v > *mf[i].v {
+			return fmt.Errorf("%s %d is above the maximum %d", lf[i].name, *lf[i].v, *mf[i].v)
+		}
+	}
+	return nil
+}
+
+// Effective fills a request's unset limits from defaults and checks them
+// against max: a request may lower any limit, or raise it up to the maximum.
+func Effective(req, defaults, max api.Limits) (api.Limits, error) {
+	out := req
+	of, df := limitFields(&out), limitFields(&defaults)
+	for i := range of {
+		switch {
+		case *of[i].v < 0:
+			return api.Limits{}, api.Errorf(api.CodeInvalidRequest, "limits.%s must not be negative, got %d", of[i].name, *of[i].v)
+		case *of[i].v == 0:
+			*of[i].v = *df[i].v
+		}
+	}
+	if err := FitLimits(out, max); err != nil {
+		return api.Limits{}, api.Errorf(api.CodeLimitTooHigh, "limits: %v", err)
+	}
+	return out, nil
+}

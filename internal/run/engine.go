@@ -1,0 +1,355 @@
+// Package run is the run engine: it takes a request to run a student's
+// script and carries it through its whole life — lock, durable record,
+// cgroup, sandboxed child, output events, stdin, limits, stop — to exactly
+// one end, after which the cgroup is empty and gone and the lock is free.
+//
+// Every path out of a run, from a failed start-up step to a daemon
+// shutdown, goes through Run.finish, which runs once (sync.Once). That is
+// the one place the lock is released.
+package run
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/user"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/store"
+	"github.com/idexd/idexd/internal/students"
+)
+
+// Start-up steps, named in start_failed errors and used by failure injection.
+const (
+	StepCgroup      = "cgroup"
+	StepInterpreter = "interpreter"
+	StepPipes       = "pipes"
+	StepSpawn       = "spawn"
+	StepCgroupJoin  = "cgroup_join"
+	StepExec        = "exec"
+	// StepRecord is the durable "started" record; a failure there refuses
+	// the run with store_unavailable, since no record of it could be kept.
+	StepRecord = "record"
+)
+
+// Hooks are told about runs; metrics use them. Nil fields are skipped.
+type Hooks struct {
+	Started func(r *api.Run, latency time.Duration)
+	Ended   func(r *api.Run, stopLatency time.Duration)
+}
+
+// Config wires an Engine.
+type Config struct {
+	Host        string
+	Interpreter string
+	Defaults    api.Limits
+	Max         api.Limits
+	MaxRuns     int
+	UIDSource   string
+	UIDMin      uint32
+	UIDMax      uint32
+	KeepEnded   time.Duration
+	// FileSizeBytes and OpenFiles are the children's rlimits.
+	FileSizeBytes uint64
+	OpenFiles     uint64
+
+	Log     *slog.Logger
+	Cgroups *cgroup.Manager
+	Dirs    *students.Dirs
+	Store   store.Store
+	Locks   lock.Locker
+	Hooks   Hooks
+
+	// FailAt, when set (by tests), is called before each start-up step; an
+	// error it returns fails that step as if the step itself had failed.
+	FailAt func(step string) error
+}
+
+// Engine owns the live runs of this host.
+type Engine struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	runs     map[string]*Run
+	active   int // admitted and not yet ended
+	draining bool
+	live     sync.WaitGroup
+}
+
+// New returns an engine; it starts nothing.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Log == nil || cfg.Cgroups == nil || cfg.Dirs == nil || cfg.Store == nil || cfg.Locks == nil {
+		return nil, errors.New("run engine: Log, Cgroups, Dirs, Store and Locks are required")
+	}
+	if cfg.FileSizeBytes == 0 {
+		cfg.FileSizeBytes = 64 << 20
+	}
+	if cfg.OpenFiles == 0 {
+		cfg.OpenFiles = 256
+	}
+	if cfg.KeepEnded == 0 {
+		cfg.KeepEnded = 10 * time.Minute
+	}
+	return &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}, nil
+}
+
+// Start admits, prepares and starts one run. When it returns without
+// error the child is running student code; when it returns an error
+// nothing is left held.
+func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
+	t0 := time.Now()
+	if err := students.ValidName(req.Student); err != nil {
+		return nil, err
+	}
+	switch req.Mode {
+	case "":
+		req.Mode = api.ModeScript
+	case api.ModeScript, api.ModeRepl:
+	default:
+		return nil, api.Errorf(api.CodeInvalidRequest, "mode must be %q or %q, got %q", api.ModeScript, api.ModeRepl, req.Mode)
+	}
+	if len(req.Args) > 256 {
+		return nil, api.Errorf(api.CodeInvalidRequest, "at most 256 args, got %d", len(req.Args))
+	}
+	for i, a := range req.Args {
+		if strings.ContainsRune(a, 0) {
+			return nil, api.Errorf(api.CodeInvalidRequest, "args[%d] contains a NUL byte", i)
+		}
+	}
+	lim, err := config.Effective(req.Limits, e.cfg.Defaults, e.cfg.Max)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.admit(); err != nil {
+		return nil, err
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			e.unadmit()
+		}
+	}()
+	st, err := e.EnsureStudent(ctx, req.Student)
+	if err != nil {
+		return nil, err
+	}
+	script, err := students.ResolveScript(st.Workdir, req.Script)
+	if err != nil {
+		return nil, err
+	}
+	id := newID()
+	lease, err := e.cfg.Locks.Acquire(ctx, lock.Key{Student: req.Student, Script: script.Canonical}, id)
+	if err != nil {
+		return nil, err
+	}
+	r := newRun(e, id, lim, lease)
+	r.info = api.Run{
+		ID: id, Host: e.cfg.Host, Student: st.Name, UID: st.UID, GID: st.GID,
+		Script: script.Rel, ScriptSHA256: script.SHA256, Args: req.Args, Mode: req.Mode,
+		State: api.StateRunning, Limits: lim, StartedAt: t0.UTC(),
+	}
+	err = e.step(StepRecord)
+	if err == nil {
+		err = e.cfg.Store.RecordStart(ctx, &r.info)
+	}
+	if err != nil {
+		e.log.Error("record run start", "run", id, "student", st.Name, "err", err)
+		return nil, errors.Join(
+			&api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("start run %s: cannot record it: %v", id, err)},
+			releaseLease(lease, e.log, id))
+	}
+	admitted = false // from here on, finish gives the slot back
+	e.live.Add(1)
+	e.mu.Lock()
+	e.runs[id] = r
+	e.mu.Unlock()
+	if err := r.start(st.Workdir, t0); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func releaseLease(l lock.Lease, log *slog.Logger, id string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.Release(ctx); err != nil {
+		log.Error("release lock", "run", id, "err", err)
+		return fmt.Errorf("release lock of run %s: %w", id, err)
+	}
+	return nil
+}
+
+func (e *Engine) step(name string) error {
+	if e.cfg.FailAt == nil {
+		return nil
+	}
+	return e.cfg.FailAt(name)
+}
+
+func (e *Engine) admit() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.draining {
+		return api.Errorf(api.CodeDraining, "idexd is draining: no new runs on this host")
+	}
+	if e.active >= e.cfg.MaxRuns {
+		return api.Errorf(api.CodeAtCapacity, "this host runs %d runs already (max_runs)", e.active)
+	}
+	e.active++
+	return nil
+}
+
+func (e *Engine) unadmit() {
+	e.mu.Lock()
+	e.active--
+	e.mu.Unlock()
+}
+
+// EnsureStudent returns the student's uid, gid and directory, creating
+// what is missing.
+func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, error) {
+	if err := students.ValidName(name); err != nil {
+		return api.Student{}, err
+	}
+	var st store.Student
+	var err error
+	switch e.cfg.UIDSource {
+	case config.UIDSourcePasswd:
+		st, err = e.passwdStudent(ctx, name)
+	default:
+		st, err = e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
+		if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
+			err = &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("ensure student %s: %v", name, err)}
+		}
+	}
+	if err != nil {
+		return api.Student{}, err
+	}
+	if st.UID == 0 || st.UID < e.cfg.UIDMin || st.GID == 0 {
+		return api.Student{}, api.Errorf(api.CodeInvalidStudent, "student %s has uid %d gid %d: below the floor %d", name, st.UID, st.GID, e.cfg.UIDMin)
+	}
+	wd, err := e.cfg.Dirs.Ensure(name, st.UID)
+	if err != nil {
+		return api.Student{}, fmt.Errorf("ensure directory of student %s: %w", name, err)
+	}
+	return api.Student{Name: name, UID: st.UID, GID: st.GID, Workdir: wd}, nil
+}
+
+func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return store.Student{}, api.Errorf(api.CodeStudentNotFound, "student %s has no system account (uid_source = passwd): %v", name, err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return store.Student{}, fmt.Errorf("parse ids of account %s: %w", name, err)
+	}
+	st := store.Student{Name: name, UID: uint32(uid), GID: uint32(gid)}
+	if err := e.cfg.Store.PutStudent(ctx, st); err != nil {
+		return store.Student{}, &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("record student %s: %v", name, err)}
+	}
+	return st, nil
+}
+
+// Get returns a live or recently ended run.
+func (e *Engine) Get(id string) (*Run, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r, ok := e.runs[id]
+	return r, ok
+}
+
+// List returns the runs in memory, newest first.
+func (e *Engine) List() []*Run {
+	e.mu.Lock()
+	out := make([]*Run, 0, len(e.runs))
+	for _, r := range e.runs {
+		out = append(out, r)
+	}
+	e.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Run) int { return b.startedAt().Compare(a.startedAt()) })
+	return out
+}
+
+// Active is how many runs are admitted and not ended.
+func (e *Engine) Active() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.active
+}
+
+// Stop stops a run and returns its final object once its cgroup is empty
+// and its lock released. Stopping an ended run just returns it.
+func (e *Engine) Stop(ctx context.Context, id string) (api.Run, error) {
+	r, ok := e.Get(id)
+	if !ok {
+		return api.Run{}, api.Errorf(api.CodeNotFound, "run %s is not live on this host", id)
+	}
+	return r.Stop(ctx)
+}
+
+// Draining reports whether new runs are refused.
+func (e *Engine) Draining() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.draining
+}
+
+// SetDraining refuses (true) or accepts again (false) new runs.
+func (e *Engine) SetDraining(v bool) {
+	e.mu.Lock()
+	e.draining = v
+	e.mu.Unlock()
+}
+
+// Shutdown refuses new runs, lets running ones go on for grace, then ends
+// the rest with reason shutdown and waits until every run has finished.
+func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
+	e.SetDraining(true)
+	done := make(chan struct{})
+	go func() {
+		e.live.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(grace):
+	case <-ctx.Done():
+	}
+	for _, r := range e.List() {
+		r.kill(api.ReasonShutdown)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("shutdown: runs still ending: %w", ctx.Err())
+	}
+}
+
+func (e *Engine) forget(id string) {
+	e.mu.Lock()
+	delete(e.runs, id)
+	e.mu.Unlock()
+}
+
+func newID() string {
+	var b [8]byte
+	// crypto/rand.Read never fails on Linux (Go 1.24+ guarantees it).
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,644 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"sync"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/sandbox"
+)
+
+// Run is one run: its child, its output events and its end.
+type Run struct {
+	e     *Engine
+	id    string
+	lim   api.Limits
+	lease lock.Lease
+
+	mu        sync.Mutex
+	info      api.Run
+	events    []api.Event
+	changed   chan struct{} // closed and replaced whenever events grow
+	outBytes  int64
+	truncated bool
+	reason    api.Reason // the first requested end reason wins
+	startErr  error
+	group     *cgroup.Group
+	child     *sandbox.Child
+	started   bool // the child may run; kill now goes to the cgroup
+	killedAt  time.Time
+
+	stdinMu sync.Mutex
+	stdin   *os.File
+
+	readers  sync.WaitGroup
+	done     chan struct{}
+	finished sync.Once
+}
+
+func newRun(e *Engine, id string, lim api.Limits, lease lock.Lease) *Run {
+	return &Run{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{})}
+}
+
+// ID is the run's id.
+func (r *Run) ID() string { return r.id }
+
+// Done is closed once the run has ended and its end event is published.
+func (r *Run) Done() <-chan struct{} { return r.done }
+
+// Info returns a copy of the run object.
+func (r *Run) Info() api.Run {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.snapshot()
+}
+
+func (r *Run) snapshot() api.Run {
+	info := r.info
+	info.Args = append([]string(nil), r.info.Args...)
+	if info.State == api.StateRunning {
+		info.WallMS = time.Since(info.StartedAt).Milliseconds()
+		info.OutputBytes = r.outBytes
+		info.Truncated = r.truncated
+	}
+	return info
+}
+
+func (r *Run) startedAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.info.StartedAt
+}
+
+// start carries the run from its lock to a running child. On failure the
+// run is finished with start_failed (naming the step) and the error says so.
+func (r *Run) start(workdir string, t0 time.Time) error {
+	e := r.e
+	failed := func(step string, err error) error {
+		r.mu.Lock()
+		if r.reason == "" {
+			r.reason = api.ReasonStartFailed
+			r.startErr = fmt.Errorf("%s: %w", step, err)
+		}
+		r.mu.Unlock()
+		return err
+	}
+	fail := func(step string, err error) error {
+		ferr := failed(step, err)
+		r.finish(nil)
+		return r.startFailedError(step, ferr)
+	}
+	lim := r.lim
+	if err := e.step(StepCgroup); err != nil {
+		return fail(StepCgroup, err)
+	}
+	g, err := e.cfg.Cgroups.Create(r.info.Student, r.id, cgroup.Limits{
+		MemoryBytes: lim.MemoryMB << 20, Pids: lim.Pids, CPUPercent: lim.CPUPercent,
+	})
+	if err != nil {
+		return fail(StepCgroup, err)
+	}
+	r.mu.Lock()
+	r.group = g
+	r.mu.Unlock()
+	if err := e.step(StepInterpreter); err != nil {
+		return fail(StepInterpreter, err)
+	}
+	if err := checkInterpreter(e.cfg.Interpreter); err != nil {
+		return fail(StepInterpreter, err)
+	}
+	if err := e.step(StepPipes); err != nil {
+		return fail(StepPipes, err)
+	}
+	p, err := newPipes()
+	if err != nil {
+		return fail(StepPipes, err)
+	}
+	if err := e.step(StepSpawn); err != nil {
+		return fail(StepSpawn, errors.Join(err, p.closeAll()))
+	}
+	argv := []string{e.cfg.Interpreter}
+	if r.info.Mode == api.ModeRepl {
+		argv = append(argv, "-i")
+	}
+	argv = append(argv, r.info.Script)
+	argv = append(argv, r.info.Args...)
+	child, err := sandbox.Start(sandbox.Spec{
+		Interpreter: e.cfg.Interpreter,
+		Argv:        argv,
+		Dir:         workdir,
+		Env:         childEnv(r.info.Student, workdir),
+		UID:         r.info.UID,
+		GID:         r.info.GID,
+		Rlimits: sandbox.Rlimits{
+			FileSizeBytes: e.cfg.FileSizeBytes,
+			OpenFiles:     e.cfg.OpenFiles,
+			CPUSeconds:    uint64(lim.CPUSeconds) + 1,
+		},
+		CgroupFD: g.FD(),
+		Stdin:    p.stdinR, Stdout: p.stdoutW, Stderr: p.stderrW,
+	})
+	if cerr := p.closeChildEnds(); cerr != nil {
+		e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
+	}
+	if err != nil {
+		return fail(StepSpawn, errors.Join(err, p.closeParentEnds()))
+	}
+	// From here the child exists: every path ends through wait -> finish.
+	r.mu.Lock()
+	r.child = child
+	r.stdin = p.stdinW
+	r.mu.Unlock()
+	r.readers.Add(2)
+	go r.readOutput(p.stdoutR, api.EventStdout)
+	go r.readOutput(p.stderrR, api.EventStderr)
+	go r.wait()
+
+	abort := func(step string, err error) error {
+		ferr := failed(step, err)
+		if aerr := child.Abort(); aerr != nil {
+			e.log.Error("abort helper", "run", r.id, "err", aerr)
+		}
+		r.kill(api.ReasonStartFailed)
+		<-r.done
+		return r.startFailedError(step, ferr)
+	}
+	if err := e.step(StepCgroupJoin); err != nil {
+		return abort(StepCgroupJoin, err)
+	}
+	if err := g.Join(child.Pid()); err != nil {
+		return abort(StepCgroupJoin, err)
+	}
+	r.mu.Lock()
+	r.started = true
+	stopNow := r.reason != ""
+	r.mu.Unlock()
+	if stopNow {
+		// Stopped (or shut down) while starting: the child never runs.
+		if err := child.Abort(); err != nil {
+			e.log.Error("abort helper", "run", r.id, "err", err)
+		}
+		r.kill(api.ReasonStopped)
+		return nil
+	}
+	if err := e.step(StepExec); err != nil {
+		return abort(StepExec, err)
+	}
+	if err := child.Release(); err != nil {
+		return abort(StepExec, err)
+	}
+	go r.supervise()
+	if h := e.cfg.Hooks.Started; h != nil {
+		info := r.Info()
+		h(&info, time.Since(t0))
+	}
+	e.log.Info("run started", "run", r.id, "student", r.info.Student, "script", r.info.Script,
+		"uid", r.info.UID, "pid", child.Pid(), "start_ms", time.Since(t0).Milliseconds())
+	return nil
+}
+
+func (r *Run) startFailedError(step string, err error) error {
+	return &api.Error{
+		Code:    api.CodeStartFailed,
+		Message: fmt.Sprintf("start run %s: step %s: %v", r.id, step, err),
+		RunID:   r.id,
+	}
+}
+
+func checkInterpreter(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("interpreter %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o001 == 0 {
+		return fmt.Errorf("interpreter %s is not a file that every user may execute (mode %s)", path, st.Mode())
+	}
+	return nil
+}
+
+// childEnv is the whole environment of a run: nothing of the daemon's own.
+func childEnv(student, workdir string) []string {
+	return []string{
+		"PATH=/usr/local/bin:/usr/bin:/bin",
+		"HOME=" + workdir,
+		"USER=" + student,
+		"LOGNAME=" + student,
+		"LANG=C.UTF-8",
+		"LC_ALL=C.UTF-8",
+		"PYTHONUNBUFFERED=1",
+		"PYTHONIOENCODING=utf-8",
+		// Temporary files stay in the student's directory, out of other
+		// students' sight, instead of a /tmp shared by every run.
+		"TMPDIR=" + workdir,
+	}
+}
+
+// supervise enforces the wall-clock and CPU-time limits.
+func (r *Run) supervise() {
+	wall := time.NewTimer(time.Duration(r.lim.WallSeconds) * time.Second)
+	defer wall.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	cpuLimit := time.Duration(r.lim.CPUSeconds) * time.Second
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-wall.C:
+			r.kill(api.ReasonTimedOut)
+			return
+		case <-tick.C:
+			cpu, err := r.group.CPUTime()
+			if err != nil {
+				r.e.log.Warn("read cpu time", "run", r.id, "err", err)
+				continue
+			}
+			if cpu >= cpuLimit {
+				r.kill(api.ReasonTimedOut)
+				return
+			}
+		}
+	}
+}
+
+// kill asks for the run to end with reason; the first reason asked wins.
+func (r *Run) kill(reason api.Reason) {
+	r.mu.Lock()
+	if r.reason == "" && r.info.State == api.StateRunning {
+		r.reason = reason
+	}
+	if r.killedAt.IsZero() {
+		r.killedAt = time.Now()
+	}
+	g, started := r.group, r.started
+	r.mu.Unlock()
+	if g != nil && started {
+		if err := g.Kill(); err != nil {
+			r.e.log.Warn("kill run cgroup", "run", r.id, "err", err)
+		}
+	}
+}
+
+// Stop ends the run with reason stopped (unless it already ends for
+// another reason) and returns its final object.
+func (r *Run) Stop(ctx context.Context) (api.Run, error) {
+	r.kill(api.ReasonStopped)
+	select {
+	case <-r.done:
+		return r.Info(), nil
+	case <-ctx.Done():
+		return api.Run{}, fmt.Errorf("stop run %s: %w", r.id, ctx.Err())
+	}
+}
+
+// wait reaps the child, then finishes the run.
+func (r *Run) wait() {
+	ps, err := r.child.Wait()
+	if err != nil {
+		r.e.log.Error("wait for run", "run", r.id, "err", err)
+	}
+	r.finish(ps)
+}
+
+// finish is the one way a run ends. It runs once: kill whatever is left in
+// the cgroup, wait until it is empty, read the stats, delete it, release
+// the lock, write the final record, and only then publish the end.
+func (r *Run) finish(ps *os.ProcessState) {
+	r.finished.Do(func() { r.doFinish(ps) })
+}
+
+func (r *Run) doFinish(ps *os.ProcessState) {
+	e := r.e
+	log := e.log.With("run", r.id, "student", r.info.Student)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+
+	r.mu.Lock()
+	g := r.group
+	// Nothing may start in the group any more; kill now goes nowhere.
+	r.started = false
+	r.mu.Unlock()
+
+	var stats cgroup.Stats
+	if g != nil {
+		if err := g.KillAndWait(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		s, err := g.Stats()
+		if err != nil {
+			log.Warn("read run stats", "err", err)
+		}
+		stats = s
+	}
+	r.closeStdin(log)
+	// Every writer is dead once the cgroup is empty, so the readers reach
+	// EOF; the bound only guards against a pipe leaked elsewhere.
+	readersDone := make(chan struct{})
+	go func() { r.readers.Wait(); close(readersDone) }()
+	select {
+	case <-readersDone:
+	case <-time.After(5 * time.Second):
+		errs = append(errs, errors.New("output readers did not finish within 5s"))
+	}
+	if g != nil {
+		if err := g.Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.lease.Release(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("release lock: %w", err))
+	}
+
+	r.mu.Lock()
+	end := time.Now()
+	reason := r.reason
+	if reason == "" {
+		reason = classify(ps, stats)
+	}
+	info := &r.info
+	info.Reason = reason
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Exited():
+				c := ws.ExitStatus()
+				info.ExitCode = &c
+			case ws.Signaled():
+				info.Signal = unixSignalName(ws.Signal())
+			}
+		}
+	}
+	if r.startErr != nil {
+		errs = append([]error{r.startErr}, errs...)
+	}
+	if len(errs) > 0 {
+		info.Error = errors.Join(errs...).Error()
+	}
+	info.State = api.StateEnded
+	info.EndedAt = &end
+	info.WallMS = end.Sub(info.StartedAt).Milliseconds()
+	info.CPUMS = stats.CPU.Milliseconds()
+	info.PeakMemoryBytes = stats.PeakMemory
+	info.OutputBytes = r.outBytes
+	info.Truncated = r.truncated
+	final := r.snapshot()
+	killedAt := r.killedAt
+	r.mu.Unlock()
+
+	if err := e.cfg.Store.RecordEnd(ctx, &final); err != nil {
+		log.Error("record run end", "err", err)
+	}
+	r.mu.Lock()
+	r.appendLocked(api.Event{Type: api.EventEnd, Run: &final})
+	r.mu.Unlock()
+	close(r.done)
+
+	e.mu.Lock()
+	e.active--
+	e.mu.Unlock()
+	e.live.Done()
+	time.AfterFunc(e.cfg.KeepEnded, func() { e.forget(r.id) })
+
+	var stopLatency time.Duration
+	if !killedAt.IsZero() {
+		stopLatency = end.Sub(killedAt)
+	}
+	if h := e.cfg.Hooks.Ended; h != nil {
+		h(&final, stopLatency)
+	}
+	attrs := []any{"reason", final.Reason, "wall_ms", final.WallMS, "cpu_ms", final.CPUMS,
+		"peak_memory_bytes", final.PeakMemoryBytes, "output_bytes", final.OutputBytes}
+	if final.ExitCode != nil {
+		attrs = append(attrs, "exit_code", *final.ExitCode)
+	}
+	if final.Signal != "" {
+		attrs = append(attrs, "signal", final.Signal)
+	}
+	if final.Error != "" {
+		log.Warn("run ended with errors", append(attrs, "err", final.Error)...)
+		return
+	}
+	log.Info("run ended", attrs...)
+}
+
+// classify names the end of a run that nobody asked to end.
+func classify(ps *os.ProcessState, s cgroup.Stats) api.Reason {
+	if s.OOMKills > 0 {
+		// The kernel's own counter, not a guess from SIGKILL.
+		return api.ReasonOOMKilled
+	}
+	if ps == nil {
+		return api.ReasonSignaled
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		if ws.Signal() == syscall.SIGXCPU {
+			return api.ReasonTimedOut
+		}
+		return api.ReasonSignaled
+	}
+	return api.ReasonExited
+}
+
+func (r *Run) closeStdin(log interface{ Warn(string, ...any) }) {
+	r.stdinMu.Lock()
+	defer r.stdinMu.Unlock()
+	if r.stdin == nil {
+		return
+	}
+	if err := r.stdin.Close(); err != nil {
+		log.Warn("close stdin", "err", err)
+	}
+	r.stdin = nil
+}
+
+// WriteStdin feeds the run's stdin; eof closes it after p is written.
+func (r *Run) WriteStdin(ctx context.Context, p []byte, eof bool) error {
+	r.stdinMu.Lock()
+	defer r.stdinMu.Unlock()
+	if r.stdin == nil {
+		select {
+		case <-r.done:
+			return api.Errorf(api.CodeRunEnded, "run %s has ended", r.id)
+		default:
+			return api.Errorf(api.CodeStdinClosed, "stdin of run %s is closed", r.id)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := r.stdin.SetWriteDeadline(deadline); err != nil {
+		return fmt.Errorf("set stdin deadline of run %s: %w", r.id, err)
+	}
+	if len(p) > 0 {
+		if _, err := r.stdin.Write(p); err != nil {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				return api.Errorf(api.CodeTimeout, "run %s is not reading its stdin", r.id)
+			case errors.Is(err, syscall.EPIPE):
+				return api.Errorf(api.CodeStdinClosed, "run %s closed its stdin", r.id)
+			}
+			return fmt.Errorf("write stdin of run %s: %w", r.id, err)
+		}
+	}
+	if eof {
+		err := r.stdin.Close()
+		r.stdin = nil
+		if err != nil {
+			return fmt.Errorf("close stdin of run %s: %w", r.id, err)
+		}
+	}
+	return nil
+}
+
+// readOutput turns one pipe into events until EOF.
+func (r *Run) readOutput(f *os.File, t api.EventType) {
+	defer r.readers.Done()
+	defer func() {
+		if err := f.Close(); err != nil {
+			r.e.log.Warn("close output pipe", "run", r.id, "err", err)
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	var carry int // bytes of an incomplete UTF-8 sequence kept at buf's start
+	for {
+		n, err := f.Read(buf[carry:])
+		n += carry
+		carry = 0
+		if n > 0 {
+			chunk := buf[:n]
+			if err == nil {
+				// Keep a character split across reads whole.
+				if cut := incompleteTail(chunk); cut > 0 {
+					chunk = chunk[:n-cut]
+					carry = cut
+				}
+			}
+			if len(chunk) > 0 {
+				r.appendOutput(t, chunk)
+			}
+			if carry > 0 {
+				copy(buf, buf[n-carry:n])
+			}
+			// A writer of tiny pieces (print in a loop) is batched by a
+			// short pause, so a flood makes few large events; a large read
+			// goes straight back for more.
+			if n < 1024 && err == nil {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// incompleteTail is the length of a UTF-8 sequence cut off at p's end.
+func incompleteTail(p []byte) int {
+	for i := len(p) - 1; i >= 0 && i >= len(p)-3; i-- {
+		if utf8.RuneStart(p[i]) {
+			if !utf8.FullRune(p[i:]) {
+				return len(p) - i
+			}
+			return 0
+		}
+	}
+	return 0
+}
+
+func (r *Run) appendOutput(t api.EventType, p []byte) {
+	capBytes := r.lim.OutputKB << 10
+	r.mu.Lock()
+	if r.truncated {
+		r.mu.Unlock()
+		return
+	}
+	over := false
+	if r.outBytes+int64(len(p)) > capBytes {
+		p = p[:capBytes-r.outBytes]
+		over = true
+	}
+	r.outBytes += int64(len(p))
+	if len(p) > 0 {
+		r.appendLocked(api.OutputEvent(0, t, p))
+	}
+	if over {
+		r.truncated = true
+		r.appendLocked(api.Event{Type: api.EventTruncated, Data: fmt.Sprintf("output cut at %d KiB (output_kb)", r.lim.OutputKB)})
+	}
+	r.mu.Unlock()
+	if over {
+		r.kill(api.ReasonOutputLimit)
+	}
+}
+
+// appendLocked numbers and stores an event and wakes the readers.
+func (r *Run) appendLocked(ev api.Event) {
+	ev.Seq = int64(len(r.events)) + 1
+	r.events = append(r.events, ev)
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// EventsAfter returns the events after seq, and a channel closed when more
+// arrive. The slice is shared: callers must not change it.
+func (r *Run) EventsAfter(seq int64) ([]api.Event, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if seq < 0 {
+		seq = 0
+	}
+	if seq >= int64(len(r.events)) {
+		return nil, r.changed
+	}
+	return r.events[seq:], r.changed
+}
+
+// pipes are the child's stdio.
+type pipes struct {
+	stdinR, stdinW   *os.File
+	stdoutR, stdoutW *os.File
+	stderrR, stderrW *os.File
+}
+
+func newPipes() (*pipes, error) {
+	p := &pipes{}
+	var err error
+	if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
+		return nil, fmt.Errorf("create stdin pipe: %w", err)
+	}
+	if p.stdoutR, p.stdoutW, err = os.Pipe(); err != nil {
+		return nil, errors.Join(fmt.Errorf("create stdout pipe: %w", err), p.closeAll())
+	}
+	if p.stderrR, p.stderrW, err = os.Pipe(); err != nil {
+		return nil, errors.Join(fmt.Errorf("create stderr pipe: %w", err), p.closeAll())
+	}
+	return p, nil
+}
+
+func closeFiles(fs ...*os.File) error {
+	var errs []error
+	for _, f := range fs {
+		if f != nil {
+			if err := f.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", filepath.Base(f.Name()), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *pipes) closeChildEnds() error  { return closeFiles(p.stdinR, p.stdoutW, p.stderrW) }
+func (p *pipes) closeParentEnds() error { return closeFiles(p.stdinW, p.stdoutR, p.stderrR) }
+func (p *pipes) closeAll() error        { return errors.Join(p.closeChildEnds(), p.closeParentEnds()) }

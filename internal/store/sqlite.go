@@ -1,0 +1,396 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver keeps builds CGO-free
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+// SQLite is the embedded store: one file in the state directory.
+type SQLite struct {
+	db   *sql.DB
+	path string
+}
+
+var sqliteMigrations = []string{
+	`CREATE TABLE students (
+		name TEXT PRIMARY KEY,
+		uid  INTEGER NOT NULL UNIQUE,
+		gid  INTEGER NOT NULL,
+		created_at INTEGER NOT NULL
+	);
+	CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+	CREATE TABLE runs (
+		id TEXT PRIMARY KEY,
+		host TEXT NOT NULL,
+		student TEXT NOT NULL,
+		uid INTEGER NOT NULL,
+		gid INTEGER NOT NULL,
+		script TEXT NOT NULL,
+		script_sha256 TEXT NOT NULL,
+		args TEXT NOT NULL,
+		mode TEXT NOT NULL,
+		limits TEXT NOT NULL,
+		state TEXT NOT NULL,
+		reason TEXT NOT NULL DEFAULT '',
+		exit_code INTEGER,
+		signal TEXT NOT NULL DEFAULT '',
+		error TEXT NOT NULL DEFAULT '',
+		started_at INTEGER NOT NULL,
+		ended_at INTEGER,
+		wall_ms INTEGER NOT NULL DEFAULT 0,
+		cpu_ms INTEGER NOT NULL DEFAULT 0,
+		peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
+		output_bytes INTEGER NOT NULL DEFAULT 0,
+		truncated INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX runs_student_started ON runs(student, started_at);
+	CREATE INDEX runs_state_host ON runs(state, host);`,
+}
+
+// OpenSQLite opens (creating if needed) the store at dir/idexd.db and
+// applies its migrations.
+func OpenSQLite(ctx context.Context, dir string) (*SQLite, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "idexd.db")
+	// WAL with synchronous=NORMAL survives a crash of the daemon (the
+	// threat here) without an fsync on every run start.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	// One connection: SQLite has one writer anyway, and this way no
+	// request ever meets SQLITE_BUSY.
+	db.SetMaxOpenConns(1)
+	s := &SQLite{db: db, path: path}
+	if err := s.migrate(ctx); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return s, nil
+}
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate %s: begin: %w", s.path, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("migrate %s: %w", s.path, err)
+	}
+	var have int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("migrate %s: read version: %w", s.path, err)
+	}
+	if have > len(sqliteMigrations) {
+		return fmt.Errorf("migrate %s: database is at version %d, this idexd knows only %d (downgrade?)", s.path, have, len(sqliteMigrations))
+	}
+	for v := have + 1; v <= len(sqliteMigrations); v++ {
+		if _, err := tx.ExecContext(ctx, sqliteMigrations[v-1]); err != nil {
+			return fmt.Errorf("migrate %s to version %d: %w", s.path, v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version) VALUES (?)`, v); err != nil {
+			return fmt.Errorf("migrate %s: record version %d: %w", s.path, v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate %s: commit: %w", s.path, err)
+	}
+	return nil
+}
+
+// Kind implements Store.
+func (s *SQLite) Kind() string { return "sqlite" }
+
+// Close implements Store.
+func (s *SQLite) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close sqlite %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Ping implements Store.
+func (s *SQLite) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping sqlite %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// EnsureStudent implements Store.
+func (s *SQLite) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Student{}, fmt.Errorf("ensure student %s: begin: %w", name, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	st := Student{Name: name}
+	err = tx.QueryRowContext(ctx, `SELECT uid, gid FROM students WHERE name = ?`, name).Scan(&st.UID, &st.GID)
+	if err == nil {
+		return st, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return Student{}, fmt.Errorf("ensure student %s: read: %w", name, err)
+	}
+	var next int64
+	err = tx.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'uid_next'`).Scan(&next)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Student{}, fmt.Errorf("ensure student %s: read uid counter: %w", name, err)
+	}
+	// The counter only grows, so a uid is never handed out twice, even
+	// after its student is gone; raising uid_min skips ahead.
+	next = max64(next, int64(min))
+	if next > int64(max) {
+		return Student{}, fmt.Errorf("ensure student %s: %w (%d-%d)", name, ErrUIDRangeExhausted, min, max)
+	}
+	st.UID, st.GID = uint32(next), uint32(next)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO students(name, uid, gid, created_at) VALUES (?, ?, ?, ?)`,
+		name, st.UID, st.GID, time.Now().UnixMilli()); err != nil {
+		return Student{}, fmt.Errorf("ensure student %s: insert: %w", name, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO counters(name, value) VALUES ('uid_next', ?)
+		ON CONFLICT(name) DO UPDATE SET value = excluded.value`, next+1); err != nil {
+		return Student{}, fmt.Errorf("ensure student %s: bump uid counter: %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return Student{}, fmt.Errorf("ensure student %s: commit: %w", name, err)
+	}
+	return st, nil
+}
+
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// GetStudent implements Store.
+func (s *SQLite) GetStudent(ctx context.Context, name string) (Student, error) {
+	st := Student{Name: name}
+	err := s.db.QueryRowContext(ctx, `SELECT uid, gid FROM students WHERE name = ?`, name).Scan(&st.UID, &st.GID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Student{}, api.Errorf(api.CodeStudentNotFound, "student %s is not known", name)
+	}
+	if err != nil {
+		return Student{}, fmt.Errorf("get student %s: %w", name, err)
+	}
+	return st, nil
+}
+
+// PutStudent implements Store.
+func (s *SQLite) PutStudent(ctx context.Context, st Student) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO students(name, uid, gid, created_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, gid = excluded.gid`,
+		st.Name, st.UID, st.GID, time.Now().UnixMilli())
+	if err != nil {
+		return fmt.Errorf("put student %s: %w", st.Name, err)
+	}
+	return nil
+}
+
+// ListStudents implements Store.
+func (s *SQLite) ListStudents(ctx context.Context) ([]Student, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, uid, gid FROM students ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list students: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck // rows.Err is checked below
+	var out []Student
+	for rows.Next() {
+		var st Student
+		if err := rows.Scan(&st.Name, &st.UID, &st.GID); err != nil {
+			return nil, fmt.Errorf("list students: scan: %w", err)
+		}
+		out = append(out, st)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list students: %w", err)
+	}
+	return out, nil
+}
+
+// RecordStart implements Store.
+func (s *SQLite) RecordStart(ctx context.Context, r *api.Run) error {
+	args, lim, err := encodeRunJSON(r)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO runs(id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim, string(api.StateRunning), r.StartedAt.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("record start of run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// RecordEnd implements Store. It also inserts the record if the start was
+// never written, so an end is never lost.
+func (s *SQLite) RecordEnd(ctx context.Context, r *api.Run) error {
+	args, lim, err := encodeRunJSON(r)
+	if err != nil {
+		return err
+	}
+	var ended any
+	if r.EndedAt != nil {
+		ended = r.EndedAt.UnixMilli()
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO runs(id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at,
+			reason, exit_code, signal, error, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(id) DO UPDATE SET state = excluded.state, reason = excluded.reason, exit_code = excluded.exit_code,
+			signal = excluded.signal, error = excluded.error, ended_at = excluded.ended_at, wall_ms = excluded.wall_ms,
+			cpu_ms = excluded.cpu_ms, peak_memory_bytes = excluded.peak_memory_bytes,
+			output_bytes = excluded.output_bytes, truncated = excluded.truncated`,
+		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim, string(r.State), r.StartedAt.UnixMilli(),
+		string(r.Reason), r.ExitCode, r.Signal, r.Error, ended, r.WallMS, r.CPUMS, r.PeakMemoryBytes, r.OutputBytes, r.Truncated)
+	if err != nil {
+		return fmt.Errorf("record end of run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+const runColumns = `id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, reason, exit_code, signal, error,
+	started_at, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated`
+
+// GetRun implements Store.
+func (s *SQLite) GetRun(ctx context.Context, id string) (api.Run, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, id)
+	if err != nil {
+		return api.Run{}, fmt.Errorf("get run %s: %w", id, err)
+	}
+	runs, err := scanRuns(rows)
+	if err != nil {
+		return api.Run{}, fmt.Errorf("get run %s: %w", id, err)
+	}
+	if len(runs) == 0 {
+		return api.Run{}, api.Errorf(api.CodeNotFound, "run %s not found", id)
+	}
+	return runs[0], nil
+}
+
+// ListRuns implements Store, newest first.
+func (s *SQLite) ListRuns(ctx context.Context, f RunFilter) ([]api.Run, error) {
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		where = append(where, cond)
+		args = append(args, v)
+	}
+	if f.Student != "" {
+		add("student = ?", f.Student)
+	}
+	if f.State != "" {
+		add("state = ?", string(f.State))
+	}
+	if f.Reason != "" {
+		add("reason = ?", string(f.Reason))
+	}
+	if f.Host != "" {
+		add("host = ?", f.Host)
+	}
+	if !f.Since.IsZero() {
+		add("started_at >= ?", f.Since.UnixMilli())
+	}
+	q := `SELECT ` + runColumns + ` FROM runs`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY started_at DESC, id DESC"
+	if f.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	runs, err := scanRuns(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	return runs, nil
+}
+
+func encodeRunJSON(r *api.Run) (args, limits string, err error) {
+	a := r.Args
+	if a == nil {
+		a = []string{}
+	}
+	ab, err := json.Marshal(a)
+	if err != nil {
+		return "", "", fmt.Errorf("encode args of run %s: %w", r.ID, err)
+	}
+	lb, err := json.Marshal(r.Limits)
+	if err != nil {
+		return "", "", fmt.Errorf("encode limits of run %s: %w", r.ID, err)
+	}
+	return string(ab), string(lb), nil
+}
+
+// scanRuns reads rows of runColumns and closes them.
+func scanRuns(rows *sql.Rows) ([]api.Run, error) {
+	defer rows.Close() //nolint:errcheck // rows.Err is checked below
+	var out []api.Run
+	for rows.Next() {
+		var (
+			r                api.Run
+			args, lim        string
+			mode, state, rsn string
+			exit             sql.NullInt64
+			started          int64
+			ended            sql.NullInt64
+			truncated        bool
+		)
+		if err := rows.Scan(&r.ID, &r.Host, &r.Student, &r.UID, &r.GID, &r.Script, &r.ScriptSHA256, &args, &mode, &lim,
+			&state, &rsn, &exit, &r.Signal, &r.Error, &started, &ended, &r.WallMS, &r.CPUMS, &r.PeakMemoryBytes,
+			&r.OutputBytes, &truncated); err != nil {
+			return nil, fmt.Errorf("scan run: %w", err)
+		}
+		if err := decodeRunJSON(&r, args, lim); err != nil {
+			return nil, err
+		}
+		r.Mode, r.State, r.Reason, r.Truncated = api.Mode(mode), api.State(state), api.Reason(rsn), truncated
+		if exit.Valid {
+			c := int(exit.Int64)
+			r.ExitCode = &c
+		}
+		r.StartedAt = time.UnixMilli(started).UTC()
+		if ended.Valid {
+			t := time.UnixMilli(ended.Int64).UTC()
+			r.EndedAt = &t
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read runs: %w", err)
+	}
+	return out, nil
+}
+
+func decodeRunJSON(r *api.Run, args, limits string) error {
+	if err := json.Unmarshal([]byte(args), &r.Args); err != nil {
+		return fmt.Errorf("decode args of run %s: %w", r.ID, err)
+	}
+	if len(r.Args) == 0 {
+		r.Args = nil
+	}
+	if err := json.Unmarshal([]byte(limits), &r.Limits); err != nil {
+		return fmt.Errorf("decode limits of run %s: %w", r.ID, err)
+	}
+	return nil
+}

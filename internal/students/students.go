@@ -1,0 +1,194 @@
+// Package students knows where a student's files live and what may run:
+// it validates names, ensures each student's directory with the right owner
+// and mode, and resolves a script path so that nothing outside that
+// directory can be named, not even through a symlink swapped in meanwhile.
+//
+// The directory scheme works with plain modes, as shared storage without
+// POSIX ACLs (EFS) requires:
+//
+//	<workdir_root>               root:<client group> 0751
+//	<workdir_root>/<student>     <student uid>:<client group> 2770
+//
+// Only the student's runs (owner) and the web tier (group) can enter a
+// student's directory; other students cannot even traverse it. The setgid
+// bit gives every new file the client group, and runs use umask 007, so the
+// web tier can read and rewrite what a run wrote. The web tier saves files
+// with mode 0666 (umask 000) so that runs, which are "other" to a file the
+// web tier owns, can rewrite them in place; the 2770 directory is what keeps
+// every other student out.
+package students
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// ValidName returns an invalid_student error unless name is a Unix-style name.
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return api.Errorf(api.CodeInvalidStudent, "student name %q must match %s", name, nameRE)
+	}
+	return nil
+}
+
+// Dirs manages the students' directories under one root.
+type Dirs struct {
+	Root        string
+	ClientGroup uint32 // gid of the web tier's group
+}
+
+const (
+	rootMode    = 0o751
+	studentMode = 0o2770
+)
+
+// Workdir is the student's directory (not checked).
+func (d *Dirs) Workdir(student string) string { return filepath.Join(d.Root, student) }
+
+// EnsureRoot creates the root with its mode if missing.
+func (d *Dirs) EnsureRoot() error {
+	if err := os.MkdirAll(d.Root, rootMode); err != nil {
+		return fmt.Errorf("create workdir root %s: %w", d.Root, err)
+	}
+	if err := os.Chown(d.Root, 0, int(d.ClientGroup)); err != nil {
+		return fmt.Errorf("chown workdir root %s: %w", d.Root, err)
+	}
+	if err := os.Chmod(d.Root, rootMode); err != nil {
+		return fmt.Errorf("chmod workdir root %s: %w", d.Root, err)
+	}
+	return nil
+}
+
+// Ensure creates the student's directory if missing and fixes its owner,
+// group and mode. It works on an fd opened without following symlinks, so
+// a symlink planted at the student's name is refused, not followed.
+func (d *Dirs) Ensure(student string, uid uint32) (string, error) {
+	if err := ValidName(student); err != nil {
+		return "", err
+	}
+	root, err := unix.Open(d.Root, unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("open workdir root %s: %w", d.Root, err)
+	}
+	defer unix.Close(root) //nolint:errcheck // read-only directory fd
+	if err := unix.Mkdirat(root, student, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return "", fmt.Errorf("create workdir of %s: %w", student, err)
+	}
+	fd, err := unix.Openat(root, student, unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("open workdir of %s (must be a directory, not a symlink): %w", student, err)
+	}
+	defer unix.Close(fd) //nolint:errcheck // read-only directory fd
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", fmt.Errorf("stat workdir of %s: %w", student, err)
+	}
+	if st.Uid != uid || st.Gid != d.ClientGroup {
+		if err := unix.Fchown(fd, int(uid), int(d.ClientGroup)); err != nil {
+			return "", fmt.Errorf("chown workdir of %s to %d:%d: %w", student, uid, d.ClientGroup, err)
+		}
+	}
+	// chown clears the setgid bit, so the mode is set after it.
+	if st.Mode&0o7777 != studentMode || st.Uid != uid || st.Gid != d.ClientGroup {
+		if err := unix.Fchmod(fd, studentMode); err != nil {
+			return "", fmt.Errorf("chmod workdir of %s: %w", student, err)
+		}
+	}
+	return d.Workdir(student), nil
+}
+
+// Script is a resolved script.
+type Script struct {
+	// Rel is the path the student gave, cleaned and relative to the
+	// workdir: what the interpreter is told, so that tracebacks, __file__
+	// and sys.argv[0] read as in a terminal.
+	Rel string
+	// Canonical is where it really is (symlinks inside the workdir
+	// resolved), relative to the workdir: the lock key.
+	Canonical string
+	SHA256    string
+}
+
+// maxHashBytes bounds how much of a script is read for its hash.
+const maxHashBytes = 16 << 20
+
+// ResolveScript checks that script names a regular file inside workdir.
+// The kernel does the check (openat2 with RESOLVE_BENEATH), so `..`,
+// absolute paths and symlinks leading out are refused even when they are
+// swapped in while we look.
+func ResolveScript(workdir, script string) (Script, error) {
+	if script == "" || strings.ContainsRune(script, 0) {
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script path %q is empty or contains NUL", script)
+	}
+	rel := script
+	if filepath.IsAbs(script) {
+		r, err := filepath.Rel(workdir, filepath.Clean(script))
+		if err != nil || r == ".." || strings.HasPrefix(r, "../") {
+			return Script{}, api.Errorf(api.CodeInvalidPath, "script %q is outside the student's directory", script)
+		}
+		rel = r
+	}
+	rel = filepath.Clean(rel)
+	if rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script %q is outside the student's directory", script)
+	}
+	dir, err := unix.Open(workdir, unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return Script{}, fmt.Errorf("open workdir %s: %w", workdir, err)
+	}
+	defer unix.Close(dir) //nolint:errcheck // read-only directory fd
+	// O_NONBLOCK: opening a FIFO planted as the script must not hang.
+	fd, err := unix.Openat2(dir, rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+		return Script{}, api.Errorf(api.CodeScriptNotFound, "script %q not found in the student's directory", script)
+	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script %q resolves outside the student's directory", script)
+	case err != nil:
+		return Script{}, fmt.Errorf("open script %q: %w", script, err)
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close() //nolint:errcheck // read-only file
+	st, err := f.Stat()
+	if err != nil {
+		return Script{}, fmt.Errorf("stat script %q: %w", script, err)
+	}
+	if !st.Mode().IsRegular() {
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script %q is not a regular file (%s)", script, st.Mode().Type())
+	}
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return Script{}, fmt.Errorf("find canonical path of %q: %w", script, err)
+	}
+	realDir, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", dir))
+	if err != nil {
+		return Script{}, fmt.Errorf("find canonical path of %s: %w", workdir, err)
+	}
+	canon, err := filepath.Rel(realDir, real)
+	if err != nil || strings.HasPrefix(canon, "../") {
+		// RESOLVE_BENEATH makes this impossible unless the workdir itself
+		// moved; refuse rather than guess.
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script %q resolved to %s, outside %s", script, real, workdir)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, maxHashBytes)); err != nil {
+		return Script{}, fmt.Errorf("hash script %q: %w", script, err)
+	}
+	return Script{Rel: rel, Canonical: canon, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}

@@ -1,0 +1,233 @@
+// Package testutil builds real idexd components for tests: a run engine
+// on real cgroups with an SQLite store in a temporary directory, a logger
+// that writes to t.Log, and the root check that fails instead of skipping
+// when CI=true.
+package testutil
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/store"
+	"github.com/idexd/idexd/internal/students"
+)
+
+// ClientGID is the client group's gid in tests; no group entry is needed.
+const ClientGID = 4242
+
+// Interpreter is the python every test uses: an absolute path, not a shim.
+const Interpreter = "/usr/bin/python3"
+
+// RequireRoot fails the test under CI=true when not root, else skips it.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root and real cgroups; CI runs as root, so this is a failure")
+	}
+	t.Skip("needs root and real cgroups (run as root; under CI=true this fails instead)")
+}
+
+// Logger writes to t.Log until the test ends, and drops lines after that.
+func Logger(t testing.TB) *slog.Logger {
+	w := &tWriter{t: t}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *tWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+}
+
+// TraversableDir returns a new temporary directory that students' uids can
+// traverse (t.TempDir makes 0700 directories).
+func TraversableDir(t testing.TB) string {
+	t.Helper()
+	d := t.TempDir()
+	for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatalf("chmod %s: %v", p, err)
+		}
+	}
+	return d
+}
+
+// Env is a complete engine stack for one test.
+type Env struct {
+	Engine  *run.Engine
+	Store   store.Store
+	Locks   *lock.Table
+	Cgroups *cgroup.Manager
+	Dirs    *students.Dirs
+	Root    string
+	Config  run.Config
+}
+
+// Option changes the engine's configuration before it is built.
+type Option func(*run.Config)
+
+// NewEnv builds an engine on real cgroups under a parent unique to this test.
+func NewEnv(t testing.TB, opts ...Option) *Env {
+	t.Helper()
+	RequireRoot(t)
+	root := TraversableDir(t)
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(root, "state"))
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	parent := "idexd-test/" + hex.EncodeToString(b[:])
+	cg, err := cgroup.New(parent)
+	if err != nil {
+		t.Fatalf("cgroups: %v", err)
+	}
+	dirs := &students.Dirs{Root: filepath.Join(root, "students"), ClientGroup: ClientGID}
+	if err := dirs.EnsureRoot(); err != nil {
+		t.Fatalf("workdir root: %v", err)
+	}
+	def := config.Default()
+	locks := lock.NewTable()
+	cfg := run.Config{
+		Host: "test", Interpreter: Interpreter,
+		Defaults: def.Defaults, Max: def.Max, MaxRuns: 1000,
+		UIDSource: config.UIDSourceRange, UIDMin: def.UIDMin, UIDMax: def.UIDMax,
+		KeepEnded: time.Minute,
+		Log:       Logger(t), Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	eng, err := run.New(cfg)
+	if err != nil {
+		t.Fatalf("engine: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := eng.Shutdown(ctx, 0); err != nil {
+			t.Errorf("shutdown engine: %v", err)
+		}
+		if err := st.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+		leftover, err := os.ReadDir(filepath.Join(cgroupV2Mount(cg), cg.Parent()))
+		if err == nil {
+			for _, d := range leftover {
+				if d.IsDir() {
+					sub, _ := os.ReadDir(filepath.Join(cgroupV2Mount(cg), cg.Parent(), d.Name()))
+					for _, s := range sub {
+						if s.IsDir() {
+							t.Errorf("cgroup left behind: %s/%s/%s", cg.Parent(), d.Name(), s.Name())
+						}
+					}
+				}
+			}
+		}
+		if err := cg.RemoveParent(); err != nil {
+			t.Errorf("remove test cgroup parent: %v", err)
+		}
+	})
+	return &Env{Engine: eng, Store: st, Locks: locks, Cgroups: cg, Dirs: dirs, Root: root, Config: cfg}
+}
+
+func cgroupV2Mount(m *cgroup.Manager) string {
+	if m.Mode() == cgroup.ModeHybrid {
+		return "/sys/fs/cgroup/unified"
+	}
+	return "/sys/fs/cgroup"
+}
+
+// WriteScript writes a script into the student's directory (ensuring the
+// student), as the web tier would: mode 0666.
+func (e *Env) WriteScript(t testing.TB, student, name, src string) string {
+	t.Helper()
+	st, err := e.Engine.EnsureStudent(context.Background(), student)
+	if err != nil {
+		t.Fatalf("ensure student %s: %v", student, err)
+	}
+	p := filepath.Join(st.Workdir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o2777); err != nil {
+		t.Fatalf("mkdir for %s: %v", p, err)
+	}
+	if err := os.WriteFile(p, []byte(src), 0o666); err != nil {
+		t.Fatalf("write %s: %v", p, err)
+	}
+	if err := os.Chmod(p, 0o666); err != nil {
+		t.Fatalf("chmod %s: %v", p, err)
+	}
+	return p
+}
+
+// Result is a finished run and everything it printed.
+type Result struct {
+	Run    api.Run
+	Stdout string
+	Stderr string
+	Events []api.Event
+}
+
+// Collect waits for r to end (or ctx) and gathers its events.
+func Collect(ctx context.Context, t testing.TB, r *run.Run) Result {
+	t.Helper()
+	var res Result
+	var seq int64
+	for {
+		evs, ch := r.EventsAfter(seq)
+		for _, ev := range evs {
+			seq = ev.Seq
+			res.Events = append(res.Events, ev)
+			switch ev.Type {
+			case api.EventStdout:
+				res.Stdout += string(ev.Bytes())
+			case api.EventStderr:
+				res.Stderr += string(ev.Bytes())
+			case api.EventEnd:
+				res.Run = *ev.Run
+				return res
+			}
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("run %s did not end: %v", r.ID(), ctx.Err())
+		}
+	}
+}
+
+// Discard is an io.Writer for loggers nobody reads.
+var Discard io.Writer = io.Discard
