@@ -31,15 +31,19 @@ lint: $(LINT)
 test: vet lint build
 	$(GO) test -race -count=1 -timeout 30m ./...
 
+# The dev config names root's group as client and admin group, so that
+# make run needs no change to the host's groups.
 run: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make run needs root: idexd creates cgroups and runs scripts as per-student uids. Try: sudo make run" >&2; exit 1; fi
 	@mkdir -p $(RUNDIR)
+	@printf 'client_group = "root"\nadmin_group = "root"\n' > $(RUNDIR)/idexd.toml
 	@echo "idexd on $(RUNDIR)/idexd.sock; in another shell try:"
-	@echo "  $(BIN)/idexctl --socket $(RUNDIR)/idexd.sock student alice"
+	@echo "  export IDEX_SOCKET=$(RUNDIR)/idexd.sock"
+	@echo "  $(BIN)/idexctl student alice"
 	@echo "  echo 'print(\"hello\", input(\"name? \"))' > $(RUNDIR)/students/alice/hello.py"
-	@echo "  $(BIN)/idexctl --socket $(RUNDIR)/idexd.sock run --student alice hello.py"
-	$(BIN)/idexd --socket $(RUNDIR)/idexd.sock --workdir-root $(RUNDIR)/students \
-		--state-dir $(RUNDIR)/state --cgroup-parent idexd-dev
+	@echo "  $(BIN)/idexctl run --student alice hello.py"
+	$(BIN)/idexd --config $(RUNDIR)/idexd.toml --socket $(RUNDIR)/idexd.sock \
+		--workdir-root $(RUNDIR)/students --state-dir $(RUNDIR)/state --cgroup-parent idexd-dev
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/run/

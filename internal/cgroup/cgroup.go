@@ -18,6 +18,7 @@ package cgroup
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -331,4 +332,58 @@ func (m *Manager) removeGroup(rel string) error {
 		errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 	}
 	return errors.Join(errs...)
+}
+
+// RunGroups lists the run groups under the parent as "student/run".
+func (m *Manager) RunGroups() ([]string, error) {
+	dir := filepath.Join(m.v2Mount, m.v2Parent)
+	studs, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list cgroup parent %s: %w", dir, err)
+	}
+	var out []string
+	for _, s := range studs {
+		if !s.IsDir() || strings.HasPrefix(s.Name(), ".") {
+			continue
+		}
+		runs, err := os.ReadDir(filepath.Join(dir, s.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("list cgroups of %s: %w", s.Name(), err)
+		}
+		for _, r := range runs {
+			if r.IsDir() {
+				out = append(out, s.Name()+"/"+r.Name())
+			}
+		}
+	}
+	return out, nil
+}
+
+// Sweep kills and removes every run group a previous instance left, and
+// returns their run ids. It runs at start-up, before any new run exists.
+func (m *Manager) Sweep(ctx context.Context) ([]string, error) {
+	groups, err := m.RunGroups()
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	var errs []error
+	for _, rel := range groups {
+		g := &Group{mode: m.mode, v2Path: filepath.Join(m.v2Mount, m.v2Parent, rel)}
+		g.v2, err = cgroup2.Load(filepath.Join(m.v2Parent, rel), cgroup2.WithMountpoint(m.v2Mount))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load leftover cgroup %s: %w", rel, err))
+			continue
+		}
+		if err := g.KillAndWait(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("kill leftover cgroup %s: %w", rel, err))
+			continue
+		}
+		if err := m.removeGroup(rel); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ids = append(ids, filepath.Base(rel))
+	}
+	return ids, errors.Join(errs...)
 }

@@ -69,6 +69,9 @@ type Config struct {
 	LogLevel  string     `toml:"log_level"`
 	// MetricsAddr, when set, also serves /metrics on this TCP address.
 	MetricsAddr string `toml:"metrics_addr"`
+	// DebugEndpoints enables POST /v1/debug/hang, which makes the watchdog
+	// self-check fail: for testing systemd's watchdog, never in production.
+	DebugEndpoints bool `toml:"debug_endpoints"`
 }
 
 // Default returns the production defaults.

@@ -128,7 +128,10 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 			return nil, api.Errorf(api.CodeInvalidRequest, "args[%d] contains a NUL byte", i)
 		}
 	}
-	lim, err := config.Effective(req.Limits, e.cfg.Defaults, e.cfg.Max)
+	e.mu.Lock()
+	def, max := e.cfg.Defaults, e.cfg.Max
+	e.mu.Unlock()
+	lim, err := config.Effective(req.Limits, def, max)
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +266,17 @@ func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student,
 	}
 	return st, nil
 }
+
+// SetLimits replaces the default and maximum limits for new runs (SIGHUP);
+// running runs keep theirs.
+func (e *Engine) SetLimits(defaults, max api.Limits) {
+	e.mu.Lock()
+	e.cfg.Defaults, e.cfg.Max = defaults, max
+	e.mu.Unlock()
+}
+
+// Workdir is a student's directory.
+func (e *Engine) Workdir(student string) string { return e.cfg.Dirs.Workdir(student) }
 
 // Get returns a live or recently ended run.
 func (e *Engine) Get(id string) (*Run, bool) {

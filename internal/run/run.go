@@ -114,7 +114,7 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 	if err := e.step(StepInterpreter); err != nil {
 		return fail(StepInterpreter, err)
 	}
-	if err := checkInterpreter(e.cfg.Interpreter); err != nil {
+	if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
 		return fail(StepInterpreter, err)
 	}
 	if err := e.step(StepPipes); err != nil {
@@ -215,7 +215,8 @@ func (r *Run) startFailedError(step string, err error) error {
 	}
 }
 
-func checkInterpreter(path string) error {
+// CheckInterpreter reports whether path is a file every student may execute.
+func CheckInterpreter(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("interpreter %s: %w", path, err)

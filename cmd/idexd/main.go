@@ -1,0 +1,24 @@
+// Command idexd runs students' scripts, each in a cgroup of its own as the
+// student's uid, for a classroom web IDE. See README.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/idexd/idexd/internal/daemon"
+	"github.com/idexd/idexd/internal/sandbox"
+)
+
+func main() {
+	sandbox.Helper() // a run's child is this binary in helper mode
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Main(ctx, os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "idexd:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,317 @@
+// Package client is the Go client of idexd's control protocol, used by
+// idexctl and the tests. Errors from the server come back as *api.Error, so
+// callers test them with errors.Is(err, api.ErrLocked) and friends.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+// DefaultSocket is where idexd listens unless told otherwise.
+const DefaultSocket = "/run/idexd/idexd.sock"
+
+// Client talks to one idexd. The zero value uses DefaultSocket.
+type Client struct {
+	Socket string
+	// ClientGroup names the group to join in permission errors.
+	ClientGroup string
+	hc          *http.Client
+}
+
+// New returns a client for socket.
+func New(socket string) *Client { return &Client{Socket: socket} }
+
+func (c *Client) socket() string {
+	if c.Socket == "" {
+		return DefaultSocket
+	}
+	return c.Socket
+}
+
+func (c *Client) http() *http.Client {
+	if c.hc == nil {
+		sock := c.socket()
+		c.hc = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			},
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     30 * time.Second,
+		}}
+	}
+	return c.hc
+}
+
+// DialError explains why the socket could not be reached.
+type DialError struct {
+	Socket string
+	Err    error
+	Hint   string
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("cannot connect to %s: %v (%s)", e.Socket, e.Err, e.Hint)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+func (c *Client) dialError(err error) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "dial" {
+		return err
+	}
+	group := c.ClientGroup
+	if group == "" {
+		group = "idex"
+	}
+	hint := "is idexd running? try: systemctl status idexd"
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.EACCES, syscall.EPERM:
+			hint = "is your user in group " + group + "?"
+		}
+		return &DialError{Socket: c.socket(), Err: errno, Hint: hint}
+	}
+	return &DialError{Socket: c.socket(), Err: op.Err, Hint: hint}
+}
+
+// send does one request. body (if not nil) is sent as JSON, or raw when it
+// is a []byte; the response is decoded into out (if not nil).
+func (c *Client) send(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close() //nolint:errcheck // the body was read to the end
+	if out == nil {
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return fmt.Errorf("%s %s: read response: %w", method, path, err)
+		}
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
+
+// do sends a request and returns a 2xx response, or the server's error.
+func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	ctype := ""
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd, ctype = bytes.NewReader(b), "application/octet-stream"
+	default:
+		buf, err := json.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: encode body: %w", method, path, err)
+		}
+		rd, ctype = bytes.NewReader(buf), "application/json"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://idexd"+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nil, c.dialError(err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close() //nolint:errcheck // error bodies are small and read whole
+	var eb api.ErrorBody
+	raw, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if rerr == nil && json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
+		return nil, eb.Error
+	}
+	return nil, &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))}
+}
+
+// StartRun starts a run.
+func (c *Client) StartRun(ctx context.Context, req api.RunRequest) (api.Run, error) {
+	var r api.Run
+	return r, c.send(ctx, "POST", "/v1/runs", req, &r)
+}
+
+// GetRun returns a run.
+func (c *Client) GetRun(ctx context.Context, id string) (api.Run, error) {
+	var r api.Run
+	return r, c.send(ctx, "GET", "/v1/runs/"+url.PathEscape(id), nil, &r)
+}
+
+// ListFilter selects runs.
+type ListFilter struct {
+	Student string
+	State   api.State
+	Reason  api.Reason
+	Since   time.Time
+	Limit   int
+}
+
+// ListRuns lists runs, newest first.
+func (c *Client) ListRuns(ctx context.Context, f ListFilter) ([]api.Run, error) {
+	q := url.Values{}
+	if f.Student != "" {
+		q.Set("student", f.Student)
+	}
+	if f.State != "" {
+		q.Set("state", string(f.State))
+	}
+	if f.Reason != "" {
+		q.Set("reason", string(f.Reason))
+	}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.UTC().Format(time.RFC3339))
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var l api.RunList
+	return l.Runs, c.send(ctx, "GET", "/v1/runs?"+q.Encode(), nil, &l)
+}
+
+// StopRun stops a run and returns it once its cgroup is empty.
+func (c *Client) StopRun(ctx context.Context, id string) (api.Run, error) {
+	var r api.Run
+	return r, c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/stop", nil, &r)
+}
+
+// WriteStdin feeds the run's stdin; eof closes it afterwards.
+func (c *Client) WriteStdin(ctx context.Context, id string, p []byte, eof bool) error {
+	path := "/v1/runs/" + url.PathEscape(id) + "/stdin"
+	if eof {
+		path += "?eof=1"
+	}
+	if p == nil {
+		p = []byte{}
+	}
+	return c.send(ctx, "POST", path, p, nil)
+}
+
+// Health returns the health report. A degraded or draining daemon answers
+// 503 with the report, which is returned without error.
+func (c *Client) Health(ctx context.Context) (api.Health, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://idexd/v1/health", nil)
+	if err != nil {
+		return api.Health{}, fmt.Errorf("health: %w", err)
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return api.Health{}, c.dialError(err)
+	}
+	defer resp.Body.Close() //nolint:errcheck // read whole below
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return api.Health{}, fmt.Errorf("health: read: %w", err)
+	}
+	var h api.Health
+	if err := json.Unmarshal(raw, &h); err != nil || h.Status == "" {
+		var eb api.ErrorBody
+		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
+			return api.Health{}, eb.Error
+		}
+		return api.Health{}, fmt.Errorf("health: HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(raw))
+	}
+	return h, nil
+}
+
+// EnsureStudent creates the student if needed.
+func (c *Client) EnsureStudent(ctx context.Context, name string) (api.Student, error) {
+	var s api.Student
+	return s, c.send(ctx, "PUT", "/v1/students/"+url.PathEscape(name), nil, &s)
+}
+
+// GetStudent reads a student.
+func (c *Client) GetStudent(ctx context.Context, name string) (api.Student, error) {
+	var s api.Student
+	return s, c.send(ctx, "GET", "/v1/students/"+url.PathEscape(name), nil, &s)
+}
+
+// ListStudents lists every known student.
+func (c *Client) ListStudents(ctx context.Context) ([]api.Student, error) {
+	var l api.StudentList
+	return l.Students, c.send(ctx, "GET", "/v1/students", nil, &l)
+}
+
+// Drain refuses new runs on this host.
+func (c *Client) Drain(ctx context.Context) (api.Health, error) {
+	var h api.Health
+	return h, c.send(ctx, "POST", "/v1/drain", nil, &h)
+}
+
+// Resume accepts new runs again.
+func (c *Client) Resume(ctx context.Context) (api.Health, error) {
+	var h api.Health
+	return h, c.send(ctx, "POST", "/v1/resume", nil, &h)
+}
+
+// Version returns the daemon's version.
+func (c *Client) Version(ctx context.Context) (map[string]string, error) {
+	var v map[string]string
+	return v, c.send(ctx, "GET", "/v1/version", nil, &v)
+}
+
+// DebugState returns the daemon's resource counts (admin).
+func (c *Client) DebugState(ctx context.Context, out any) error {
+	return c.send(ctx, "GET", "/v1/debug/state", nil, out)
+}
+
+// Events is a stream of a run's events.
+type Events struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+	done bool
+}
+
+// Events opens the run's event stream after seq (0: from the start).
+func (c *Client) Events(ctx context.Context, id string, after int64) (*Events, error) {
+	//nolint:bodyclose // the body belongs to the returned Events; its Close closes it
+	resp, err := c.do(ctx, "GET", "/v1/runs/"+url.PathEscape(id)+"/events?after="+strconv.FormatInt(after, 10), nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Events{body: resp.Body, dec: json.NewDecoder(bufio.NewReader(resp.Body))}, nil
+}
+
+// Next returns the next event; io.EOF after the end event.
+func (e *Events) Next() (api.Event, error) {
+	if e.done {
+		return api.Event{}, io.EOF
+	}
+	var ev api.Event
+	if err := e.dec.Decode(&ev); err != nil {
+		if errors.Is(err, io.EOF) {
+			return api.Event{}, io.ErrUnexpectedEOF
+		}
+		return api.Event{}, fmt.Errorf("read event: %w", err)
+	}
+	if ev.Type == api.EventEnd {
+		e.done = true
+	}
+	return ev, nil
+}
+
+// Close ends the stream; the run goes on.
+func (e *Events) Close() error { return e.body.Close() }

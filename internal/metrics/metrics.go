@@ -1,0 +1,97 @@
+// Package metrics exposes idexd's Prometheus metrics. The engine reports
+// to it through run.Hooks and the server through Refused, so neither knows
+// about Prometheus.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
+)
+
+// Sources are read at scrape time.
+type Sources struct {
+	Active      func() int
+	LockCounts  func() (acquired, released int64)
+	StoreErrors func() int64
+}
+
+// Metrics is the registry and its collectors.
+type Metrics struct {
+	reg          *prometheus.Registry
+	started      prometheus.Counter
+	ended        *prometheus.CounterVec
+	refused      *prometheus.CounterVec
+	startLatency prometheus.Histogram
+	stopLatency  prometheus.Histogram
+}
+
+// New registers every metric.
+func New(src Sources) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		started: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "idexd_runs_started_total", Help: "Runs whose child started."}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idexd_runs_ended_total", Help: "Runs ended, by reason."}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idexd_requests_refused_total", Help: "Requests answered with an error, by code."}, []string{"code"}),
+		startLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "idexd_run_start_seconds", Help: "From the start request to the interpreter's exec.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		stopLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "idexd_run_stop_seconds", Help: "From a kill (stop, timeout, limit) to cgroup empty and lock free.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+	}
+	reg.MustRegister(m.started, m.ended, m.refused, m.startLatency, m.stopLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if src.Active != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "idexd_runs_active", Help: "Runs admitted and not yet ended."},
+			func() float64 { return float64(src.Active()) }))
+	}
+	if src.LockCounts != nil {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "idexd_lock_acquired_total", Help: "Execution locks taken."},
+				func() float64 { a, _ := src.LockCounts(); return float64(a) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "idexd_lock_released_total", Help: "Execution locks given back."},
+				func() float64 { _, r := src.LockCounts(); return float64(r) }))
+	}
+	if src.StoreErrors != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "idexd_store_errors_total", Help: "Store writes that failed (and were queued or refused)."},
+			func() float64 { return float64(src.StoreErrors()) }))
+	}
+	return m
+}
+
+// Hooks feeds run events into the metrics.
+func (m *Metrics) Hooks() run.Hooks {
+	return run.Hooks{
+		Started: func(_ *api.Run, latency time.Duration) {
+			m.started.Inc()
+			m.startLatency.Observe(latency.Seconds())
+		},
+		Ended: func(r *api.Run, stop time.Duration) {
+			m.ended.WithLabelValues(string(r.Reason)).Inc()
+			if stop > 0 {
+				m.stopLatency.Observe(stop.Seconds())
+			}
+		},
+	}
+}
+
+// Refused counts an error answer.
+func (m *Metrics) Refused(code api.Code) { m.refused.WithLabelValues(string(code)).Inc() }
+
+// Handler serves the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,533 @@
+// Package server serves idexd's control protocol: HTTP/1.1 with JSON
+// bodies on a Unix socket, under /v1/. Every route is in one sorted table
+// with the role it needs, and the role is enforced in one place (handle),
+// from the peer credentials read once per connection.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/store"
+	"github.com/idexd/idexd/internal/version"
+)
+
+const (
+	// maxJSONBody caps request bodies: a run request is a few hundred bytes.
+	maxJSONBody = 1 << 20
+	// maxStdinBody caps one stdin write.
+	maxStdinBody = 1 << 20
+	// requestTimeout bounds every request but event streams.
+	requestTimeout = 60 * time.Second
+	// streamWriteTimeout cuts off a stream reader that stopped reading;
+	// the run does not notice, its events stay for the next reader.
+	streamWriteTimeout = 30 * time.Second
+)
+
+// Config wires a Server.
+type Config struct {
+	Engine    *run.Engine
+	Store     store.Store
+	Cgroups   *cgroup.Manager
+	Log       *slog.Logger
+	ClientGID uint32
+	AdminGID  uint32
+	// Interpreter is checked by health.
+	Interpreter string
+	// Metrics serves GET /metrics; nil disables it.
+	Metrics http.Handler
+	// Debug enables /v1/debug/hang (for the watchdog test).
+	Debug bool
+	// Locks reports held locks for /v1/debug/state; may be nil.
+	Locks interface{ Held() int }
+	// OnError is told the code of every error answer (metrics); may be nil.
+	OnError func(api.Code)
+}
+
+// Server is the control API.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+	mux     *http.ServeMux
+	// hung is set by /v1/debug/hang: the watchdog self-check then fails.
+	hung atomic.Bool
+}
+
+// New builds the server and its routes.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, log: cfg.Log, started: time.Now(), mux: http.NewServeMux()}
+	for _, rt := range s.routes() {
+		s.mux.Handle(rt.method+" "+rt.path, s.handle(rt))
+	}
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, s.log, api.Errorf(api.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+// Handler is the root handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// HTTPServer returns an http.Server that reads peer credentials.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s.mux,
+		ConnContext:       connContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// Hung reports whether /v1/debug/hang was called.
+func (s *Server) Hung() bool { return s.hung.Load() }
+
+type route struct {
+	method string
+	path   string
+	role   Role
+	stream bool // no request deadline: the handler follows a run
+	h      func(w http.ResponseWriter, r *http.Request) error
+}
+
+// routes is the whole API, sorted by path then method (a test checks).
+func (s *Server) routes() []route {
+	return []route{
+		{method: "GET", path: "/metrics", role: RoleClient, h: s.metrics},
+		{method: "GET", path: "/v1/debug/state", role: RoleAdmin, h: s.debugState},
+		{method: "POST", path: "/v1/debug/hang", role: RoleAdmin, h: s.debugHang},
+		{method: "POST", path: "/v1/drain", role: RoleAdmin, h: s.drain},
+		{method: "GET", path: "/v1/health", role: RoleClient, h: s.health},
+		{method: "POST", path: "/v1/resume", role: RoleAdmin, h: s.resume},
+		{method: "GET", path: "/v1/runs", role: RoleClient, h: s.listRuns},
+		{method: "POST", path: "/v1/runs", role: RoleClient, h: s.startRun},
+		{method: "GET", path: "/v1/runs/{id}", role: RoleClient, h: s.getRun},
+		{method: "GET", path: "/v1/runs/{id}/events", role: RoleClient, stream: true, h: s.events},
+		{method: "POST", path: "/v1/runs/{id}/stdin", role: RoleClient, h: s.stdin},
+		{method: "POST", path: "/v1/runs/{id}/stop", role: RoleClient, h: s.stop},
+		{method: "GET", path: "/v1/students", role: RoleAdmin, h: s.listStudents},
+		{method: "GET", path: "/v1/students/{name}", role: RoleClient, h: s.getStudent},
+		{method: "PUT", path: "/v1/students/{name}", role: RoleClient, h: s.putStudent},
+		{method: "GET", path: "/v1/version", role: RoleClient, h: s.version},
+	}
+}
+
+// handle is the one place where roles are enforced, deadlines set and
+// errors written.
+func (s *Server) handle(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := peerFrom(r.Context())
+		role := roleOf(p, s.cfg.ClientGID, s.cfg.AdminGID)
+		if role < rt.role {
+			s.log.Warn("request refused", "method", r.Method, "path", r.URL.Path,
+				"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "role", role, "needs", rt.role, "peer_err", p.Err)
+			writeError(w, s.log, api.Errorf(api.CodeForbidden, "%s %s needs role %s; uid %d has role %s", r.Method, rt.path, rt.role, p.UID, role))
+			return
+		}
+		if !rt.stream {
+			ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
+		if err := rt.h(w, r); err != nil {
+			e := api.AsError(err)
+			if s.cfg.OnError != nil {
+				s.cfg.OnError(e.Code)
+			}
+			if e.Code == api.CodeInternal {
+				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "peer_uid", p.UID, "err", err)
+			}
+			writeError(w, s.log, e)
+		}
+	})
+}
+
+func writeError(w http.ResponseWriter, log *slog.Logger, e *api.Error) {
+	writeJSON(w, log, api.HTTPStatus(e.Code), api.ErrorBody{Error: e})
+}
+
+func writeJSON(w http.ResponseWriter, log *slog.Logger, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		log.Debug("write response", "err", err)
+	}
+}
+
+// decode reads one JSON object, refusing unknown fields, trailing data
+// and bodies over the cap.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, maxJSONBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return api.Errorf(api.CodeBodyTooLarge, "request body is over %d bytes", maxJSONBody)
+		}
+		return api.Errorf(api.CodeInvalidRequest, "decode request body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return api.Errorf(api.CodeInvalidRequest, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// DecodeRunRequest is the request decoding of POST /v1/runs, exported for
+// the fuzz test.
+func DecodeRunRequest(body io.Reader) (api.RunRequest, error) {
+	r, err := http.NewRequest("POST", "/v1/runs", body)
+	if err != nil {
+		return api.RunRequest{}, fmt.Errorf("build request: %w", err)
+	}
+	var req api.RunRequest
+	err = decode(discardWriter{}, r, &req)
+	return req, err
+}
+
+type discardWriter struct{}
+
+func (discardWriter) Header() http.Header         { return http.Header{} }
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (discardWriter) WriteHeader(int)             {}
+
+func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
+	var req api.RunRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	run, err := s.cfg.Engine.Start(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, s.log, http.StatusCreated, run.Info())
+	return nil
+}
+
+func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if run, ok := s.cfg.Engine.Get(id); ok {
+		writeJSON(w, s.log, http.StatusOK, run.Info())
+		return nil
+	}
+	info, err := s.cfg.Store.GetRun(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, s.log, http.StatusOK, info)
+	return nil
+}
+
+func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.RunFilter{Student: q.Get("student"), State: api.State(q.Get("state")), Reason: api.Reason(q.Get("reason")), Limit: 100}
+	switch f.State {
+	case "", api.StateRunning, api.StateEnded:
+	default:
+		return api.Errorf(api.CodeInvalidRequest, "state must be running or ended, got %q", f.State)
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return api.Errorf(api.CodeInvalidRequest, "limit must be 1..10000, got %q", v)
+		}
+		f.Limit = n
+	}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return api.Errorf(api.CodeInvalidRequest, "since must be RFC 3339, got %q", v)
+		}
+		f.Since = t
+	}
+	runs, err := s.cfg.Store.ListRuns(r.Context(), f)
+	if err != nil {
+		return &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("list runs: %v", err)}
+	}
+	// The engine knows more of a live run than its start record.
+	for i := range runs {
+		if live, ok := s.cfg.Engine.Get(runs[i].ID); ok {
+			runs[i] = live.Info()
+		}
+	}
+	if runs == nil {
+		runs = []api.Run{}
+	}
+	writeJSON(w, s.log, http.StatusOK, api.RunList{Runs: runs})
+	return nil
+}
+
+func (s *Server) liveRun(id string) (*run.Run, error) {
+	run, ok := s.cfg.Engine.Get(id)
+	if !ok {
+		return nil, api.Errorf(api.CodeNotFound, "run %s is not live on this host (its events are kept for keep_ended after its end)", id)
+	}
+	return run, nil
+}
+
+// events streams a run's events as NDJSON: everything after ?after=SEQ,
+// then live ones, ending after the end event.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
+	var after int64
+	if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return api.Errorf(api.CodeInvalidRequest, "after must be a sequence number >= 0, got %q", v)
+		}
+		after = n
+	}
+	run, err := s.liveRun(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	log := s.log.With("run", run.ID())
+	for {
+		evs, changed := run.EventsAfter(after)
+		if len(evs) > 0 {
+			if err := rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)); err != nil {
+				log.Debug("set stream deadline", "err", err)
+			}
+			for i := range evs {
+				if err := enc.Encode(&evs[i]); err != nil {
+					log.Info("event reader went away", "after", after, "err", err)
+					return nil
+				}
+				after = evs[i].Seq
+				if evs[i].Type == api.EventEnd {
+					if err := rc.Flush(); err != nil {
+						log.Debug("flush stream", "err", err)
+					}
+					return nil
+				}
+			}
+			if err := rc.Flush(); err != nil {
+				log.Info("event reader went away", "after", after, "err", err)
+				return nil
+			}
+		}
+		select {
+		case <-changed:
+		case <-r.Context().Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) stdin(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.liveRun(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxStdinBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return api.Errorf(api.CodeBodyTooLarge, "stdin body is over %d bytes", maxStdinBody)
+		}
+		return api.Errorf(api.CodeInvalidRequest, "read stdin body: %v", err)
+	}
+	eof := r.URL.Query().Get("eof") == "1"
+	if err := run.WriteStdin(r.Context(), body, eof); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	info, err := s.cfg.Engine.Stop(r.Context(), id)
+	if errors.Is(err, api.ErrNotFound) {
+		// Ended long ago: stopping it again is a no-op that returns it.
+		stored, serr := s.cfg.Store.GetRun(r.Context(), id)
+		if serr != nil {
+			return serr
+		}
+		info, err = stored, nil
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, s.log, http.StatusOK, info)
+	return nil
+}
+
+func (s *Server) putStudent(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Engine.EnsureStudent(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, s.log, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) getStudent(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	st, err := s.cfg.Store.GetStudent(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, s.log, http.StatusOK, api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)})
+	return nil
+}
+
+func (s *Server) listStudents(w http.ResponseWriter, r *http.Request) error {
+	sts, err := s.cfg.Store.ListStudents(r.Context())
+	if err != nil {
+		return &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("list students: %v", err)}
+	}
+	out := api.StudentList{Students: make([]api.Student, 0, len(sts))}
+	for _, st := range sts {
+		out.Students = append(out.Students, api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)})
+	}
+	writeJSON(w, s.log, http.StatusOK, out)
+	return nil
+}
+
+// Health runs the self-checks; the watchdog uses it too.
+func (s *Server) Health(ctx context.Context) api.Health {
+	h := api.Health{
+		Status: api.HealthOK, Version: version.Version,
+		UptimeS:    int64(time.Since(s.started).Seconds()),
+		RunsActive: s.cfg.Engine.Active(),
+		CgroupMode: string(s.cfg.Cgroups.Mode()),
+		Store:      s.cfg.Store.Kind(),
+	}
+	check := func(name string, err error) {
+		c := api.Check{Name: name, OK: err == nil}
+		if err != nil {
+			c.Message = err.Error()
+			h.Status = api.HealthDegraded
+		}
+		h.Checks = append(h.Checks, c)
+	}
+	check("cgroup_parent_writable", s.cfg.Cgroups.Check())
+	check("interpreter", run.CheckInterpreter(s.cfg.Interpreter))
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	check("store", s.cfg.Store.Ping(pctx))
+	if s.cfg.Engine.Draining() {
+		h.Status = api.HealthDraining
+	}
+	return h
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
+	h := s.Health(r.Context())
+	status := http.StatusOK
+	if h.Status != api.HealthOK {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, s.log, status, h)
+	return nil
+}
+
+func (s *Server) drain(w http.ResponseWriter, r *http.Request) error {
+	s.cfg.Engine.SetDraining(true)
+	s.log.Info("draining: new runs refused", "runs_active", s.cfg.Engine.Active())
+	return s.health(w, r)
+}
+
+func (s *Server) resume(w http.ResponseWriter, r *http.Request) error {
+	s.cfg.Engine.SetDraining(false)
+	s.log.Info("resumed: accepting runs")
+	return s.health(w, r)
+}
+
+func (s *Server) version(w http.ResponseWriter, _ *http.Request) error {
+	writeJSON(w, s.log, http.StatusOK, map[string]string{"version": version.Version, "api": api.Version})
+	return nil
+}
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Metrics == nil {
+		return api.Errorf(api.CodeNotFound, "metrics are not enabled")
+	}
+	s.cfg.Metrics.ServeHTTP(w, r)
+	return nil
+}
+
+// DebugState is the body of GET /v1/debug/state: what the soak test checks
+// for leaks.
+type DebugState struct {
+	Goroutines int `json:"goroutines"`
+	FDs        int `json:"fds"`
+	RunsActive int `json:"runs_active"`
+	RunsKept   int `json:"runs_kept"`
+	LocksHeld  int `json:"locks_held"`
+	Cgroups    int `json:"cgroups"`
+}
+
+func (s *Server) debugState(w http.ResponseWriter, _ *http.Request) error {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("count fds: %w", err)
+	}
+	cgs, err := s.cfg.Cgroups.RunGroups()
+	if err != nil {
+		return err
+	}
+	st := DebugState{
+		Goroutines: runtime.NumGoroutine(), FDs: len(fds),
+		RunsActive: s.cfg.Engine.Active(), RunsKept: len(s.cfg.Engine.List()), Cgroups: len(cgs),
+	}
+	if s.cfg.Locks != nil {
+		st.LocksHeld = s.cfg.Locks.Held()
+	}
+	writeJSON(w, s.log, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) debugHang(w http.ResponseWriter, _ *http.Request) error {
+	if !s.cfg.Debug {
+		return api.Errorf(api.CodeForbidden, "debug endpoints are off (debug_endpoints = true enables them)")
+	}
+	s.hung.Store(true)
+	s.log.Warn("debug: watchdog self-check will now fail")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// Listen returns a Unix listener on path: 0660 root:<clientGID>. It
+// refuses when a live daemon answers there and removes a stale file.
+func Listen(path string, clientGID uint32) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		return nil, errors.Join(fmt.Errorf("another idexd answers on %s: stop it first", path), c.Close())
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chown(path, 0, int(clientGID)); err != nil {
+		return nil, errors.Join(fmt.Errorf("chown socket %s: %w", path, err), l.Close())
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		return nil, errors.Join(fmt.Errorf("chmod socket %s: %w", path, err), l.Close())
+	}
+	return l, nil
+}
