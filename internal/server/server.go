@@ -34,9 +34,9 @@ const (
 	maxStdinBody = 1 << 20
 	// requestTimeout bounds every request but event streams.
 	requestTimeout = 60 * time.Second
-	// streamWriteTimeout cuts off a stream reader that stopped reading;
-	// the run does not notice, its events stay for the next reader.
-	streamWriteTimeout = 30 * time.Second
+	// defaultStreamWriteTimeout cuts off a stream reader that stopped
+	// reading; the run does not notice, its events stay for the next reader.
+	defaultStreamWriteTimeout = 30 * time.Second
 )
 
 // Config wires a Server.
@@ -57,6 +57,9 @@ type Config struct {
 	Locks interface{ Held() int }
 	// OnError is told the code of every error answer (metrics); may be nil.
 	OnError func(api.Code)
+	// StreamWriteTimeout cuts off an event reader that stopped reading;
+	// zero means 30s.
+	StreamWriteTimeout time.Duration
 }
 
 // Server is the control API.
@@ -71,6 +74,9 @@ type Server struct {
 
 // New builds the server and its routes.
 func New(cfg Config) *Server {
+	if cfg.StreamWriteTimeout == 0 {
+		cfg.StreamWriteTimeout = defaultStreamWriteTimeout
+	}
 	s := &Server{cfg: cfg, log: cfg.Log, started: time.Now(), mux: http.NewServeMux()}
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.method+" "+rt.path, s.handle(rt))
@@ -109,8 +115,8 @@ type route struct {
 func (s *Server) routes() []route {
 	return []route{
 		{method: "GET", path: "/metrics", role: RoleClient, h: s.metrics},
-		{method: "GET", path: "/v1/debug/state", role: RoleAdmin, h: s.debugState},
 		{method: "POST", path: "/v1/debug/hang", role: RoleAdmin, h: s.debugHang},
+		{method: "GET", path: "/v1/debug/state", role: RoleAdmin, h: s.debugState},
 		{method: "POST", path: "/v1/drain", role: RoleAdmin, h: s.drain},
 		{method: "GET", path: "/v1/health", role: RoleClient, h: s.health},
 		{method: "POST", path: "/v1/resume", role: RoleAdmin, h: s.resume},
@@ -303,7 +309,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	for {
 		evs, changed := run.EventsAfter(after)
 		if len(evs) > 0 {
-			if err := rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)); err != nil {
+			if err := rc.SetWriteDeadline(time.Now().Add(s.cfg.StreamWriteTimeout)); err != nil {
 				log.Debug("set stream deadline", "err", err)
 			}
 			for i := range evs {

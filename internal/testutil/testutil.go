@@ -8,7 +8,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
+	"net/http"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,6 +24,7 @@ import (
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
@@ -231,3 +234,45 @@ func Collect(ctx context.Context, t testing.TB, r *run.Run) Result {
 
 // Discard is an io.Writer for loggers nobody reads.
 var Discard io.Writer = io.Discard
+
+// Served is the real server on a real socket, for one test.
+type Served struct {
+	Socket string
+	Server *server.Server
+}
+
+// Serve serves env's engine on a socket in a traversable temp dir, owned
+// root:ClientGID 0660 as in production; admin group gid is AdminGID.
+func (e *Env) Serve(t testing.TB, opts ...func(*server.Config)) *Served {
+	t.Helper()
+	sock := filepath.Join(TraversableDir(t), "idexd.sock")
+	cfg := server.Config{
+		Engine: e.Engine, Store: e.Store, Cgroups: e.Cgroups, Log: e.Config.Log,
+		ClientGID: ClientGID, AdminGID: AdminGID, Interpreter: Interpreter, Locks: e.Locks,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv := server.New(cfg)
+	ln, err := server.Listen(sock, ClientGID)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	hs := srv.HTTPServer()
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ln) }()
+	t.Cleanup(func() {
+		// Runs end first (NewEnv's cleanup runs after this one), so
+		// streams are cut here by closing the server.
+		if err := hs.Close(); err != nil {
+			t.Errorf("close server: %v", err)
+		}
+		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return &Served{Socket: sock, Server: srv}
+}
+
+// AdminGID is the admin group's gid in tests.
+const AdminGID = 4243

@@ -1,0 +1,50 @@
+package server
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestRoutesSorted keeps the route table readable: sorted by path, then
+// method, with no duplicates and a role on every entry.
+func TestRoutesSorted(t *testing.T) {
+	rs := (&Server{}).routes()
+	keys := make([]string, len(rs))
+	for i, r := range rs {
+		keys[i] = r.path + " " + r.method
+		if r.role == RoleNone {
+			t.Errorf("%s has no role", keys[i])
+		}
+		if !strings.HasPrefix(r.path, "/v1/") && r.path != "/metrics" {
+			t.Errorf("%s is outside /v1/", keys[i])
+		}
+	}
+	if !slices.IsSorted(keys) {
+		t.Errorf("routes are not sorted by path then method:\n%s", strings.Join(keys, "\n"))
+	}
+	if len(slices.Compact(slices.Clone(keys))) != len(keys) {
+		t.Errorf("duplicate routes")
+	}
+}
+
+func TestRoleOf(t *testing.T) {
+	const client, admin = 100, 200
+	cases := []struct {
+		p    Peer
+		want Role
+	}{
+		{Peer{UID: 0, GID: 0}, RoleAdmin},
+		{Peer{UID: 1000, GID: admin}, RoleAdmin},
+		{Peer{UID: 1000, GID: 1000, Groups: []uint32{5, admin}}, RoleAdmin},
+		{Peer{UID: 1000, GID: client}, RoleClient},
+		{Peer{UID: 1000, GID: 1000, Groups: []uint32{client}}, RoleClient},
+		{Peer{UID: 1000, GID: 1000, Groups: []uint32{5}}, RoleNone},
+		{Peer{UID: 200000, GID: 200000}, RoleNone},
+	}
+	for _, c := range cases {
+		if got := roleOf(c.p, client, admin); got != c.want {
+			t.Errorf("roleOf(%+v) = %s, want %s", c.p, got, c.want)
+		}
+	}
+}

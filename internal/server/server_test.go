@@ -1,0 +1,413 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
+	"github.com/idexd/idexd/internal/server"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// rawHTTP is an http.Client on the socket for requests the Go client
+// would never send.
+func rawHTTP(sock string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+}
+
+func collect(t *testing.T, evs *client.Events) (out string, last api.Event, all []api.Event) {
+	t.Helper()
+	for {
+		ev, err := evs.Next()
+		if errors.Is(err, io.EOF) {
+			return out, last, all
+		}
+		if err != nil {
+			t.Fatalf("events: %v", err)
+		}
+		all = append(all, ev)
+		last = ev
+		if ev.Type == api.EventStdout || ev.Type == api.EventStderr {
+			out += string(ev.Bytes())
+		}
+	}
+}
+
+// TestRunThroughSocket: a script whose input() is answered through stdin,
+// a second reader mid-run, a reattach with after=SEQ that gets exactly the
+// missing events, and a stop from a third client.
+func TestRunThroughSocket(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	c1, c2, c3 := client.New(srv.Socket), client.New(srv.Socket), client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+
+	st, err := c1.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.UID < 200000 || st.Workdir != env.Dirs.Workdir("alice") {
+		t.Fatalf("student %+v", st)
+	}
+	if got, err := c2.GetStudent(ctx, "alice"); err != nil || got != st {
+		t.Fatalf("get student: %+v %v, want %+v", got, err, st)
+	}
+	env.WriteScript(t, "alice", "chat.py", `import time
+name = input("name? ")
+print("hello", name)
+for i in range(5):
+    print("tick", i)
+    time.sleep(0.05)
+time.sleep(60)
+`)
+	r, err := c1.StartRun(ctx, api.RunRequest{Student: "alice", Script: "chat.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != api.StateRunning || r.ID == "" {
+		t.Fatalf("started run %+v", r)
+	}
+	// Locked while it runs, naming the run.
+	_, err = c2.StartRun(ctx, api.RunRequest{Student: "alice", Script: "chat.py"})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeLocked || ae.RunID != r.ID {
+		t.Fatalf("second start: %v, want locked naming %s", err, r.ID)
+	}
+	if err := c1.WriteStdin(ctx, r.ID, []byte("Ada\n"), false); err != nil {
+		t.Fatal(err)
+	}
+	// A second client follows the run until "tick 4".
+	evs, err := c2.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []api.Event
+	var text string
+	for !strings.Contains(text, "tick 4\n") {
+		ev, err := evs.Next()
+		if err != nil {
+			t.Fatalf("follow: %v (seen %q)", err, text)
+		}
+		seen = append(seen, ev)
+		text += string(ev.Bytes())
+	}
+	if err := evs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(text, "name? hello Ada\ntick 0\n") {
+		t.Fatalf("followed output %q", text)
+	}
+	// Reattach after the third event: exactly the rest, no gap, no repeat.
+	cut := seen[len(seen)/2].Seq
+	again, err := c1.Events(ctx, r.ID, cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A third client stops the run; both streams end with the same end.
+	final, err := c3.StopRun(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.Reason != api.ReasonStopped || final.State != api.StateEnded {
+		t.Fatalf("stop returned %s/%s", final.State, final.Reason)
+	}
+	_, last, rest := collect(t, again)
+	if len(rest) == 0 || rest[0].Seq != cut+1 {
+		t.Fatalf("reattach after %d started at %+v", cut, rest)
+	}
+	for i := 1; i < len(rest); i++ {
+		if rest[i].Seq != rest[i-1].Seq+1 {
+			t.Fatalf("gap in reattached events: %d then %d", rest[i-1].Seq, rest[i].Seq)
+		}
+	}
+	for _, ev := range seen {
+		if ev.Seq > cut && ev.Seq <= rest[len(rest)-1].Seq {
+			got := rest[ev.Seq-cut-1]
+			if got.Data != ev.Data || got.Type != ev.Type {
+				t.Fatalf("event %d differs between readers: %+v vs %+v", ev.Seq, got, ev)
+			}
+		}
+	}
+	if last.Type != api.EventEnd || last.Run == nil || last.Run.Reason != api.ReasonStopped {
+		t.Fatalf("stream ended with %+v", last)
+	}
+	// Stop is idempotent; stdin after the end is refused with a code.
+	if again, err := c2.StopRun(ctx, r.ID); err != nil || again.EndedAt == nil || !again.EndedAt.Equal(*final.EndedAt) {
+		t.Fatalf("second stop: %+v %v", again, err)
+	}
+	if err := c1.WriteStdin(ctx, r.ID, []byte("x"), false); !errors.Is(err, api.ErrRunEnded) {
+		t.Fatalf("stdin after end: %v, want run_ended", err)
+	}
+	runs, err := c1.ListRuns(ctx, client.ListFilter{Student: "alice"})
+	if err != nil || len(runs) != 1 || runs[0].ID != r.ID || runs[0].Reason != api.ReasonStopped {
+		t.Fatalf("list: %+v %v", runs, err)
+	}
+	if got, err := c1.GetRun(ctx, r.ID); err != nil || got.Reason != api.ReasonStopped {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+}
+
+// asUID runs python3 as uid:gid against the socket and returns what it
+// prints: the HTTP status and error code of GET path, or the connect error.
+func asUID(t *testing.T, sock string, uid, gid uint32, groups []uint32, method, path string) string {
+	t.Helper()
+	script := fmt.Sprintf(`
+import http.client, json, socket
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(%q)
+try:
+    c = C("idexd")
+    c.request(%q, %q)
+    r = c.getresponse()
+    body = json.loads(r.read() or b"{}")
+    print(r.status, body.get("error", {}).get("code", "-"))
+except PermissionError:
+    print("EACCES")
+`, sock, method, path)
+	cmd := exec.Command(testutil.Interpreter, "-c", script)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: append([]uint32{}, groups...)}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("peer %d:%d: %v: %s", uid, gid, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestRolesFromPeerCredentials(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	cases := []struct {
+		name     string
+		uid, gid uint32
+		groups   []uint32
+		method   string
+		path     string
+		want     string
+	}{
+		{"client reads health", 5000, testutil.ClientGID, nil, "GET", "/v1/health", "200 -"},
+		{"client in supplementary group", 5000, 5000, []uint32{testutil.ClientGID}, "GET", "/v1/health", "200 -"},
+		{"client may not drain", 5000, testutil.ClientGID, nil, "POST", "/v1/drain", "403 forbidden"},
+		{"client may not list students", 5000, testutil.ClientGID, nil, "GET", "/v1/students", "403 forbidden"},
+		// Admins reach the socket through the client group, like everyone.
+		{"admin group resumes", 5001, testutil.AdminGID, []uint32{testutil.ClientGID}, "POST", "/v1/resume", "200 -"},
+		{"admin without client group cannot connect", 5001, testutil.AdminGID, nil, "GET", "/v1/health", "EACCES"},
+		{"outsider cannot connect", 5002, 5002, nil, "GET", "/v1/health", "EACCES"},
+		{"a student uid cannot connect", 200000, 200000, nil, "GET", "/v1/health", "EACCES"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := asUID(t, srv.Socket, c.uid, c.gid, c.groups, c.method, c.path); got != c.want {
+				t.Fatalf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+	// With the socket opened to all, the role check itself refuses.
+	if err := os.Chmod(srv.Socket, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if got := asUID(t, srv.Socket, 5002, 5002, nil, "GET", "/v1/health"); got != "403 forbidden" {
+		t.Fatalf("outsider on an open socket: %q, want 403 forbidden", got)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	env.WriteScript(t, "alice", "ok.py", "print(1)\n")
+	hc := rawHTTP(srv.Socket)
+	huge := `{"student":"alice","script":"ok.py","args":["` + strings.Repeat("a", 2<<20) + `"]}`
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code                     api.Code
+	}{
+		{"malformed json", "POST", "/v1/runs", `{"student":`, 400, api.CodeInvalidRequest},
+		{"wrong type", "POST", "/v1/runs", `{"student":"alice","script":42}`, 400, api.CodeInvalidRequest},
+		{"unknown field", "POST", "/v1/runs", `{"student":"alice","script":"ok.py","shell":true}`, 400, api.CodeInvalidRequest},
+		{"trailing data", "POST", "/v1/runs", `{"student":"alice","script":"ok.py"} {}`, 400, api.CodeInvalidRequest},
+		{"huge body", "POST", "/v1/runs", huge, 413, api.CodeBodyTooLarge},
+		{"limit too high", "POST", "/v1/runs", `{"student":"alice","script":"ok.py","limits":{"memory_mb":999999}}`, 400, api.CodeLimitTooHigh},
+		{"bad student", "POST", "/v1/runs", `{"student":"Robert'); DROP","script":"ok.py"}`, 400, api.CodeInvalidStudent},
+		{"path out", "POST", "/v1/runs", `{"student":"alice","script":"../../etc/passwd"}`, 400, api.CodeInvalidPath},
+		{"missing script", "POST", "/v1/runs", `{"student":"alice","script":"nope.py"}`, 404, api.CodeScriptNotFound},
+		{"unknown run", "GET", "/v1/runs/deadbeef", "", 404, api.CodeNotFound},
+		{"unknown run events", "GET", "/v1/runs/deadbeef/events", "", 404, api.CodeNotFound},
+		{"unknown run stdin", "POST", "/v1/runs/deadbeef/stdin", "x", 404, api.CodeNotFound},
+		{"unknown run stop", "POST", "/v1/runs/deadbeef/stop", "", 404, api.CodeNotFound},
+		{"bad after", "GET", "/v1/runs/deadbeef/events?after=-3", "", 400, api.CodeInvalidRequest},
+		{"bad state", "GET", "/v1/runs?state=zombie", "", 400, api.CodeInvalidRequest},
+		{"bad limit", "GET", "/v1/runs?limit=0", "", 400, api.CodeInvalidRequest},
+		{"unknown student", "GET", "/v1/students/nobody", "", 404, api.CodeStudentNotFound},
+		{"bad student put", "PUT", "/v1/students/Bad", "", 400, api.CodeInvalidStudent},
+		{"unknown route", "GET", "/v2/runs", "", 404, api.CodeNotFound},
+		{"wrong method", "DELETE", "/v1/runs", "", 404, api.CodeNotFound},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(ctxT(t, 10*time.Second), c.method, "http://idexd"+c.path, strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var eb api.ErrorBody
+			if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || eb.Error == nil {
+				t.Fatalf("status %d, body not an error body: %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != c.status || eb.Error.Code != c.code || eb.Error.Message == "" {
+				t.Fatalf("got %d %s %q, want %d %s", resp.StatusCode, eb.Error.Code, eb.Error.Message, c.status, c.code)
+			}
+		})
+	}
+	h, err := client.New(srv.Socket).Health(ctxT(t, 5*time.Second))
+	if err != nil || h.Status != api.HealthOK || h.RunsActive != 0 {
+		t.Fatalf("daemon after bad input: %+v %v", h, err)
+	}
+	if n := env.Locks.Held(); n != 0 {
+		t.Fatalf("locks held after bad input: %d", n)
+	}
+}
+
+// TestReaderThatNeverReads: a client opens a flooding run's stream and
+// never reads. Another student's run is not slowed, the flood run still
+// ends by its output limit, and the stuck stream is cut off.
+func TestReaderThatNeverReads(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t, func(c *server.Config) { c.StreamWriteTimeout = time.Second })
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	env.WriteScript(t, "flood", "f.py", "import sys\nwhile True: sys.stdout.write('y' * 4096)\n")
+	env.WriteScript(t, "quiet", "q.py", "print('fine')\n")
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "flood", Script: "f.py", Limits: api.Limits{OutputKB: 8192}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("unix", srv.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "GET /v1/runs/%s/events HTTP/1.1\r\nHost: idexd\r\n\r\n", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Never read conn. Meanwhile another run starts and ends normally.
+	q, err := c.StartRun(ctx, api.RunRequest{Student: "quiet", Script: "q.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := c.Events(ctx, q.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, last, _ := collect(t, evs)
+	if out != "fine\n" || last.Run.Reason != api.ReasonExited {
+		t.Fatalf("quiet run: %q %s", out, last.Run.Reason)
+	}
+	evs, err = c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, last, _ = collect(t, evs)
+	if last.Run.Reason != api.ReasonOutputLimit || len(out) != 8192<<10 {
+		t.Fatalf("flood run ended %s with %d bytes, want output_limit with 8 MiB", last.Run.Reason, len(out))
+	}
+	// The stuck reader's connection is closed by the server: reading it
+	// now drains what was buffered and then meets EOF.
+	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, conn)
+	if err != nil {
+		t.Fatalf("stuck reader: %v after %d bytes, want the server to close the stream", err, n)
+	}
+	if n >= 8192<<10 {
+		t.Fatalf("stuck reader got the whole stream (%d bytes): it was not cut off", n)
+	}
+}
+
+var pythonBlock = regexp.MustCompile("(?s)```python\n(.*?)```")
+var outputBlock = regexp.MustCompile("(?s)It prints:\n\n```\n(.*?)```")
+
+// TestPythonExample runs the Python-stdlib example of docs/protocol.md as
+// printed and compares what it prints with what the document says.
+func TestPythonExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := pythonBlock.FindSubmatch(doc)
+	want := outputBlock.FindSubmatch(doc)
+	if code == nil || want == nil {
+		t.Fatal("docs/protocol.md has no python example or no expected output")
+	}
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	cmd := exec.CommandContext(ctxT(t, 60*time.Second), testutil.Interpreter, "-c", string(code[1]))
+	cmd.Env = []string{"IDEX_SOCKET=" + srv.Socket, "PATH=/usr/bin:/bin"}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("example failed: %v\n%s", err, stderr.String())
+	}
+	if string(out) != string(want[1]) {
+		t.Fatalf("example printed:\n%s\nthe document says:\n%s", out, want[1])
+	}
+}
+
+func FuzzDecodeRunRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"student":"alice","script":"main.py"}`,
+		`{"student":"alice","script":"main.py","args":["a","b"],"mode":"repl","limits":{"memory_mb":64}}`,
+		`{"student":1}`, `[]`, `null`, `{"student":"a"} x`, `{"limits":{"pids":-1}}`, "",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := server.DecodeRunRequest(bytes.NewReader(body))
+		if err != nil {
+			e := api.AsError(err)
+			if e.Code != api.CodeInvalidRequest && e.Code != api.CodeBodyTooLarge {
+				t.Fatalf("decode error with code %s: %v", e.Code, err)
+			}
+			return
+		}
+		// What decodes must survive a round trip unchanged.
+		again, err := server.DecodeRunRequest(bytes.NewReader(api.MustJSON(req)))
+		if err != nil {
+			t.Fatalf("re-decode of %+v: %v", req, err)
+		}
+		if fmt.Sprint(again) != fmt.Sprint(req) {
+			t.Fatalf("round trip changed %+v into %+v", req, again)
+		}
+	})
+}
