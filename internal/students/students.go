@@ -160,6 +160,8 @@ func ResolveScript(workdir, script string) (Script, error) {
 		return Script{}, api.Errorf(api.CodeScriptNotFound, "script %q not found in the student's directory", script)
 	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
 		return Script{}, api.Errorf(api.CodeInvalidPath, "script %q resolves outside the student's directory", script)
+	case errors.Is(err, unix.ENAMETOOLONG):
+		return Script{}, api.Errorf(api.CodeInvalidPath, "script path %q is too long", script)
 	case err != nil:
 		return Script{}, fmt.Errorf("open script %q: %w", script, err)
 	}
