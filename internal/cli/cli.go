@@ -422,25 +422,7 @@ func (a *app) logs(ctx context.Context, args []string) (int, error) {
 	if len(pos) != 1 {
 		return ExitError, errors.New("usage: idexctl logs [-f] [--after SEQ] ID")
 	}
-	if !*follow {
-		// Without -f, print what is there now: the stream is read until
-		// it has nothing more to give within a moment.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		go func() {
-			r, err := a.c.GetRun(ctx, pos[0])
-			if err == nil && r.State == api.StateRunning {
-				time.Sleep(200 * time.Millisecond)
-				cancel()
-			}
-		}()
-	}
-	_, err = a.stream(ctx, pos[0], *after)
-	if err != nil && errors.Is(err, context.Canceled) {
-		return 0, nil
-	}
-	if err != nil {
+	if _, err := a.stream(ctx, pos[0], *after, *follow); err != nil {
 		return ExitError, err
 	}
 	return 0, nil
@@ -448,14 +430,23 @@ func (a *app) logs(ctx context.Context, args []string) (int, error) {
 
 // stream copies a run's events to stdout/stderr until the end event and
 // returns the final run.
-func (a *app) stream(ctx context.Context, id string, after int64) (*api.Run, error) {
-	evs, err := a.c.Events(ctx, id, after)
+func (a *app) stream(ctx context.Context, id string, after int64, follow bool) (*api.Run, error) {
+	var evs *client.Events
+	var err error
+	if follow {
+		evs, err = a.c.Events(ctx, id, after)
+	} else {
+		evs, err = a.c.EventsNow(ctx, id, after)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer evs.Close() //nolint:errcheck // closing a read stream
 	for {
 		ev, err := evs.Next()
+		if !follow && errors.Is(err, io.EOF) {
+			return nil, nil
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -532,7 +523,7 @@ func (a *app) run(ctx context.Context, args []string) (int, error) {
 		}
 	}()
 	go a.forwardStdin(r.ID)
-	final, err := a.stream(ctx, r.ID, 0)
+	final, err := a.stream(ctx, r.ID, 0, true)
 	if err != nil {
 		return ExitError, err
 	}

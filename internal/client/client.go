@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -29,7 +30,9 @@ type Client struct {
 	Socket string
 	// ClientGroup names the group to join in permission errors.
 	ClientGroup string
-	hc          *http.Client
+
+	once sync.Once // builds hc: a Client is used from many goroutines
+	hc   *http.Client
 }
 
 // New returns a client for socket.
@@ -43,7 +46,7 @@ func (c *Client) socket() string {
 }
 
 func (c *Client) http() *http.Client {
-	if c.hc == nil {
+	c.once.Do(func() {
 		sock := c.socket()
 		c.hc = &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -53,7 +56,7 @@ func (c *Client) http() *http.Client {
 			MaxIdleConnsPerHost: 16,
 			IdleConnTimeout:     30 * time.Second,
 		}}
-	}
+	})
 	return c.hc
 }
 
@@ -280,22 +283,38 @@ func (c *Client) DebugState(ctx context.Context, out any) error {
 
 // Events is a stream of a run's events.
 type Events struct {
-	body io.ReadCloser
-	dec  *json.Decoder
-	done bool
+	body   io.ReadCloser
+	dec    *json.Decoder
+	done   bool
+	follow bool
 }
 
-// Events opens the run's event stream after seq (0: from the start).
+// Events opens the run's event stream after seq (0: from the start) and
+// follows it until the run's end.
 func (c *Client) Events(ctx context.Context, id string, after int64) (*Events, error) {
+	return c.events(ctx, id, after, true)
+}
+
+// EventsNow returns the events there are now, without waiting for more.
+func (c *Client) EventsNow(ctx context.Context, id string, after int64) (*Events, error) {
+	return c.events(ctx, id, after, false)
+}
+
+func (c *Client) events(ctx context.Context, id string, after int64, follow bool) (*Events, error) {
+	path := "/v1/runs/" + url.PathEscape(id) + "/events?after=" + strconv.FormatInt(after, 10)
+	if !follow {
+		path += "&follow=0"
+	}
 	//nolint:bodyclose // the body belongs to the returned Events; its Close closes it
-	resp, err := c.do(ctx, "GET", "/v1/runs/"+url.PathEscape(id)+"/events?after="+strconv.FormatInt(after, 10), nil)
+	resp, err := c.do(ctx, "GET", path, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &Events{body: resp.Body, dec: json.NewDecoder(bufio.NewReader(resp.Body))}, nil
+	return &Events{body: resp.Body, dec: json.NewDecoder(bufio.NewReader(resp.Body)), follow: follow}, nil
 }
 
-// Next returns the next event; io.EOF after the end event.
+// Next returns the next event; io.EOF after the end event (or, for
+// EventsNow, after the last event there was).
 func (e *Events) Next() (api.Event, error) {
 	if e.done {
 		return api.Event{}, io.EOF
@@ -303,6 +322,9 @@ func (e *Events) Next() (api.Event, error) {
 	var ev api.Event
 	if err := e.dec.Decode(&ev); err != nil {
 		if errors.Is(err, io.EOF) {
+			if !e.follow {
+				return api.Event{}, io.EOF
+			}
 			return api.Event{}, io.ErrUnexpectedEOF
 		}
 		return api.Event{}, fmt.Errorf("read event: %w", err)

@@ -217,7 +217,7 @@ func TestFailureAtEachStartStep(t *testing.T) {
 	failAt.Store("")
 	env := testutil.NewEnv(t, func(c *run.Config) {
 		c.FailAt = func(step string) error {
-			if failAt.Load().(string) == step {
+			if v, _ := failAt.Load().(string); v == step {
 				return fmt.Errorf("injected failure at %s", step)
 			}
 			return nil

@@ -287,7 +287,8 @@ func (s *Server) liveRun(id string) (*run.Run, error) {
 }
 
 // events streams a run's events as NDJSON: everything after ?after=SEQ,
-// then live ones, ending after the end event.
+// then live ones, ending after the end event. With follow=0 it ends after
+// the events there are now.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	var after int64
 	if v := r.URL.Query().Get("after"); v != "" {
@@ -297,6 +298,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		}
 		after = n
 	}
+	follow := r.URL.Query().Get("follow") != "0"
 	run, err := s.liveRun(r.PathValue("id"))
 	if err != nil {
 		return err
@@ -329,6 +331,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 				log.Info("event reader went away", "after", after, "err", err)
 				return nil
 			}
+		}
+		if !follow {
+			return nil
 		}
 		select {
 		case <-changed:
@@ -450,13 +455,15 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) drain(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(true)
 	s.log.Info("draining: new runs refused", "runs_active", s.cfg.Engine.Active())
-	return s.health(w, r)
+	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
+	return nil
 }
 
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(false)
 	s.log.Info("resumed: accepting runs")
-	return s.health(w, r)
+	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
+	return nil
 }
 
 func (s *Server) version(w http.ResponseWriter, _ *http.Request) error {
