@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -225,15 +226,33 @@ func lockCounts(t *lock.Table) func() (int64, int64) {
 	return t.Counts
 }
 
+// maxPendingEnds bounds the run ends kept in memory while the store is
+// down; older ones go to the spill file at once.
+const maxPendingEnds = 10000
+
 func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, lock.Locker, error) {
+	var st store.Store
+	var locker lock.Locker
 	if cfg.DatabaseURL != "" {
-		return openPostgres(ctx, cfg, log)
+		var err error
+		if st, locker, err = openPostgres(ctx, cfg, log); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		sq, err := store.OpenSQLite(ctx, cfg.StateDir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+		st, locker = sq, lock.NewTable()
 	}
-	st, err := store.OpenSQLite(ctx, cfg.StateDir)
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("create state dir %s: %w", cfg.StateDir, err), st.Close())
+	}
+	q, err := store.NewQueued(st, filepath.Join(cfg.StateDir, "pending-ends.jsonl"), maxPendingEnds, log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open store: %w", err)
+		return nil, nil, errors.Join(err, st.Close())
 	}
-	return st, lock.NewTable(), nil
+	return q, locker, nil
 }
 
 // openPostgres is replaced when the PostgreSQL store is built in.

@@ -1,0 +1,231 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+// Queued wraps a Store so that a run's end record is never lost when the
+// store is down (a PostgreSQL restart): a RecordEnd that fails is kept, in
+// order, and written again in the background until it succeeds. Ends that
+// are still pending at Close are spilled to a file in the state directory
+// and replayed at the next start. RecordStart is not queued: a run whose
+// start cannot be recorded is refused instead.
+type Queued struct {
+	Store
+	log   *slog.Logger
+	spill string
+	max   int
+
+	mu      sync.Mutex
+	pending []api.Run
+	wake    chan struct{}
+	errs    atomic.Int64
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewQueued wraps st; max bounds the pending ends kept in memory (beyond
+// it the oldest are spilled to the file at once). It replays a spill file
+// left by a previous instance.
+func NewQueued(st Store, spillPath string, max int, log *slog.Logger) (*Queued, error) {
+	q := &Queued{Store: st, log: log, spill: spillPath, max: max,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	left, err := readSpill(spillPath)
+	if err != nil {
+		// Keep the file for a human, replay what could be read.
+		log.Error("spill file is damaged; replaying the records before the damage", "err", err, "kept_as", spillPath+".damaged")
+		if rerr := os.Rename(spillPath, spillPath+".damaged"); rerr != nil {
+			return nil, errors.Join(err, fmt.Errorf("set damaged spill file aside: %w", rerr))
+		}
+	}
+	if len(left) > 0 {
+		log.Warn("replaying run ends a previous instance could not write", "count", len(left), "file", spillPath)
+		q.pending = left
+		if err := os.Remove(spillPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove replayed spill file %s: %w", spillPath, err)
+		}
+	}
+	go q.flusher()
+	q.kick()
+	return q, nil
+}
+
+// RecordEnd implements Store: it never loses the record.
+func (q *Queued) RecordEnd(ctx context.Context, r *api.Run) error {
+	q.mu.Lock()
+	queued := len(q.pending) > 0
+	q.mu.Unlock()
+	if !queued {
+		err := q.Store.RecordEnd(ctx, r)
+		if err == nil {
+			return nil
+		}
+		q.errs.Add(1)
+		q.log.Error("record run end: queued until the store answers", "run", r.ID, "err", err)
+	}
+	// Behind earlier pending ends, so records land in order.
+	q.mu.Lock()
+	q.pending = append(q.pending, *r)
+	over := len(q.pending) - q.max
+	q.mu.Unlock()
+	if over > 0 {
+		if err := q.spillOldest(over); err != nil {
+			q.log.Error("spill pending run ends", "err", err)
+		}
+	}
+	q.kick()
+	return nil
+}
+
+// Pending is how many ends wait for the store (health reports it).
+func (q *Queued) Pending() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending)
+}
+
+// Errors counts failed writes (metrics).
+func (q *Queued) Errors() int64 { return q.errs.Load() }
+
+// Ping implements Store: the store is not healthy while ends are pending.
+func (q *Queued) Ping(ctx context.Context) error {
+	if err := q.Store.Ping(ctx); err != nil {
+		return err
+	}
+	if n := q.Pending(); n > 0 {
+		return fmt.Errorf("%d run ends are waiting to be written", n)
+	}
+	return nil
+}
+
+func (q *Queued) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *Queued) flusher() {
+	defer close(q.done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.stop:
+			return
+		case <-q.wake:
+		case <-t.C:
+		}
+		q.flush(context.Background())
+	}
+}
+
+// flush writes pending ends in order until one fails.
+func (q *Queued) flush(ctx context.Context) {
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.mu.Unlock()
+			return
+		}
+		r := q.pending[0]
+		q.mu.Unlock()
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := q.Store.RecordEnd(wctx, &r)
+		cancel()
+		if err != nil {
+			q.errs.Add(1)
+			return
+		}
+		q.mu.Lock()
+		q.pending = q.pending[1:]
+		n := len(q.pending)
+		q.mu.Unlock()
+		q.log.Info("wrote queued run end", "run", r.ID, "still_pending", n)
+	}
+}
+
+// Close stops the flusher, tries once more, spills what is left, and
+// closes the store.
+func (q *Queued) Close() error {
+	close(q.stop)
+	<-q.done
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	q.flush(ctx)
+	cancel()
+	var errs []error
+	if n := q.Pending(); n > 0 {
+		if err := q.spillOldest(n); err != nil {
+			errs = append(errs, err)
+		} else {
+			q.log.Warn("run ends not written to the store were saved for the next start", "count", n, "file", q.spill)
+		}
+	}
+	return errors.Join(append(errs, q.Store.Close())...)
+}
+
+// spillOldest appends the n oldest pending ends to the spill file.
+func (q *Queued) spillOldest(n int) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	f, err := os.OpenFile(q.spill, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open spill file %s: %w", q.spill, err)
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for i := 0; i < n && i < len(q.pending); i++ {
+		if err := enc.Encode(&q.pending[i]); err != nil {
+			return errors.Join(fmt.Errorf("spill run %s: %w", q.pending[i].ID, err), f.Close())
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return errors.Join(fmt.Errorf("write spill file %s: %w", q.spill, err), f.Close())
+	}
+	if err := f.Sync(); err != nil {
+		return errors.Join(fmt.Errorf("sync spill file %s: %w", q.spill, err), f.Close())
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close spill file %s: %w", q.spill, err)
+	}
+	q.pending = q.pending[min(n, len(q.pending)):]
+	return nil
+}
+
+func readSpill(path string) ([]api.Run, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open spill file %s: %w", path, err)
+	}
+	defer f.Close() //nolint:errcheck // read-only file
+	var out []api.Run
+	dec := json.NewDecoder(bufio.NewReader(f))
+	for {
+		var r api.Run
+		err := dec.Decode(&r)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			// A torn last line (a crash mid-spill) loses nothing before it.
+			return out, fmt.Errorf("read spill file %s after %d records: %w", path, len(out), err)
+		}
+		out = append(out, r)
+	}
+}
