@@ -178,7 +178,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	e.mu.Lock()
 	e.runs[id] = r
 	e.mu.Unlock()
-	if err := r.start(st.Workdir, t0); err != nil {
+	if err := r.start(st.Workdir, t0, time.Now()); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -82,7 +82,9 @@ func (r *Run) startedAt() time.Time {
 
 // start carries the run from its lock to a running child. On failure the
 // run is finished with start_failed (naming the step) and the error says so.
-func (r *Run) start(workdir string, t0 time.Time) error {
+// t0 is when the request arrived, admitted when the lock and record were
+// done; the step timings start from admitted.
+func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	e := r.e
 	failed := func(step string, err error) error {
 		r.mu.Lock()
@@ -99,6 +101,9 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 		return r.startFailedError(step, ferr)
 	}
 	lim := r.lim
+	var steps stepTimer
+	steps.start(admitted)
+	steps.b = fmt.Appendf(steps.b, "admit=%.2fms", float64(admitted.Sub(t0).Microseconds())/1000)
 	if err := e.step(StepCgroup); err != nil {
 		return fail(StepCgroup, err)
 	}
@@ -111,6 +116,7 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 	r.mu.Lock()
 	r.group = g
 	r.mu.Unlock()
+	steps.mark(StepCgroup)
 	if err := e.step(StepInterpreter); err != nil {
 		return fail(StepInterpreter, err)
 	}
@@ -148,6 +154,7 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 		CgroupFD: g.FD(),
 		Stdin:    p.stdinR, Stdout: p.stdoutW, Stderr: p.stderrW,
 	})
+	steps.mark(StepSpawn)
 	if cerr := p.closeChildEnds(); cerr != nil {
 		e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
 	}
@@ -179,6 +186,7 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 	if err := g.Join(child.Pid()); err != nil {
 		return abort(StepCgroupJoin, err)
 	}
+	steps.mark(StepCgroupJoin)
 	r.mu.Lock()
 	r.started = true
 	stopNow := r.reason != ""
@@ -197,13 +205,14 @@ func (r *Run) start(workdir string, t0 time.Time) error {
 	if err := child.Release(); err != nil {
 		return abort(StepExec, err)
 	}
+	steps.mark(StepExec)
 	go r.supervise()
 	if h := e.cfg.Hooks.Started; h != nil {
 		info := r.Info()
 		h(&info, time.Since(t0))
 	}
 	e.log.Info("run started", "run", r.id, "student", r.info.Student, "script", r.info.Script,
-		"uid", r.info.UID, "pid", child.Pid(), "start_ms", time.Since(t0).Milliseconds())
+		"uid", r.info.UID, "pid", child.Pid(), "start_ms", time.Since(t0).Milliseconds(), "steps", steps.String())
 	return nil
 }
 
@@ -643,3 +652,23 @@ func closeFiles(fs ...*os.File) error {
 func (p *pipes) closeChildEnds() error  { return closeFiles(p.stdinR, p.stdoutW, p.stderrW) }
 func (p *pipes) closeParentEnds() error { return closeFiles(p.stdinW, p.stdoutR, p.stderrR) }
 func (p *pipes) closeAll() error        { return errors.Join(p.closeChildEnds(), p.closeParentEnds()) }
+
+// stepTimer records when each start-up step ended, for the log line that
+// tells an operator where a slow start spent its time.
+type stepTimer struct {
+	last time.Time
+	b    []byte
+}
+
+func (s *stepTimer) start(t0 time.Time) { s.last = t0 }
+
+func (s *stepTimer) mark(step string) {
+	now := time.Now()
+	if len(s.b) > 0 {
+		s.b = append(s.b, ' ')
+	}
+	s.b = fmt.Appendf(s.b, "%s=%.2fms", step, float64(now.Sub(s.last).Microseconds())/1000)
+	s.last = now
+}
+
+func (s *stepTimer) String() string { return string(s.b) }
