@@ -50,3 +50,34 @@ bench: build
 
 clean:
 	rm -rf $(BIN)/idexd $(BIN)/idexctl $(RUNDIR) dist
+
+# --- packaging and systemd (owned by packaging) ---
+# make package: dist/*.deb and dist/*.rpm (nfpm, pinned below).
+# make systemd-verify: systemd-analyze verify of systemd/ (nothing on stderr).
+# make systemd-test: boots Debian 12 under systemd-nspawn, installs the .deb
+# and checks socket activation, notify, a run, the watchdog, the drain on
+# stop and restart (root; see docs/systemd.md).
+NFPM_VERSION := v2.45.2
+NFPM         := $(BIN)/nfpm-$(NFPM_VERSION)/nfpm
+PKG_VERSION  := $(shell packaging/version.sh $(VERSION))
+DIST         := $(CURDIR)/dist
+
+.PHONY: package nfpm-install systemd-verify systemd-test
+
+$(NFPM):
+	GOBIN=$(dir $(NFPM)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+
+nfpm-install: $(NFPM)
+
+package: build $(NFPM)
+	@mkdir -p $(DIST)
+	rm -f $(DIST)/idexd_*.deb $(DIST)/idexd-*.rpm
+	PKG_VERSION=$(PKG_VERSION) $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DIST)/
+	PKG_VERSION=$(PKG_VERSION) $(NFPM) package --config packaging/nfpm.yaml --packager rpm --target $(DIST)/
+
+systemd-verify: build
+	tests/systemd/verify.sh --security
+
+systemd-test: package
+	tests/systemd/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb
+# --- end packaging ---

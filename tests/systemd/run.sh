@@ -1,0 +1,553 @@
+#!/usr/bin/env bash
+# run.sh boots a real systemd (Debian 12 under systemd-nspawn), installs the
+# idexd .deb in it and checks what a sysadmin relies on: socket activation,
+# Type=notify, a run as a student uid, the watchdog, the drain on stop and
+# no orphans after a restart. One PASS/FAIL line per check; exits non-zero
+# if any failed. Everything it starts is torn down on exit, failure or not.
+#
+# Usage: tests/systemd/run.sh PATH/TO/idexd_*.deb     (make systemd-test)
+#
+# Needs root, and a host where systemd-nspawn can boot a container (see
+# docs/systemd.md). Installs systemd-container and debootstrap with apt-get
+# when missing. The Debian rootfs is cached in $IDEXD_TEST_CACHE
+# (default /var/cache/idexd-test/rootfs-bookworm) and reused by later runs
+# and other clones on the same machine; IDEXD_TEST_KEEP=1 keeps the
+# container's copy for a post-mortem; IDEXD_TEST_HOLD=1 keeps the container
+# running after the checks until run.sh is interrupted (it prints how to
+# enter it).
+set -euo pipefail
+
+deb=${1:?usage: $0 PATH/TO/idexd.deb}
+[[ -f $deb ]] || { echo "run.sh: no package at $deb (make package)" >&2; exit 2; }
+deb=$(realpath "$deb")
+[[ $(id -u) == 0 ]] || { echo "run.sh: needs root (nspawn, cgroups)" >&2; exit 2; }
+
+cache_dir=${IDEXD_TEST_CACHE:-/var/cache/idexd-test}
+rootfs=$cache_dir/rootfs-bookworm
+debootstrap_args=(--variant=minbase "--include=systemd,systemd-sysv,dbus,python3-minimal,procps,iproute2" bookworm)
+# The cache is rebuilt when this key changes (e.g. another package list).
+cache_key="debootstrap ${debootstrap_args[*]}"
+t_start=$SECONDS
+
+say() { printf '%s [%3ds] %s\n' "${FUNCNAME[1]:-run}" $((SECONDS - t_start)) "$*"; }
+die() { echo "FAIL $*"; exit 1; }
+
+# ---- host tools ------------------------------------------------------------
+
+ensure_tools() {
+	local need=()
+	command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+	command -v debootstrap >/dev/null || need+=(debootstrap)
+	command -v nsenter >/dev/null || need+=(util-linux)
+	((${#need[@]} == 0)) && return
+	say "installing ${need[*]}"
+	timeout 300 apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# mirror prints the Debian mirror that the host's apt sources use for
+# bookworm (deb822 .sources or one-line .list), or deb.debian.org.
+mirror() {
+	local m f
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[[ -f $f ]] || continue
+		# One stanza a record (RS=""): the first whose Suites: has bookworm.
+		m=$(awk 'BEGIN { RS = ""; FS = "\n" } {
+			u = ""; s = 0
+			for (i = 1; i <= NF; i++) {
+				if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); u = a[2] }
+				if ($i ~ /^Suites:/ && ($i " ") ~ /[ \t]bookworm[ \t]/) s = 1
+			}
+			if (s && u != "") { print u; exit }
+		}' "$f")
+		[[ -n $m ]] && break
+	done
+	[[ -n $m ]] || m=$(sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+bookworm[[:space:]].*/\2/p' \
+		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
+	echo "${m:-http://deb.debian.org/debian}"
+}
+
+# ensure_rootfs builds the cached rootfs if it is missing or stale: into a
+# temporary name, renamed into place only once complete, under a lock so
+# that two runs never build at once.
+ensure_rootfs() {
+	mkdir -p "$cache_dir"
+	if [[ -f $rootfs/.idexd-test-key && $(<"$rootfs/.idexd-test-key") == "$cache_key" ]]; then
+		say "reusing $rootfs"
+		return
+	fi
+	exec 8>"$cache_dir/.lock"
+	timeout 900 flock 8 || die "rootfs: waited 15 minutes for $cache_dir/.lock"
+	if [[ -f $rootfs/.idexd-test-key && $(<"$rootfs/.idexd-test-key") == "$cache_key" ]]; then
+		exec 8>&-
+		say "reusing $rootfs (built by another run meanwhile)"
+		return
+	fi
+	# We hold the lock: any temporary tree is a leftover of a killed build.
+	rm -rf --one-file-system "$cache_dir"/rootfs-bookworm.tmp.* "$cache_dir"/rootfs-bookworm.old.*
+	local tmp m
+	tmp=$(mktemp -d "$cache_dir/rootfs-bookworm.tmp.XXXXXX")
+	m=$(mirror)
+	say "building the rootfs from $m (about a minute; cached for later runs)"
+	if ! timeout 900 debootstrap "${debootstrap_args[@]}" "$tmp" "$m" >"$cache_dir/debootstrap.log" 2>&1; then
+		tail -n 20 "$cache_dir/debootstrap.log"
+		rm -rf --one-file-system "$tmp"
+		die "debootstrap (log: $cache_dir/debootstrap.log)"
+	fi
+	echo "$cache_key" >"$tmp/.idexd-test-key"
+	if [[ -e $rootfs ]]; then
+		mv -T "$rootfs" "$cache_dir/rootfs-bookworm.old.$$"
+	fi
+	mv -T "$tmp" "$rootfs"
+	rm -rf --one-file-system "$cache_dir/rootfs-bookworm.old.$$"
+	exec 8>&-
+	say "rootfs ready: $(du -sh "$rootfs" | cut -f1)"
+}
+
+# ---- the container -----------------------------------------------------------
+
+work="" cg_dirs=() harness_cg="" hold_pid="" nspawn_pid="" pid1="" machine="idexd-test-$$"
+
+teardown() {
+	local rc=$?
+	set +e
+	if [[ -n $pid1 && ${IDEXD_TEST_KEEP:-0} != 1 ]] && ((rc != 0)); then
+		echo "---- journal of idexd in the container (last 60 lines) ----"
+		ce 10 journalctl -u idexd.service -u idexd.socket --no-pager -n 60 -o short-monotonic 2>&1 | sed 's/^/    /'
+	fi
+	# Everything (nspawn, the container, every nsenter we ran) is in our
+	# cgroup: kill it at once, wait until it is empty, remove the groups.
+	local d i pids
+	for d in "${cg_dirs[@]}"; do
+		[[ -f $d/cgroup.kill ]] && echo 1 >"$d/cgroup.kill" 2>/dev/null
+	done
+	[[ -n $nspawn_pid ]] && kill -KILL "$nspawn_pid" 2>/dev/null
+	[[ -n $hold_pid ]] && kill "$hold_pid" 2>/dev/null
+	for d in "${cg_dirs[@]}"; do
+		for ((i = 0; i < 50; i++)); do
+			pids=$(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+			[[ -z $pids ]] && break
+			# v1 (name=systemd) has no cgroup.kill: SIGKILL what is listed.
+			# shellcheck disable=SC2086 # one pid a word
+			kill -KILL $pids 2>/dev/null
+			sleep 0.1
+		done
+		[[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+		[[ -d $d ]] && echo "teardown: could not remove cgroup $d" >&2
+	done
+	if [[ -n $work ]]; then
+		if [[ ${IDEXD_TEST_KEEP:-0} == 1 ]]; then
+			echo "kept the container's tree in $work"
+		else
+			rm -rf --one-file-system "$work"
+		fi
+	fi
+	echo "total $((SECONDS - t_start))s"
+	exit "$rc"
+}
+
+# cgroup_roots prints the hierarchies to put the container's cgroup in: the
+# v2 one (at /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host)
+# and, on hybrid/legacy hosts, systemd's named v1 hierarchy.
+cgroup_roots() {
+	if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+		echo /sys/fs/cgroup
+		return
+	fi
+	[[ -f /sys/fs/cgroup/unified/cgroup.procs ]] && echo /sys/fs/cgroup/unified
+	[[ -f /sys/fs/cgroup/systemd/cgroup.procs ]] && echo /sys/fs/cgroup/systemd
+	return 0
+}
+
+# ce TIMEOUT CMD...: runs CMD inside the container as root with a clean
+# environment, killed after TIMEOUT seconds (inside the container, where it
+# runs: nsenter does not pass signals on). It runs in the harness cgroup,
+# so that teardown kills whatever it may have left in the background.
+ce() {
+	local t=$1
+	shift
+	(
+		[[ -n $harness_cg ]] && echo "$BASHPID" >"$harness_cg/cgroup.procs"
+		exec timeout -k 5 $((t + 5)) nsenter -t "$pid1" -a -- \
+			/usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+			HOME=/root LANG=C.UTF-8 TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0 \
+			timeout -k 3 "$t" "$@"
+	)
+}
+# csh TIMEOUT SCRIPT: a shell snippet inside the container.
+csh() { ce "$1" /bin/sh -c "$2"; }
+
+boot() {
+	work=$(mktemp -d /var/tmp/idexd-systemd-test.XXXXXX)
+	say "copying the rootfs to $work/root"
+	cp -a --reflink=auto "$rootfs" "$work/root"
+	# The host's name came with debootstrap; the container's is the machine's.
+	echo "$machine" >"$work/root/etc/hostname"
+	cp "$deb" "$work/root/root/idexd.deb"
+
+	local root
+	while read -r root; do
+		mkdir "$root/$machine"
+		cg_dirs+=("$root/$machine")
+	done < <(cgroup_roots)
+	((${#cg_dirs[@]} > 0)) || die "boot: no cgroup hierarchy found under /sys/fs/cgroup"
+	# The first is the v2 hierarchy: nsenter'd commands go there, beside
+	# nspawn's own supervisor/payload groups.
+	mkdir "${cg_dirs[0]}/harness"
+	harness_cg=${cg_dirs[0]}/harness
+
+	# nspawn runs in a cgroup of its own (--keep-unit: no scope from a
+	# systemd we do not have), so teardown can kill and remove all of it.
+	# The container gets a cgroup v2 tree (a delegated v2 subtree of the
+	# host's, without memory/pids/cpu controllers on a hybrid host) and a
+	# network namespace with only loopback.
+	say "booting $machine"
+	(
+		for d in "${cg_dirs[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
+		SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 exec systemd-nspawn --quiet -D "$work/root" -M "$machine" \
+			--keep-unit --register=no --private-network --console=read-only -b
+	) </dev/null >"$work/console.log" 2>&1 &
+	nspawn_pid=$!
+	disown "$nspawn_pid" # teardown kills it; no "Killed" notice from bash
+	local i
+	for ((i = 0; i < 300; i++)); do
+		pid1=$(pgrep -P "$nspawn_pid" -x systemd || true)
+		[[ -n $pid1 ]] && break
+		kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log"; die "boot: systemd-nspawn exited"; }
+		sleep 0.1
+	done
+	[[ -n $pid1 ]] || { cat "$work/console.log"; die "boot: no systemd in the container after 30s"; }
+	# Until systemd's own socket is up, systemctl cannot even connect.
+	local state
+	for ((i = 0; i < 300; i++)); do
+		state=$(ce 60 systemctl is-system-running --wait 2>&1 || true)
+		[[ $state == *"Failed to connect"* ]] || break
+		sleep 0.1
+	done
+	case $state in
+	running) say "systemd is running (container pid 1 = host pid $pid1)" ;;
+	degraded)
+		say "systemd is degraded; failed units:"
+		ce 10 systemctl --failed --no-legend --plain | sed 's/^/    /'
+		;;
+	*) cat "$work/console.log"; die "boot: systemd did not come up: '$state'" ;;
+	esac
+}
+
+# ---- checks --------------------------------------------------------------------
+
+failures=0 passes=0
+pass() { echo "PASS $*"; passes=$((passes + 1)); }
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+# expect NAME WANT GOT: PASS if equal.
+expect() { if [[ $3 == "$2" ]]; then pass "$1"; else fail "$1: got '$3', want '$2'"; fi; }
+prop() { ce 10 systemctl show -P "$2" "$1" 2>/dev/null || true; }
+idexctl() { ce "${T:-20}" idexctl "$@"; }
+# jcursor prints the journal's current position, for journal_has.
+jcursor() { ce 10 journalctl -n 1 --show-cursor --no-pager -o cat 2>/dev/null | sed -n 's/^-- cursor: //p'; }
+# journal_has REGEX [CURSOR]: whether idexd.service's journal (this boot,
+# or after CURSOR) matches. The journal is read whole first: grep -q on a
+# pipe would end journalctl with SIGPIPE, a failure under pipefail.
+journal_has() {
+	local j
+	if [[ -n ${2:-} ]]; then
+		j=$(ce 10 journalctl -u idexd.service --after-cursor="$2" --no-pager -o cat 2>/dev/null)
+	else
+		j=$(ce 10 journalctl -u idexd.service -b --no-pager -o cat 2>/dev/null)
+	fi
+	grep -Eq -- "$1" <<<"$j"
+}
+# count_python: python3 processes in the container, zombies (dead, not yet
+# reaped) not counted.
+count_python() { ce 10 ps -eo stat=,comm= | awk '$2 ~ /^python3/ && $1 !~ /^Z/' | wc -l; }
+
+check_install() {
+	local out
+	if out=$(ce 120 dpkg -i /root/idexd.deb 2>&1); then pass "install: dpkg -i idexd.deb"; else
+		fail "install: dpkg -i idexd.deb"; printf '%s\n' "$out" | sed 's/^/    /'; return 1; fi
+	expect "install: groups idex and idex-admin exist" "2" \
+		"$(ce 10 getent group idex idex-admin | wc -l)"
+	expect "install: /srv/idexd/students is 751 root:idex" "751 root idex" \
+		"$(ce 10 stat -c '%a %U %G' /srv/idexd/students)"
+	expect "install: /var/lib/idexd is 750 root:root" "750 root root" \
+		"$(ce 10 stat -c '%a %U %G' /var/lib/idexd)"
+	expect "install: idexd.socket enabled" enabled "$(ce 10 systemctl is-enabled idexd.socket || true)"
+	expect "install: idexd.socket active" active "$(ce 10 systemctl is-active idexd.socket || true)"
+	expect "install: idexd.service not started yet" inactive "$(ce 10 systemctl is-active idexd.service || true)"
+	expect "install: socket file is 660 root:idex" "660 root idex socket" \
+		"$(ce 10 stat -c '%a %U %G %F' /run/idexd/idexd.sock)"
+}
+
+# (a) the first client call starts idexd through the socket.
+check_socket_activation() {
+	local rc=0 out
+	out=$(T=30 idexctl health 2>&1) || rc=$?
+	expect "(a) socket activation: first 'idexctl health' exits 0 (output: ${out//$'\n'/ })" 0 "$rc"
+	expect "(a) socket activation: idexd.service became active" active "$(ce 10 systemctl is-active idexd.service || true)"
+	if journal_has 'using the socket systemd passed'; then
+		pass "(a) socket activation: idexd used the socket systemd passed"
+	else fail "(a) socket activation: idexd did not log that it used the passed socket"; fi
+}
+
+# (b) a plain start waits for READY=1; STATUS= and the delegated cgroup.
+check_notify() {
+	ce 60 systemctl stop idexd.service || true
+	local t0=$SECONDS
+	if ce 60 systemctl start idexd.service; then pass "(b) notify: systemctl start idexd returned ($((SECONDS - t0))s)"; else
+		fail "(b) notify: systemctl start idexd failed"; fi
+	expect "(b) notify: is-active after start" active "$(ce 10 systemctl is-active idexd.service || true)"
+	expect "(b) notify: Type/NotifyAccess/SubState" "notify main running" \
+		"$(prop idexd Type) $(prop idexd NotifyAccess) $(prop idexd SubState)"
+	local status
+	status=$(prop idexd StatusText)
+	if [[ $status == *accepting* ]]; then pass "(b) notify: STATUS= '$status'"; else fail "(b) notify: STATUS= '$status', want '... accepting'"; fi
+	local pid cg
+	pid=$(prop idexd MainPID)
+	cg=$(ce 10 cat "/proc/$pid/cgroup" | sed -n 's/^0:://p')
+	expect "(b) Delegate=yes: idexd moved itself into a leaf" "/system.slice/idexd.service/daemon" "$cg"
+	expect "(b) restarts so far" 0 "$(prop idexd NRestarts)"
+}
+
+# (c) a run end to end as a student uid, and the socket's roles.
+check_run() {
+	local out rc=0
+	out=$(idexctl student alice 2>&1) || rc=$?
+	expect "(c) run: 'idexctl student alice' exits 0" 0 "$rc"
+	local st uid
+	st=$(ce 10 stat -c '%a %u %G' /srv/idexd/students/alice 2>&1)
+	uid=${st#* }; uid=${uid%% *}
+	if [[ $st == "2770 "*" idex" && $uid =~ ^[0-9]+$ ]] && ((uid >= 200000)); then
+		pass "(c) run: alice's directory is 2770 $uid:idex"
+	else fail "(c) run: alice's directory is '$st', want 2770 <uid >= 200000>:idex"; fi
+	csh 10 'cat > /srv/idexd/students/alice/hello.py <<"PY"
+import os
+print("hello from idexd")
+print("uid", os.getuid(), "gid", os.getgid(), "groups", os.getgroups())
+others = [p for p in os.listdir("/proc") if p.isdigit() and os.stat("/proc/" + p).st_uid != os.getuid()]
+print("foreign processes visible", len(others))
+for line in open("/proc/self/status"):
+    if line.startswith(("NoNewPrivs", "CapEff", "CapBnd")):
+        print(line.split()[0], line.split()[1])
+PY
+chown --reference=/srv/idexd/students/alice /srv/idexd/students/alice/hello.py'
+	rc=0
+	out=$(T=30 idexctl run --student alice hello.py 2>&1) || rc=$?
+	expect "(c) run: 'idexctl run --student alice hello.py' exits 0" 0 "$rc"
+	if [[ $out == *"hello from idexd"* ]]; then pass "(c) run: output streamed"; else
+		fail "(c) run: no 'hello from idexd' in: ${out//$'\n'/ | }"; fi
+	local ruid
+	ruid=$(sed -n 's/^uid \([0-9]*\) .*/\1/p' <<<"$out")
+	if [[ -n $ruid ]] && ((ruid >= 200000)) && [[ $ruid == "$uid" ]]; then pass "(c) run: the script ran as alice's uid $ruid"; else
+		fail "(c) run: the script's uid is '$ruid', want alice's ($uid, >= 200000)"; fi
+	expect "(c) run: no supplementary groups" "groups []" "$(grep -o 'groups \[.*\]' <<<"$out")"
+	expect "(c) run: no_new_privs, no capabilities" "NoNewPrivs: 1|CapEff: 0000000000000000" \
+		"$(grep -E "^(NoNewPrivs|CapEff)" <<<"$out" | sort -r | paste -sd"|")"
+
+	expect "(c) run: ProtectProc=invisible: the script sees no other uid's process" "foreign processes visible 0" \
+		"$(grep -o 'foreign processes visible [0-9]*' <<<"$out")"
+
+	# Roles: a web-tier user in group idex may talk; others cannot connect.
+	csh 10 'id web >/dev/null 2>&1 || useradd --system --no-create-home --groups idex web'
+	rc=0
+	out=$(ce 20 runuser -u web -- idexctl health 2>&1) || rc=$?
+	expect "(c) roles: a member of idex (supplementary) gets 'idexctl health' (${out//$'\n'/ })" 0 "$rc"
+	rc=0
+	out=$(ce 20 runuser -u nobody -- idexctl health 2>&1) || rc=$?
+	expect "(c) roles: nobody cannot connect (exit 2)" 2 "$rc"
+}
+
+# configure_test switches to the test configuration: the debug hang hook,
+# a short grace, and a short watchdog interval (a drop-in), so that the
+# watchdog and drain checks take seconds, not minutes.
+configure_test() {
+	csh 10 'cat > /etc/idexd/idexd.toml <<"EOF"
+# written by tests/systemd/run.sh
+debug_endpoints = true
+shutdown_grace = "3s"
+EOF
+mkdir -p /etc/systemd/system/idexd.service.d
+cat > /etc/systemd/system/idexd.service.d/test.conf <<"EOF"
+[Service]
+WatchdogSec=6s
+EOF
+systemctl daemon-reload'
+	if ce 60 systemctl restart idexd.service; then pass "test config: restart with debug_endpoints, shutdown_grace=3s, WatchdogSec=6s"; else
+		fail "test config: restart failed"; fi
+	expect "test config: WatchdogUSec" 6s "$(prop idexd WatchdogUSec)"
+}
+
+# (d) a hung idexd is killed by the watchdog and restarted.
+check_watchdog() {
+	local before n0 t0 reply cur
+	cur=$(jcursor)
+	before=$(prop idexd MainPID)
+	n0=$(prop idexd NRestarts)
+	reply=$(ce 10 python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/idexd/idexd.sock")
+s.sendall(b"POST /v1/debug/hang HTTP/1.1\r\nHost: idexd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+print(s.recv(4096).decode().split("\r\n")[0])' 2>&1)
+	if [[ $reply == "HTTP/1.1 2"* ]]; then pass "(d) watchdog: POST /v1/debug/hang: $reply"; else
+		fail "(d) watchdog: POST /v1/debug/hang: $reply"; return; fi
+	t0=$SECONDS
+	local after="" i
+	for ((i = 0; i < 300; i++)); do
+		after=$(prop idexd MainPID)
+		[[ $after != "$before" && $after != 0 && $(prop idexd ActiveState) == active ]] && break
+		sleep 0.1
+	done
+	if [[ $after != "$before" && $after != 0 ]]; then
+		pass "(d) watchdog: idexd restarted with a new MainPID $before -> $after ($((SECONDS - t0))s after the hang)"
+	else fail "(d) watchdog: MainPID still $before (or 0) 30s after the hang"; fi
+	if journal_has 'Watchdog timeout' "$cur"; then
+		pass "(d) watchdog: journal says 'Watchdog timeout'"
+	else fail "(d) watchdog: no 'Watchdog timeout' in the journal"; fi
+	expect "(d) watchdog: NRestarts went up by one" $((n0 + 1)) "$(prop idexd NRestarts)"
+	local rc=0
+	T=20 idexctl health >/dev/null 2>&1 || rc=$?
+	expect "(d) watchdog: the new idexd answers health" 0 "$rc"
+}
+
+# start_sleepers N PREFIX: N runs of `time.sleep(60)` by alice, started in
+# the background through idexctl; waits until idexd lists them running.
+start_sleepers() {
+	local n=$1 prefix=$2
+	csh 20 "cd /srv/idexd/students/alice && for i in \$(seq 1 $n); do
+  printf 'import time\ntime.sleep(60)\n' > ${prefix}\$i.py
+  chown --reference=. ${prefix}\$i.py
+  (idexctl run --student alice ${prefix}\$i.py >/root/${prefix}\$i.out 2>&1; echo \$? > /root/${prefix}\$i.rc) &
+done" </dev/null >/dev/null 2>&1
+	local i running=0
+	for ((i = 0; i < 200; i++)); do
+		running=$(T=10 idexctl ps --json 2>/dev/null | grep -c "\"script\":\"${prefix}[0-9]*.py\"" || true)
+		((running >= n)) && break
+		# Every idexctl already exited: the runs failed to start.
+		(($(csh 5 "ls /root/${prefix}*.rc 2>/dev/null | wc -l") >= n)) && break
+		sleep 0.1
+	done
+	echo "$running"
+}
+
+# (e) systemctl stop during 10 runs: drained, ended "shutdown", exit 0.
+check_stop_drain() {
+	local running ids
+	running=$(start_sleepers 10 sleep)
+	expect "(e) stop: 10 runs running before the stop" 10 "$running"
+	ids=$(T=10 idexctl ps --json | grep '"script":"sleep[0-9]*.py"' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p' | sort)
+	local t0=$SECONDS rc=0 cur
+	cur=$(jcursor)
+	ce 60 systemctl stop idexd.service || rc=$?
+	expect "(e) stop: systemctl stop exits 0 (took $((SECONDS - t0))s, shutdown_grace 3s)" 0 "$rc"
+	expect "(e) stop: ExecMainStatus/ExecMainCode/Result" "0 1 success" \
+		"$(prop idexd ExecMainStatus) $(prop idexd ExecMainCode) $(prop idexd Result)"
+	if journal_has 'State .stop-sigterm. timed out|Killing process' "$cur"; then
+		fail "(e) stop: systemd had to kill processes (not a clean drain)"
+	else pass "(e) stop: systemd killed nothing itself"; fi
+	sleep 0.5 # the background idexctl runs write their exit codes
+	expect "(e) stop: every 'idexctl run' exited 143 (shutdown)" "143 x10" \
+		"$(csh 10 'cat /root/sleep*.rc' | sort | uniq -c | awk '{print $2 " x" $1}' | paste -sd' ')"
+	expect "(e) stop: no python3 left" 0 "$(count_python)"
+	# Start again (socket activation) and read the records back.
+	local hist n=0 id line
+	hist=$(T=30 idexctl history --json --limit 100 2>&1 || true)
+	for id in $ids; do
+		line=$(grep "\"id\":\"$id\"" <<<"$hist")
+		[[ $line == *'"reason":"shutdown"'* ]] && n=$((n + 1))
+	done
+	expect "(e) stop: after a new start, history has the 10 runs ended with reason shutdown" 10 "$n"
+	ce 30 systemctl is-active --quiet idexd.service || ce 60 systemctl start idexd.service
+}
+
+# (f) systemctl restart leaves no python3 behind, not even a setsid'd
+# grandchild.
+check_restart_orphans() {
+	csh 10 'cat > /srv/idexd/students/alice/forker.py <<"PY"
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+PY
+chown --reference=/srv/idexd/students/alice /srv/idexd/students/alice/forker.py
+(idexctl run --student alice forker.py >/dev/null 2>&1 &)' </dev/null >/dev/null 2>&1
+	local running
+	running=$(start_sleepers 3 nap)
+	local py
+	for ((i = 0; i < 50; i++)); do
+		py=$(count_python)
+		((py >= 5)) && break
+		sleep 0.1
+	done
+	expect "(f) restart: 3 sleepers + a double-forking run are up (python3 processes)" 5 "$py"
+	local before t0=$SECONDS rc=0
+	before=$(prop idexd MainPID)
+	ce 60 systemctl restart idexd.service || rc=$?
+	expect "(f) restart: systemctl restart exits 0 ($((SECONDS - t0))s)" 0 "$rc"
+	if [[ $(prop idexd MainPID) != "$before" ]]; then pass "(f) restart: new MainPID"; else fail "(f) restart: MainPID unchanged"; fi
+	py=$(count_python)
+	expect "(f) restart: no python3 processes left" 0 "$py"
+	expect "(f) restart: no run cgroups left under idexd.service" "" \
+		"$(csh 10 'find /sys/fs/cgroup/system.slice/idexd.service -mindepth 2 -name cgroup.procs -path "*/idexd/*" -exec cat {} +')"
+}
+
+# (g) reload (SIGHUP) keeps the process and returns to active.
+check_reload() {
+	local before rc=0 cur
+	cur=$(jcursor)
+	before=$(prop idexd MainPID)
+	ce 30 systemctl reload idexd.service || rc=$?
+	expect "(g) reload: systemctl reload exits 0" 0 "$rc"
+	local i ok=0
+	for ((i = 0; i < 50; i++)); do
+		journal_has 'reloaded limits' "$cur" && { ok=1; break; }
+		sleep 0.1
+	done
+	if ((ok)); then pass "(g) reload: idexd reloaded its limits"; else fail "(g) reload: no 'reloaded limits' in the journal"; fi
+	expect "(g) reload: same MainPID, active" "$before active" "$(prop idexd MainPID) $(prop idexd ActiveState)"
+}
+
+# run_check CHECK: a check never aborts the run (set -e does not apply
+# inside a function called in an || list): it reports PASS/FAIL lines and
+# the next check goes on.
+run_check() { "$@" || true; }
+
+main() {
+	ensure_tools
+	ensure_rootfs
+	trap teardown EXIT
+	trap 'exit 130' INT TERM
+	boot
+	local t
+	t=$SECONDS
+	check_install || die "install failed; nothing else can be checked"
+	run_check check_socket_activation
+	run_check check_notify
+	run_check check_run
+	say "checks (a)-(c) took $((SECONDS - t))s"
+	t=$SECONDS
+	run_check configure_test
+	run_check check_watchdog
+	say "check (d) took $((SECONDS - t))s"
+	t=$SECONDS
+	run_check check_stop_drain
+	say "check (e) took $((SECONDS - t))s"
+	t=$SECONDS
+	run_check check_restart_orphans
+	run_check check_reload
+	say "checks (f)-(g) took $((SECONDS - t))s"
+	echo "systemd-test: $passes passed, $failures failed"
+	if [[ ${IDEXD_TEST_HOLD:-0} == 1 ]]; then
+		echo "holding: enter with 'nsenter -t $pid1 -a bash'; Ctrl-C (or kill $$) ends it"
+		while :; do
+			sleep 3600 &
+			hold_pid=$!
+			wait "$hold_pid" # unlike a foreground sleep, wait lets the trap run at once
+		done
+	fi
+	((failures == 0))
+}
+
+main "$@"
