@@ -1,9 +1,9 @@
 #!/bin/sh
 # idexd postremove, for .deb (postrm remove|purge|upgrade|...) and .rpm
 # (%postun N: 0 = removal, 1 = upgrade). Reloads systemd; on purge also
-# removes the embedded store and the database URL credential. Students' directories (/srv/idexd/students)
-# and the groups are never removed: they hold students' work and may own
-# files elsewhere.
+# removes the embedded store and the database URL credential. Students'
+# directories (/srv/idexd/students) and the groups are never removed: they
+# hold students' work and may own files elsewhere.
 set -e
 
 if [ -d /run/systemd/system ]; then

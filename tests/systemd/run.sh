@@ -509,6 +509,53 @@ check_reload() {
 	expect "(g) reload: same MainPID, active" "$before active" "$(prop idexd MainPID) $(prop idexd ActiveState)"
 }
 
+# The documented place for the database URL: /etc/credstore, found by
+# name. The unit names no path, so a missing file is no error (as (a)
+# showed); a unit with the same line proves that systemd 252 loads it.
+check_credential() {
+	local line got unit=$work/root/etc/systemd/system/idexd-credtest.service
+	line=$(ce 10 grep '^LoadCredential=' /usr/lib/systemd/system/idexd.service)
+	expect "credential: idexd.service's LoadCredential=" "LoadCredential=database-url:idexd.database-url" "$line"
+	csh 10 'mkdir -p -m 0700 /etc/credstore && umask 077 && echo postgres://idexd@db/idexd > /etc/credstore/idexd.database-url'
+	# shellcheck disable=SC2016 # expanded by systemd
+	printf '[Service]\nType=oneshot\n%s\nExecStart=/bin/cat ${CREDENTIALS_DIRECTORY}/database-url\nStandardOutput=truncate:/root/credtest.out\n' \
+		"$line" >"$unit"
+	ce 10 systemctl daemon-reload
+	ce 20 systemctl start idexd-credtest.service
+	got=$(ce 10 cat /root/credtest.out 2>&1)
+	expect "credential: /etc/credstore/idexd.database-url reaches \$CREDENTIALS_DIRECTORY/database-url" \
+		"postgres://idexd@db/idexd" "$got"
+	rm -f "$unit"
+	csh 10 'rm -f /etc/credstore/idexd.database-url; systemctl daemon-reload'
+}
+
+# (h) reinstalling (an upgrade) keeps the edited config and restarts idexd.
+check_upgrade() {
+	local before rc=0 out
+	before=$(prop idexd MainPID)
+	out=$(ce 120 dpkg -i /root/idexd.deb 2>&1 </dev/null) || rc=$?
+	expect "(h) upgrade: dpkg -i again exits 0" 0 "$rc"
+	((rc == 0)) || printf '%s\n' "$out" | sed 's/^/    /'
+	if [[ $(prop idexd MainPID) != "$before" && $(prop idexd ActiveState) == active ]]; then
+		pass "(h) upgrade: idexd was restarted and is active"
+	else fail "(h) upgrade: MainPID $before -> $(prop idexd MainPID), $(prop idexd ActiveState)"; fi
+	if csh 10 'grep -q "^debug_endpoints = true" /etc/idexd/idexd.toml'; then pass "(h) upgrade: the edited /etc/idexd/idexd.toml was kept"; else
+		fail "(h) upgrade: /etc/idexd/idexd.toml lost its local edit"; fi
+}
+
+# (i) purge stops and removes everything but the students' work.
+check_purge() {
+	local rc=0 out
+	out=$(ce 120 dpkg --purge idexd 2>&1 </dev/null) || rc=$?
+	expect "(i) purge: dpkg --purge idexd exits 0" 0 "$rc"
+	expect "(i) purge: idexd.socket and idexd.service inactive" "inactive inactive" \
+		"$(ce 10 systemctl is-active idexd.socket idexd.service | paste -sd' ')"
+	expect "(i) purge: binaries, units, config and store gone" "gone" \
+		"$(csh 10 'ls -d /usr/bin/idexd /usr/bin/idexctl /usr/lib/systemd/system/idexd.service /etc/idexd /var/lib/idexd 2>/dev/null || echo gone')"
+	expect "(i) purge: students' directories kept" "/srv/idexd/students/alice" "$(ce 10 ls -d /srv/idexd/students/alice)"
+	expect "(i) purge: no python3 left" 0 "$(count_python)"
+}
+
 # run_check CHECK: a check never aborts the run (set -e does not apply
 # inside a function called in an || list): it reports PASS/FAIL lines and
 # the next check goes on.
@@ -526,6 +573,7 @@ main() {
 	run_check check_socket_activation
 	run_check check_notify
 	run_check check_run
+	run_check check_credential
 	say "checks (a)-(c) took $((SECONDS - t))s"
 	t=$SECONDS
 	run_check configure_test
@@ -538,6 +586,10 @@ main() {
 	run_check check_restart_orphans
 	run_check check_reload
 	say "checks (f)-(g) took $((SECONDS - t))s"
+	t=$SECONDS
+	run_check check_upgrade
+	run_check check_purge
+	say "checks (h)-(i) took $((SECONDS - t))s"
 	echo "systemd-test: $passes passed, $failures failed"
 	if [[ ${IDEXD_TEST_HOLD:-0} == 1 ]]; then
 		echo "holding: enter with 'nsenter -t $pid1 -a bash'; Ctrl-C (or kill $$) ends it"
