@@ -143,10 +143,23 @@ func (m *Manager) Check() error {
 	return nil
 }
 
+// WarmDir holds the groups prepared ahead of time for warm helpers; the
+// dot keeps it apart from every student's name.
+const WarmDir = "warm.pool"
+
 // Create makes the groups of one run with its limits applied.
-func (m *Manager) Create(student, id string, lim Limits) (_ *Group, err error) {
-	rel := filepath.Join(student, id)
-	g := &Group{mode: m.mode}
+func (m *Manager) Create(student, id string, lim Limits) (*Group, error) {
+	return m.create(filepath.Join(student, id), lim)
+}
+
+// CreateWarm makes a group for a warm helper, with lim until a run claims
+// it and sets its own.
+func (m *Manager) CreateWarm(id string, lim Limits) (*Group, error) {
+	return m.create(filepath.Join(WarmDir, id), lim)
+}
+
+func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
+	g := &Group{mode: m.mode, v1Swap: m.v1Swap}
 	res := &cgroup2.Resources{}
 	if m.mode == ModeUnified {
 		res = v2Resources(lim)
@@ -175,19 +188,23 @@ func (m *Manager) Create(student, id string, lim Limits) (_ *Group, err error) {
 			}
 			return filepath.Join(p, rel), nil
 		}
-		g.v1, err = cgroup1.New(path, m.v1Resources(lim), cgroup1.WithHierarchy(v1Hierarchy))
+		g.v1, err = cgroup1.New(path, v1Resources(lim, m.v1Swap), cgroup1.WithHierarchy(v1Hierarchy))
 		if err != nil {
 			return nil, fmt.Errorf("create v1 cgroups %s: %w", rel, err)
 		}
+		g.v1Dirs = make(map[cgroup1.Name]string)
 		for _, s := range g.v1.Subsystems() {
-			if p, ok := s.(interface{ Path(string) string }); ok && s.Name() == cgroup1.Cpuacct {
-				acct, err := path(cgroup1.Cpuacct)
-				if err != nil {
-					return nil, fmt.Errorf("find cpuacct cgroup of %s: %w", rel, err)
-				}
-				g.cpuacctDir = p.Path(acct)
+			p, ok := s.(interface{ Path(string) string })
+			if !ok {
+				continue
 			}
+			rel, err := path(s.Name())
+			if err != nil {
+				return nil, fmt.Errorf("find v1 %s cgroup of %s: %w", s.Name(), rel, err)
+			}
+			g.v1Dirs[s.Name()] = p.Path(rel)
 		}
+		g.cpuacctDir = g.v1Dirs[cgroup1.Cpuacct]
 		if g.cpuacctDir == "" {
 			return nil, fmt.Errorf("create v1 cgroups %s: no cpuacct group", rel)
 		}
@@ -219,7 +236,7 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	return out, nil
 }
 
-func (m *Manager) v1Resources(lim Limits) *specs.LinuxResources {
+func v1Resources(lim Limits, swap bool) *specs.LinuxResources {
 	pids := lim.Pids
 	mem := lim.MemoryBytes
 	quota := lim.CPUPercent * cpuPeriod / 100
@@ -229,7 +246,7 @@ func (m *Manager) v1Resources(lim Limits) *specs.LinuxResources {
 		Pids:   &specs.LinuxPids{Limit: &pids},
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 	}
-	if m.v1Swap {
+	if swap {
 		// memsw is memory+swap: equal to the memory limit, swap adds nothing.
 		r.Memory.Swap = &mem
 	}
@@ -343,7 +360,7 @@ func (m *Manager) RunGroups() ([]string, error) {
 	}
 	var out []string
 	for _, s := range studs {
-		if !s.IsDir() || strings.HasPrefix(s.Name(), ".") {
+		if !s.IsDir() || strings.HasPrefix(s.Name(), ".") || s.Name() == WarmDir {
 			continue
 		}
 		runs, err := os.ReadDir(filepath.Join(dir, s.Name()))
@@ -359,13 +376,38 @@ func (m *Manager) RunGroups() ([]string, error) {
 	return out, nil
 }
 
-// Sweep kills and removes every run group a previous instance left, and
-// returns their run ids. It runs at start-up, before any new run exists.
+// WarmGroups lists the prepared groups of idle warm helpers.
+func (m *Manager) WarmGroups() ([]string, error) {
+	dir := filepath.Join(m.v2Mount, m.v2Parent, WarmDir)
+	ds, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list warm cgroups: %w", err)
+	}
+	var out []string
+	for _, d := range ds {
+		if d.IsDir() {
+			out = append(out, WarmDir+"/"+d.Name())
+		}
+	}
+	return out, nil
+}
+
+// Sweep kills and removes every run group (and warm group) a previous
+// instance left, and returns their names. It runs at start-up, before any
+// new run exists.
 func (m *Manager) Sweep(ctx context.Context) ([]string, error) {
 	groups, err := m.RunGroups()
 	if err != nil {
 		return nil, err
 	}
+	warm, err := m.WarmGroups()
+	if err != nil {
+		return nil, err
+	}
+	groups = append(groups, warm...)
 	var ids []string
 	var errs []error
 	for _, rel := range groups {

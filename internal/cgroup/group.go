@@ -26,6 +26,38 @@ type Group struct {
 	dir    *os.File       // the v2 directory, for clone into the group
 	// cpuacctDir is the v1 cpuacct group (hybrid), polled for CPU time.
 	cpuacctDir string
+	v1Dirs     map[cgroup1.Name]string
+	v1Swap     bool
+}
+
+// Update sets new limits, for a warm group claimed by a run.
+func (g *Group) Update(lim Limits) error {
+	if g.v1 != nil {
+		if err := g.v1.Update(v1Resources(lim, g.v1Swap)); err != nil {
+			return fmt.Errorf("set limits of %s: %w", g.v2Path, err)
+		}
+		return nil
+	}
+	if err := g.v2.Update(v2Resources(lim)); err != nil {
+		return fmt.Errorf("set limits of %s: %w", g.v2Path, err)
+	}
+	return setV2Swap(g.v2Path)
+}
+
+// ResetPeak forgets the peak memory so far (a warm helper's own), where
+// the kernel allows it (v1); v2's memory.peak cannot be reset before 6.12.
+func (g *Group) ResetPeak() error {
+	if g.v1 == nil {
+		return nil
+	}
+	mem := g.v1Dirs[cgroup1.Memory]
+	for _, f := range []string{"memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes"} {
+		err := os.WriteFile(filepath.Join(mem, f), []byte("0"), 0)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("reset %s of %s: %w", f, mem, err)
+		}
+	}
+	return nil
 }
 
 // FD is the v2 group's directory fd for SysProcAttr.CgroupFD.

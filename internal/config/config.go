@@ -60,6 +60,9 @@ type Config struct {
 	Host        string `toml:"host"`
 	// MaxRuns is how many runs may be live at once on this host.
 	MaxRuns int `toml:"max_runs"`
+	// WarmRuns is how many helpers wait, already in their cgroups, for the
+	// next runs: it takes the slow cgroup move off the start path.
+	WarmRuns int `toml:"warm_runs"`
 	// ShutdownGrace is how long running runs may go on after SIGTERM.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// KeepEnded is how long an ended run's events stay in memory for late readers.
@@ -93,6 +96,7 @@ func Default() Config {
 		UIDMax:        299999,
 		Host:          host,
 		MaxRuns:       256,
+		WarmRuns:      4,
 		ShutdownGrace: Duration{10 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
 		Defaults: api.Limits{
@@ -200,6 +204,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRuns < 1 {
 		errs = append(errs, fmt.Errorf("max_runs must be at least 1, got %d", c.MaxRuns))
+	}
+	if c.WarmRuns < 0 || c.WarmRuns > c.MaxRuns {
+		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
 	}
 	if c.ShutdownGrace.Duration < 0 {
 		errs = append(errs, errors.New("shutdown_grace must not be negative"))

@@ -124,13 +124,14 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		Active:      func() int { return eng.Active() },
 		LockCounts:  lockCounts(table),
 		StoreErrors: storeErrors,
+		WarmStarts:  func() int64 { return eng.WarmStarts() },
 	})
 	eng, err = run.New(run.Config{
 		Host: cfg.Host, Interpreter: cfg.Interpreter,
 		Defaults: cfg.Defaults, Max: cfg.Max, MaxRuns: cfg.MaxRuns,
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
-		KeepEnded: cfg.KeepEnded.Duration,
-		Log:       log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locker,
+		KeepEnded: cfg.KeepEnded.Duration, WarmRuns: cfg.WarmRuns,
+		Log: log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locker,
 		Hooks: met.Hooks(),
 	})
 	if err != nil {

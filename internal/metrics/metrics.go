@@ -20,6 +20,7 @@ type Sources struct {
 	Active      func() int
 	LockCounts  func() (acquired, released int64)
 	StoreErrors func() int64
+	WarmStarts  func() int64
 }
 
 // Metrics is the registry and its collectors.
@@ -68,6 +69,11 @@ func New(src Sources) *Metrics {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "idexd_store_errors_total", Help: "Store writes that failed (and were queued or refused)."},
 			func() float64 { return float64(src.StoreErrors()) }))
+	}
+	if src.WarmStarts != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "idexd_runs_warm_started_total", Help: "Runs started on a warm helper (no cgroup move on the start path)."},
+			func() float64 { return float64(src.WarmStarts()) }))
 	}
 	return m
 }

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
@@ -63,6 +64,9 @@ type Config struct {
 	// FileSizeBytes and OpenFiles are the children's rlimits.
 	FileSizeBytes uint64
 	OpenFiles     uint64
+	// WarmRuns is how many helpers wait, already in their cgroups, for the
+	// next runs (0: every run starts cold).
+	WarmRuns int
 
 	Log     *slog.Logger
 	Cgroups *cgroup.Manager
@@ -81,12 +85,28 @@ type Engine struct {
 	cfg Config
 	log *slog.Logger
 
+	pool *pool
+
 	mu       sync.Mutex
 	runs     map[string]*Run
 	active   int // admitted and not yet ended
 	draining bool
 	live     sync.WaitGroup
+
+	shutdownOnce sync.Once
+	warmStarts   atomic.Int64
 }
+
+// WarmReady is how many warm slots wait for a run now.
+func (e *Engine) WarmReady() int {
+	if e.pool == nil {
+		return 0
+	}
+	return len(e.pool.slots)
+}
+
+// WarmStarts is how many runs started on a warm slot.
+func (e *Engine) WarmStarts() int64 { return e.warmStarts.Load() }
 
 // New returns an engine; it starts nothing.
 func New(cfg Config) (*Engine, error) {
@@ -102,7 +122,11 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.KeepEnded == 0 {
 		cfg.KeepEnded = 10 * time.Minute
 	}
-	return &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}, nil
+	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}
+	e.pool = newPool(cfg.WarmRuns, cfg.Cgroups, cgroup.Limits{
+		MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
+	}, cfg.Log)
+	return e, nil
 }
 
 // Start admits, prepares and starts one run. When it returns without
@@ -331,8 +355,14 @@ func (e *Engine) SetDraining(v bool) {
 
 // Shutdown refuses new runs, lets running ones go on for grace, then ends
 // the rest with reason shutdown and waits until every run has finished.
+// It discards the warm slots.
 func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
 	e.SetDraining(true)
+	e.shutdownOnce.Do(func() {
+		if err := e.pool.close(); err != nil {
+			e.log.Error("discard warm slots", "err", err)
+		}
+	})
 	done := make(chan struct{})
 	go func() {
 		e.live.Wait()

@@ -37,6 +37,7 @@ type Run struct {
 	child     *sandbox.Child
 	started   bool // the child may run; kill now goes to the cgroup
 	killedAt  time.Time
+	cpuBase   time.Duration // CPU time of the group before the run (a warm helper's)
 
 	stdinMu sync.Mutex
 	stdin   *os.File
@@ -86,6 +87,32 @@ func (r *Run) startedAt() time.Time {
 // done; the step timings start from admitted.
 func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	e := r.e
+	var steps stepTimer
+	steps.start(admitted)
+	steps.b = fmt.Appendf(steps.b, "admit=%.2fms", float64(admitted.Sub(t0).Microseconds())/1000)
+	lim := r.lim
+	cgLim := cgroup.Limits{MemoryBytes: lim.MemoryMB << 20, Pids: lim.Pids, CPUPercent: lim.CPUPercent}
+	argv := []string{e.cfg.Interpreter}
+	if r.info.Mode == api.ModeRepl {
+		argv = append(argv, "-i")
+	}
+	// "--" ends the interpreter's options: a script named "-c" or
+	// "--help.py" is a file, and sys.argv still reads as the student wrote it.
+	argv = append(argv, "--", r.info.Script)
+	argv = append(argv, r.info.Args...)
+	job := sandbox.Job{
+		Interpreter: e.cfg.Interpreter,
+		Argv:        argv,
+		Env:         childEnv(r.info.Student, workdir),
+		Dir:         workdir,
+		UID:         r.info.UID,
+		GID:         r.info.GID,
+		Rlimits: sandbox.Rlimits{
+			FileSizeBytes: e.cfg.FileSizeBytes,
+			OpenFiles:     e.cfg.OpenFiles,
+			CPUSeconds:    uint64(lim.CPUSeconds) + 1,
+		},
+	}
 	failed := func(step string, err error) error {
 		r.mu.Lock()
 		if r.reason == "" {
@@ -95,82 +122,14 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		r.mu.Unlock()
 		return err
 	}
+	// Before the child exists: finish directly.
 	fail := func(step string, err error) error {
 		ferr := failed(step, err)
 		r.finish(nil)
 		return r.startFailedError(step, ferr)
 	}
-	lim := r.lim
-	var steps stepTimer
-	steps.start(admitted)
-	steps.b = fmt.Appendf(steps.b, "admit=%.2fms", float64(admitted.Sub(t0).Microseconds())/1000)
-	if err := e.step(StepCgroup); err != nil {
-		return fail(StepCgroup, err)
-	}
-	g, err := e.cfg.Cgroups.Create(r.info.Student, r.id, cgroup.Limits{
-		MemoryBytes: lim.MemoryMB << 20, Pids: lim.Pids, CPUPercent: lim.CPUPercent,
-	})
-	if err != nil {
-		return fail(StepCgroup, err)
-	}
-	r.mu.Lock()
-	r.group = g
-	r.mu.Unlock()
-	steps.mark(StepCgroup)
-	if err := e.step(StepInterpreter); err != nil {
-		return fail(StepInterpreter, err)
-	}
-	if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
-		return fail(StepInterpreter, err)
-	}
-	if err := e.step(StepPipes); err != nil {
-		return fail(StepPipes, err)
-	}
-	p, err := newPipes()
-	if err != nil {
-		return fail(StepPipes, err)
-	}
-	if err := e.step(StepSpawn); err != nil {
-		return fail(StepSpawn, errors.Join(err, p.closeAll()))
-	}
-	argv := []string{e.cfg.Interpreter}
-	if r.info.Mode == api.ModeRepl {
-		argv = append(argv, "-i")
-	}
-	argv = append(argv, r.info.Script)
-	argv = append(argv, r.info.Args...)
-	child, err := sandbox.Start(sandbox.Spec{
-		Interpreter: e.cfg.Interpreter,
-		Argv:        argv,
-		Dir:         workdir,
-		Env:         childEnv(r.info.Student, workdir),
-		UID:         r.info.UID,
-		GID:         r.info.GID,
-		Rlimits: sandbox.Rlimits{
-			FileSizeBytes: e.cfg.FileSizeBytes,
-			OpenFiles:     e.cfg.OpenFiles,
-			CPUSeconds:    uint64(lim.CPUSeconds) + 1,
-		},
-		CgroupFD: g.FD(),
-		Stdin:    p.stdinR, Stdout: p.stdoutW, Stderr: p.stderrW,
-	})
-	steps.mark(StepSpawn)
-	if cerr := p.closeChildEnds(); cerr != nil {
-		e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
-	}
-	if err != nil {
-		return fail(StepSpawn, errors.Join(err, p.closeParentEnds()))
-	}
-	// From here the child exists: every path ends through wait -> finish.
-	r.mu.Lock()
-	r.child = child
-	r.stdin = p.stdinW
-	r.mu.Unlock()
-	r.readers.Add(2)
-	go r.readOutput(p.stdoutR, api.EventStdout)
-	go r.readOutput(p.stderrR, api.EventStderr)
-	go r.wait()
-
+	// Once the child exists, it is aborted and the run ends through wait.
+	var child *sandbox.Child
 	abort := func(step string, err error) error {
 		ferr := failed(step, err)
 		if aerr := child.Abort(); aerr != nil {
@@ -180,13 +139,97 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		<-r.done
 		return r.startFailedError(step, ferr)
 	}
-	if err := e.step(StepCgroupJoin); err != nil {
-		return abort(StepCgroupJoin, err)
+	adopt := func(g *cgroup.Group, c *sandbox.Child, p *pipes) {
+		child = c
+		r.mu.Lock()
+		r.group, r.child, r.stdin = g, c, p.stdinW
+		r.mu.Unlock()
+		r.readers.Add(2)
+		go r.readOutput(p.stdoutR, api.EventStdout)
+		go r.readOutput(p.stderrR, api.EventStderr)
+		go r.wait()
 	}
-	if err := g.Join(child.Pid()); err != nil {
-		return abort(StepCgroupJoin, err)
+
+	if sl := e.pool.take(); sl != nil {
+		// Warm: the helper already waits in its group; it becomes the
+		// student only when launched.
+		adopt(sl.group, sl.child, sl.pipes)
+		e.warmStarts.Add(1)
+		steps.mark("claim")
+		if err := e.step(StepCgroup); err != nil {
+			return abort(StepCgroup, err)
+		}
+		if err := sl.group.Update(cgLim); err != nil {
+			return abort(StepCgroup, err)
+		}
+		if err := sl.group.ResetPeak(); err != nil {
+			return abort(StepCgroup, err)
+		}
+		cpu, err := sl.group.CPUTime()
+		if err != nil {
+			return abort(StepCgroup, err)
+		}
+		r.mu.Lock()
+		r.cpuBase = cpu
+		r.mu.Unlock()
+		steps.mark(StepCgroup)
+		if err := e.step(StepInterpreter); err != nil {
+			return abort(StepInterpreter, err)
+		}
+		if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
+			return abort(StepInterpreter, err)
+		}
+		for _, st := range []string{StepPipes, StepSpawn, StepCgroupJoin} {
+			if err := e.step(st); err != nil {
+				return abort(st, err)
+			}
+		}
+	} else {
+		if err := e.step(StepCgroup); err != nil {
+			return fail(StepCgroup, err)
+		}
+		g, err := e.cfg.Cgroups.Create(r.info.Student, r.id, cgLim)
+		if err != nil {
+			return fail(StepCgroup, err)
+		}
+		r.mu.Lock()
+		r.group = g
+		r.mu.Unlock()
+		steps.mark(StepCgroup)
+		if err := e.step(StepInterpreter); err != nil {
+			return fail(StepInterpreter, err)
+		}
+		if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
+			return fail(StepInterpreter, err)
+		}
+		if err := e.step(StepPipes); err != nil {
+			return fail(StepPipes, err)
+		}
+		p, err := newPipes()
+		if err != nil {
+			return fail(StepPipes, err)
+		}
+		if err := e.step(StepSpawn); err != nil {
+			return fail(StepSpawn, errors.Join(err, p.closeAll()))
+		}
+		c, err := sandbox.Start(job, g.FD(), p.childStdio())
+		if cerr := p.closeChildEnds(); cerr != nil {
+			e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
+		}
+		if err != nil {
+			return fail(StepSpawn, errors.Join(err, p.closeParentEnds()))
+		}
+		// From here the child exists: every path ends through wait -> finish.
+		adopt(g, c, p)
+		steps.mark(StepSpawn)
+		if err := e.step(StepCgroupJoin); err != nil {
+			return abort(StepCgroupJoin, err)
+		}
+		if err := g.Join(c.Pid()); err != nil {
+			return abort(StepCgroupJoin, err)
+		}
+		steps.mark(StepCgroupJoin)
 	}
-	steps.mark(StepCgroupJoin)
 	r.mu.Lock()
 	r.started = true
 	stopNow := r.reason != ""
@@ -202,7 +245,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	if err := e.step(StepExec); err != nil {
 		return abort(StepExec, err)
 	}
-	if err := child.Release(); err != nil {
+	if err := child.Launch(job); err != nil {
 		return abort(StepExec, err)
 	}
 	steps.mark(StepExec)
@@ -273,7 +316,7 @@ func (r *Run) supervise() {
 				r.e.log.Warn("read cpu time", "run", r.id, "err", err)
 				continue
 			}
-			if cpu >= cpuLimit {
+			if cpu-r.cpuBase >= cpuLimit {
 				r.kill(api.ReasonTimedOut)
 				return
 			}
@@ -398,7 +441,7 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	info.State = api.StateEnded
 	info.EndedAt = &end
 	info.WallMS = end.Sub(info.StartedAt).Milliseconds()
-	info.CPUMS = stats.CPU.Milliseconds()
+	info.CPUMS = (stats.CPU - r.cpuBase).Milliseconds()
 	info.PeakMemoryBytes = stats.PeakMemory
 	info.OutputBytes = r.outBytes
 	info.Truncated = r.truncated
@@ -409,15 +452,17 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	if err := e.cfg.Store.RecordEnd(ctx, &final); err != nil {
 		log.Error("record run end", "err", err)
 	}
+	// The capacity slot is free before anyone can see the end, so a client
+	// that starts again on the end event is never refused at_capacity.
+	e.mu.Lock()
+	e.active--
+	e.mu.Unlock()
+	// Shutdown waits for this, so nothing logs after it returns.
+	defer e.live.Done()
 	r.mu.Lock()
 	r.appendLocked(api.Event{Type: api.EventEnd, Run: &final})
 	r.mu.Unlock()
 	close(r.done)
-
-	e.mu.Lock()
-	e.active--
-	e.mu.Unlock()
-	e.live.Done()
 	time.AfterFunc(e.cfg.KeepEnded, func() { e.forget(r.id) })
 
 	var stopLatency time.Duration
@@ -647,6 +692,10 @@ func closeFiles(fs ...*os.File) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (p *pipes) childStdio() sandbox.Stdio {
+	return sandbox.Stdio{Stdin: p.stdinR, Stdout: p.stdoutW, Stderr: p.stderrW}
 }
 
 func (p *pipes) closeChildEnds() error  { return closeFiles(p.stdinR, p.stdoutW, p.stderrW) }

@@ -1,24 +1,33 @@
 // Package sandbox starts one child process the way a run needs it: as the
 // student's uid/gid with no supplementary groups, in the student's
 // directory, in its own session, with a clean environment, rlimits and
-// no_new_privs, cloned straight into its cgroup.
+// no_new_privs, inside its cgroup before it runs any student code.
 //
-// The child is idexd itself re-executed in helper mode (see Helper). The
-// helper is cloned into the run's v2 cgroup already running as the student;
-// it then blocks on a pipe until the parent has also placed it in the v1
-// groups (hybrid hosts), so not one instruction of student code runs outside
-// the limits. Only then does it apply rlimits and execve() the interpreter.
-// An exec failure comes back over a close-on-exec pipe, so the parent knows
-// for certain whether the interpreter started.
+// The child is idexd itself re-executed in helper mode (see Helper). It is
+// cloned straight into the run's v2 cgroup and then blocks on a pipe until
+// the parent sends it a Job; only then does it apply rlimits and execve()
+// the interpreter. An exec failure comes back over a close-on-exec pipe, so
+// the parent knows for certain whether the interpreter started.
+//
+// Two ways to get a helper:
+//   - Start (cold): cloned already as the student, in the student's
+//     directory; on a hybrid host the parent moves it into the v1 groups
+//     while it waits.
+//   - StartWarm: cloned as root in "/", ahead of time, into a prepared group
+//     (and moved into its v1 groups) off the path of any request. Launch
+//     later sends the job; the helper then drops to the student's uid/gid
+//     with no groups and enters the directory itself before it execs. This
+//     takes the v1 cgroup move (an RCU grace period, ~8-15 ms when the host
+//     was idle) off the path from Run to first output.
 package sandbox
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 )
 
@@ -27,7 +36,7 @@ const helperArg0 = "idexd-sandbox-helper"
 
 // Exit codes of the helper itself, chosen outside what Python uses.
 const (
-	exitAborted    = 125 // the parent gave up before release
+	exitAborted    = 125 // the parent gave up before sending a job
 	exitExecFailed = 127
 )
 
@@ -40,32 +49,46 @@ type Rlimits struct {
 	CPUSeconds uint64
 }
 
-// Spec is one child to start.
-type Spec struct {
+// Job is what the helper execs, and as whom.
+type Job struct {
 	Interpreter string
 	// Argv is the interpreter's argv, argv[0] included.
 	Argv     []string
-	Dir      string
 	Env      []string
+	Dir      string
 	UID, GID uint32
 	Rlimits  Rlimits
-	// CgroupFD is the run's v2 cgroup directory, or -1.
-	CgroupFD int
-	Stdin    *os.File
-	Stdout   *os.File
-	Stderr   *os.File
 }
 
-// Child is a started, paused helper.
+// Stdio are the child's standard files.
+type Stdio struct {
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Child is a started helper, paused until Launch or Abort.
 type Child struct {
 	cmd     *exec.Cmd
-	release *os.File // write end: one byte lets the helper exec
+	release *os.File // write end: the job, then EOF
 	execErr *os.File // read end: EOF with no bytes means exec succeeded
-	settled bool     // Release or Abort ran: the pipes are closed
+	settled bool     // Launch or Abort ran: the pipes are closed
 }
 
-// Start spawns the helper, paused before exec.
-func Start(s Spec) (_ *Child, err error) {
+// Start spawns a helper as job's uid/gid in job's directory, cloned into
+// the cgroup directory cgroupFD (-1: none), paused until Launch.
+func Start(job Job, cgroupFD int, stdio Stdio) (*Child, error) {
+	attr := &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: job.UID, Gid: job.GID, Groups: []uint32{}},
+	}
+	return spawn(attr, job.Dir, job.Env, cgroupFD, stdio)
+}
+
+// StartWarm spawns a root helper in "/" with an empty environment, cloned
+// into cgroupFD, paused until Launch says whom to become.
+func StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
+	return spawn(&syscall.SysProcAttr{}, "/", []string{}, cgroupFD, stdio)
+}
+
+func spawn(attr *syscall.SysProcAttr, dir string, env []string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
 	relR, relW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("create release pipe: %w", err)
@@ -75,7 +98,7 @@ func Start(s Spec) (_ *Child, err error) {
 		return nil, errors.Join(fmt.Errorf("create exec-error pipe: %w", err), relR.Close(), relW.Close())
 	}
 	// The child's copies are closed here whatever happens; ours stay open
-	// until Release or Abort.
+	// until Launch or Abort.
 	defer func() {
 		cerr := errors.Join(relR.Close(), errW.Close())
 		if err != nil {
@@ -84,35 +107,25 @@ func Start(s Spec) (_ *Child, err error) {
 			err = fmt.Errorf("close child ends of helper pipes: %w", cerr)
 		}
 	}()
-	args := []string{
-		helperArg0,
-		s.Interpreter,
-		strconv.FormatUint(s.Rlimits.FileSizeBytes, 10),
-		strconv.FormatUint(s.Rlimits.OpenFiles, 10),
-		strconv.FormatUint(s.Rlimits.CPUSeconds, 10),
+	attr.Setsid = true
+	attr.Pdeathsig = syscall.SIGKILL
+	if cgroupFD >= 0 {
+		attr.UseCgroupFD = true
+		attr.CgroupFD = cgroupFD
 	}
-	args = append(args, s.Argv...)
 	cmd := &exec.Cmd{
 		// The magic link works even after idexd's binary was replaced on disk
 		// by an upgrade, and it needs no search permission on the directories
 		// above a test binary.
-		Path:       "/proc/self/exe",
-		Args:       args,
-		Dir:        s.Dir,
-		Env:        s.Env,
-		Stdin:      s.Stdin,
-		Stdout:     s.Stdout,
-		Stderr:     s.Stderr,
-		ExtraFiles: []*os.File{relR, errW},
-		SysProcAttr: &syscall.SysProcAttr{
-			Setsid:     true,
-			Pdeathsig:  syscall.SIGKILL,
-			Credential: &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: []uint32{}},
-		},
-	}
-	if s.CgroupFD >= 0 {
-		cmd.SysProcAttr.UseCgroupFD = true
-		cmd.SysProcAttr.CgroupFD = s.CgroupFD
+		Path:        "/proc/self/exe",
+		Args:        []string{helperArg0},
+		Dir:         dir,
+		Env:         env,
+		Stdin:       stdio.Stdin,
+		Stdout:      stdio.Stdout,
+		Stderr:      stdio.Stderr,
+		ExtraFiles:  []*os.File{relR, errW},
+		SysProcAttr: attr,
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("spawn helper: %w", err)
@@ -123,16 +136,21 @@ func Start(s Spec) (_ *Child, err error) {
 // Pid is the helper's pid, which becomes the interpreter's.
 func (c *Child) Pid() int { return c.cmd.Process.Pid }
 
-// Release lets the helper exec the interpreter and reports whether it did.
-func (c *Child) Release() error {
+// Launch sends the job and reports whether the interpreter was exec'd.
+// Launch and Abort are called from one goroutine, once between them.
+func (c *Child) Launch(job Job) error {
 	if c.settled {
-		return errors.New("helper already released or aborted")
+		return errors.New("helper already launched or aborted")
 	}
 	c.settled = true
-	_, werr := c.release.Write([]byte{1})
+	b, err := json.Marshal(job)
+	if err != nil {
+		return errors.Join(fmt.Errorf("encode job for helper %d: %w", c.Pid(), err), c.release.Close(), c.execErr.Close())
+	}
+	_, werr := c.release.Write(b)
 	cerr := c.release.Close()
 	if werr != nil {
-		return errors.Join(fmt.Errorf("release helper %d: %w", c.Pid(), werr), c.execErr.Close())
+		return errors.Join(fmt.Errorf("send job to helper %d: %w", c.Pid(), werr), c.execErr.Close())
 	}
 	if cerr != nil {
 		return errors.Join(fmt.Errorf("close release pipe of helper %d: %w", c.Pid(), cerr), c.execErr.Close())
@@ -151,7 +169,7 @@ func (c *Child) Release() error {
 }
 
 // Abort makes a paused helper exit without running anything. After
-// Release it does nothing. Release and Abort are called from one goroutine.
+// Launch it does nothing.
 func (c *Child) Abort() error {
 	if c.settled {
 		return nil
@@ -171,13 +189,4 @@ func (c *Child) Wait() (*os.ProcessState, error) {
 		return c.cmd.ProcessState, fmt.Errorf("wait for pid %d: %w", c.Pid(), err)
 	}
 	return c.cmd.ProcessState, nil
-}
-
-// Kill sends SIGKILL to the child itself (not its group); the run engine
-// uses the cgroup for that, this is for a child whose cgroup is unusable.
-func (c *Child) Kill() error {
-	if err := c.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill pid %d: %w", c.Pid(), err)
-	}
-	return nil
 }

@@ -1,0 +1,174 @@
+package run_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+func warm(n int) testutil.Option { return func(c *run.Config) { c.WarmRuns = n } }
+
+// waitWarm waits until the pool has prepared n slots.
+func waitWarm(t *testing.T, env *testutil.Env, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ready := env.Engine.WarmReady()
+		if ready >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d warm slots after 30s, want %d", ready, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWarmRunIsTheStudent: a run on a warm slot (a helper that was root
+// until launched) has the same identity, directory, environment and
+// limits as a cold one.
+func TestWarmRunIsTheStudent(t *testing.T) {
+	t.Setenv("IDEXD_TEST_SECRET", "hunter2")
+	env := testutil.NewEnv(t, warm(2))
+	env.WriteScript(t, "alice", "who.py", `import os, resource
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+print("uid", status["Uid"].split())
+print("gid", status["Gid"].split())
+print("groups", status["Groups"].split())
+print("cwd", os.getcwd())
+print("env", sorted(os.environ))
+print("nnp", status["NoNewPrivs"].strip())
+print("sid", os.getsid(0) == os.getpid())
+print("fsize", resource.getrlimit(resource.RLIMIT_FSIZE)[0])
+print("fds", sorted(os.listdir("/proc/self/fd")))
+`)
+	waitWarm(t, env, 2)
+	res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "who.py"})
+	if env.Engine.WarmStarts() != 1 {
+		t.Fatalf("warm starts %d, want 1: the test did not test the warm path", env.Engine.WarmStarts())
+	}
+	if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" {
+		t.Fatalf("ended %s exit %s: %s", res.Run.Reason, exitCode(res.Run), res.Stderr)
+	}
+	uid := strconv.Itoa(int(res.Run.UID))
+	for _, w := range []string{
+		fmt.Sprintf("uid ['%s', '%s', '%s', '%s']", uid, uid, uid, uid),
+		fmt.Sprintf("gid ['%s', '%s', '%s', '%s']", uid, uid, uid, uid),
+		"groups []", "cwd " + env.Dirs.Workdir("alice"),
+		"env ['HOME', 'LANG', 'LC_ALL', 'LOGNAME', 'PATH', 'PYTHONIOENCODING', 'PYTHONUNBUFFERED', 'TMPDIR', 'USER']",
+		"nnp 1", "sid True", "fsize 67108864", "fds ['0', '1', '2', '3']",
+	} {
+		if !strings.Contains(res.Stdout, w+"\n") {
+			t.Errorf("warm child output lacks %q; got:\n%s", w, res.Stdout)
+		}
+	}
+	if res.Run.CPUMS > 1000 {
+		t.Errorf("cpu %d ms for a trivial script: the helper's own time was charged", res.Run.CPUMS)
+	}
+}
+
+func TestWarmLimits(t *testing.T) {
+	env := testutil.NewEnv(t, warm(3))
+	env.WriteScript(t, "alice", "hog.py", "x = bytearray(400 << 20)\nprint('survived')\n")
+	env.WriteScript(t, "alice", "spin.py", "while True: pass\n")
+	env.WriteScript(t, "alice", "bomb.py", "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30)\n        n += 1\nexcept OSError as e:\n    print('forks', n, e.errno)\n")
+	cases := []struct {
+		script string
+		lim    api.Limits
+		want   api.Reason
+		out    string
+	}{
+		{"hog.py", api.Limits{MemoryMB: 64}, api.ReasonOOMKilled, ""},
+		{"spin.py", api.Limits{CPUSeconds: 1, WallSeconds: 20}, api.ReasonTimedOut, ""},
+		{"bomb.py", api.Limits{Pids: 8, WallSeconds: 20}, api.ReasonExited, "forks 7 11\n"},
+	}
+	for _, c := range cases {
+		t.Run(c.script, func(t *testing.T) {
+			waitWarm(t, env, 1)
+			before := env.Engine.WarmStarts()
+			res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: c.script, Limits: c.lim})
+			if env.Engine.WarmStarts() != before+1 {
+				t.Fatal("the run did not start warm")
+			}
+			if res.Run.Reason != c.want || (c.out != "" && res.Stdout != c.out) {
+				t.Fatalf("ended %s printing %q (%s), want %s printing %q", res.Run.Reason, res.Stdout, res.Stderr, c.want, c.out)
+			}
+		})
+	}
+	assertClean(t, env)
+}
+
+func TestWarmFailureAtEachStartStep(t *testing.T) {
+	var failAt atomic.Value
+	failAt.Store("")
+	env := testutil.NewEnv(t, warm(1), func(c *run.Config) {
+		c.FailAt = func(step string) error {
+			if v, _ := failAt.Load().(string); v == step {
+				return fmt.Errorf("injected failure at %s", step)
+			}
+			return nil
+		}
+	})
+	env.WriteScript(t, "alice", "main.py", "print('ran')\n")
+	for _, step := range []string{run.StepCgroup, run.StepInterpreter, run.StepPipes, run.StepSpawn, run.StepCgroupJoin, run.StepExec} {
+		t.Run(step, func(t *testing.T) {
+			waitWarm(t, env, 1)
+			failAt.Store(step)
+			_, err := env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: "main.py"})
+			failAt.Store("")
+			if !errors.Is(err, api.ErrStartFailed) || !strings.Contains(err.Error(), "step "+step) {
+				t.Fatalf("got %v, want start_failed at step %s", err, step)
+			}
+			assertClean(t, env)
+			waitWarm(t, env, 1)
+			if res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "main.py"}); res.Stdout != "ran\n" {
+				t.Fatalf("run after failure printed %q", res.Stdout)
+			}
+		})
+	}
+}
+
+// TestWarmConcurrentStudents: more concurrent runs than warm slots, some
+// warm and some cold, all correct, the pool refilled, nothing left.
+func TestWarmConcurrentStudents(t *testing.T) {
+	env := testutil.NewEnv(t, warm(4))
+	const n = 32
+	for i := range n {
+		env.WriteScript(t, fmt.Sprintf("w%02d", i), "main.py", fmt.Sprintf("import os\nopen('out.txt', 'w').write('w%02d')\nprint(os.getuid())\n", i))
+	}
+	waitWarm(t, env, 4)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := runToEnd(t, env, api.RunRequest{Student: fmt.Sprintf("w%02d", i), Script: "main.py"})
+			if res.Stdout != strconv.Itoa(int(res.Run.UID))+"\n" || res.Run.Reason != api.ReasonExited {
+				t.Errorf("w%02d: %q %s %s", i, res.Stdout, res.Run.Reason, res.Stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	if ws := env.Engine.WarmStarts(); ws < 4 {
+		t.Errorf("warm starts %d of %d, want at least the 4 prepared", ws, n)
+	}
+	assertClean(t, env)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := env.Engine.Shutdown(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if gs, err := env.Cgroups.WarmGroups(); err != nil || len(gs) != 0 {
+		t.Fatalf("warm groups after shutdown: %v %v", gs, err)
+	}
+}
