@@ -9,6 +9,7 @@ VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || ech
 LDFLAGS       := -X github.com/idexd/idexd/internal/version.Version=$(VERSION)
 
 .PHONY: all build test vet lint lint-install run bench fuzz clean
+FUZZTIME      ?= 60s
 
 all: build
 
@@ -47,6 +48,13 @@ run: build
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/run/
+
+# Each fuzz target for FUZZTIME (60s); their seed corpora run in make test.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRunRequest$$' -fuzztime $(FUZZTIME) ./internal/server/
+	$(GO) test -run '^$$' -fuzz '^FuzzResolveScript$$' -fuzztime $(FUZZTIME) ./internal/students/
+	$(GO) test -run '^$$' -fuzz '^FuzzOutputEvent$$' -fuzztime $(FUZZTIME) ./internal/api/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 
 clean:
 	rm -rf $(BIN)/idexd $(BIN)/idexctl $(RUNDIR) dist

@@ -1,0 +1,50 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// FuzzOutputEvent: whatever bytes a program writes come out of the JSON
+// event unchanged.
+func FuzzOutputEvent(f *testing.F) {
+	for _, s := range [][]byte{[]byte("hello\n"), {0xff, 0xfe}, []byte("é"), {0xc3}, {}, []byte("\x00\x1b[31m")} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if len(p) == 0 {
+			return
+		}
+		b, err := json.Marshal(OutputEvent(7, EventStdout, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev Event
+		if err := json.Unmarshal(b, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ev.Bytes(), p) || ev.Seq != 7 || ev.Type != EventStdout {
+			t.Fatalf("event %s gave back %q, want %q", b, ev.Bytes(), p)
+		}
+	})
+}
+
+func TestErrorsIsByCode(t *testing.T) {
+	err := fmt.Errorf("start run x: %w", &Error{Code: CodeLocked, Message: "held", RunID: "r1"})
+	if !errors.Is(err, ErrLocked) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("errors.Is by code failed for %v", err)
+	}
+	e := AsError(err)
+	if e.Code != CodeLocked || e.RunID != "r1" || e.Message != "start run x: held" {
+		t.Fatalf("AsError kept %+v", e)
+	}
+	if AsError(errors.New("boom")).Code != CodeInternal {
+		t.Fatal("an uncoded error must be internal")
+	}
+	if HTTPStatus(CodeLocked) != 409 || HTTPStatus(CodeInvalidPath) != 400 || HTTPStatus(CodeDraining) != 503 {
+		t.Fatal("status mapping changed")
+	}
+}

@@ -1,0 +1,82 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+func TestLoadOrder(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "idexd.toml")
+	if err := os.WriteFile(p, []byte("socket = \"/tmp/file.sock\"\nmax_runs = 9\n[defaults]\nmemory_mb = 128\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("IDEXD_DATABASE_URL", "postgres://x")
+	c, err := Load([]string{"--config", p, "--socket", "/tmp/flag.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Socket != "/tmp/flag.sock" || c.MaxRuns != 9 || c.Defaults.MemoryMB != 128 || c.Defaults.Pids != 64 || c.DatabaseURL != "postgres://x" {
+		t.Fatalf("flags over file over defaults, env for the URL: got %+v", c)
+	}
+}
+
+func TestLoadRefusesBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key":   "sockett = \"/x\"\n",
+		"relative path": "workdir_root = \"students\"\n",
+		"defaults>max":  "[defaults]\nmemory_mb = 5000\n",
+		"bad duration":  "shutdown_grace = \"soon\"\n",
+		"bad uid range": "uid_min = 10\n",
+		"bad log level": "log_level = \"loud\"\n",
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load([]string{"--config", p}); err == nil {
+			t.Errorf("%s: loaded without error", name)
+		}
+	}
+}
+
+func TestEffective(t *testing.T) {
+	d := Default()
+	l, err := Effective(api.Limits{MemoryMB: 64}, d.Defaults, d.Max)
+	if err != nil || l.MemoryMB != 64 || l.Pids != d.Defaults.Pids {
+		t.Fatalf("lowering: %+v %v", l, err)
+	}
+	if _, err := Effective(api.Limits{Pids: d.Max.Pids + 1}, d.Defaults, d.Max); !errors.Is(err, api.ErrLimitTooHigh) {
+		t.Fatalf("above max: %v", err)
+	}
+	if _, err := Effective(api.Limits{CPUSeconds: -1}, d.Defaults, d.Max); !errors.Is(err, api.ErrInvalidRequest) {
+		t.Fatalf("negative: %v", err)
+	}
+}
+
+// FuzzLoad: any config file either loads into a valid configuration or
+// is refused with an error; it never panics.
+func FuzzLoad(f *testing.F) {
+	f.Add("socket = \"/run/x.sock\"\n[max]\npids = 10\n")
+	f.Add("[defaults]\nmemory_mb = -1\n")
+	f.Add("shutdown_grace = \"1h\"\nwarm_runs = 3\n")
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, body string) {
+		p := filepath.Join(dir, "fuzz.toml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load([]string{"--config", p})
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Load accepted an invalid config: %v", err)
+		}
+	})
+}
