@@ -27,6 +27,7 @@ import (
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/logging"
 	"github.com/idexd/idexd/internal/metrics"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/server"
@@ -46,7 +47,7 @@ func Main(ctx context.Context, args []string, logOut io.Writer) error {
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return fmt.Errorf("log level %q: %w", cfg.LogLevel, err)
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	log := logging.New(level, logOut)
 	// Registered before anything slow, so a SIGHUP during start-up is not
 	// the default action (exit).
 	hup := make(chan os.Signal, 1)
