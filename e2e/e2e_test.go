@@ -45,27 +45,47 @@ func TestMain(m *testing.M) {
 }
 
 type daemon struct {
-	t      *testing.T
-	dir    string
-	sock   string
-	args   []string
-	cmd    *exec.Cmd
-	logs   *bytes.Buffer
-	exited chan error
+	t        *testing.T
+	dir      string
+	students string
+	sock     string
+	args     []string
+	cmd      *exec.Cmd
+	logs     *bytes.Buffer
+	exited   chan error
 }
 
-func newDaemon(t *testing.T) *daemon {
+// daemonOpts vary a daemon: its host name, extra config lines, and a
+// students' root shared with another daemon (EFS between hosts).
+type daemonOpts struct {
+	host     string
+	extra    string
+	students string
+	// degraded: do not wait for health ok at start, only for an answer.
+	degraded bool
+}
+
+func newDaemon(t *testing.T) *daemon { return newDaemonWith(t, daemonOpts{}) }
+
+func newDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	testutil.RequireRoot(t)
 	dir := testutil.TraversableDir(t)
+	if o.host == "" {
+		o.host = "e2e"
+	}
+	if o.students == "" {
+		o.students = filepath.Join(dir, "students")
+	}
 	cfg := filepath.Join(dir, "idexd.toml")
-	conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nshutdown_grace = \"1s\"\ninterpreter = %q\nhost = \"e2e\"\n", testutil.Interpreter)
+	conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nshutdown_grace = \"1s\"\ninterpreter = %q\nhost = %q\n%s",
+		testutil.Interpreter, o.host, o.extra)
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock")}
-	d.args = []string{"--config", cfg, "--socket", d.sock, "--workdir-root", filepath.Join(dir, "students"),
+	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock"), students: o.students}
+	d.args = []string{"--config", cfg, "--socket", d.sock, "--workdir-root", o.students,
 		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", "idexd-e2e/" + filepath.Base(dir)}
-	d.start()
+	d.startWait(!o.degraded)
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			if err := d.stop(syscall.SIGTERM); err != nil {
@@ -76,7 +96,11 @@ func newDaemon(t *testing.T) *daemon {
 	return d
 }
 
-func (d *daemon) start() {
+func (d *daemon) start() { d.startWait(true) }
+
+// startWait starts idexd; with healthy it waits until health says ok, else
+// only until the socket answers at all.
+func (d *daemon) startWait(healthy bool) {
 	d.t.Helper()
 	d.logs = &bytes.Buffer{}
 	d.cmd = exec.Command(filepath.Join(binDir, "idexd"), d.args...)
@@ -88,7 +112,7 @@ func (d *daemon) start() {
 	go func() { d.exited <- d.cmd.Wait() }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, code := d.ctl("health"); code == 0 {
+		if _, code := d.ctl("health"); code == 0 || (!healthy && code == 1) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -137,7 +161,7 @@ func (d *daemon) writeScript(student, name, src string) {
 	if out, code := d.ctl("student", student); code != 0 {
 		d.t.Fatalf("idexctl student: %d %s", code, out)
 	}
-	p := filepath.Join(d.dir, "students", student, name)
+	p := filepath.Join(d.students, student, name)
 	if err := os.WriteFile(p, []byte(src), 0o666); err != nil {
 		d.t.Fatal(err)
 	}
@@ -302,7 +326,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatalf("first line %q %v", line, err)
 	}
 	id := d.runs()[0].ID
-	pidb, err := os.ReadFile(filepath.Join(d.dir, "students", "bob", "pid"))
+	pidb, err := os.ReadFile(filepath.Join(d.students, "bob", "pid"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,9 @@ type Config struct {
 	// It is never accepted as a flag so that it never shows in ps.
 	DatabaseURL string `toml:"database_url"`
 	Host        string `toml:"host"`
+	// LeaseTTL is how long a PostgreSQL execution lease outlives a host
+	// that stopped renewing it (a crash): then another host may take it.
+	LeaseTTL Duration `toml:"lease_ttl"`
 	// MaxRuns is how many runs may be live at once on this host.
 	MaxRuns int `toml:"max_runs"`
 	// WarmRuns is how many helpers wait, already in their cgroups, for the
@@ -98,6 +101,7 @@ func Default() Config {
 		MaxRuns:       256,
 		WarmRuns:      4,
 		ShutdownGrace: Duration{10 * time.Second},
+		LeaseTTL:      Duration{30 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
 		Defaults: api.Limits{
 			MemoryMB: 256, Pids: 64, CPUPercent: 100,
@@ -207,6 +211,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WarmRuns < 0 || c.WarmRuns > c.MaxRuns {
 		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
+	}
+	if c.LeaseTTL.Duration < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("lease_ttl must be at least 300ms, got %s", c.LeaseTTL.Duration))
 	}
 	if c.ShutdownGrace.Duration < 0 {
 		errs = append(errs, errors.New("shutdown_grace must not be negative"))

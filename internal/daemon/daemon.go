@@ -111,11 +111,21 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		// start, each in a new group of its own.
 		log.Error("recover leftovers of a previous instance", "err", err)
 	}
-
-	var table *lock.Table
-	if t, ok := locker.(*lock.Table); ok {
-		table = t
+	if d, ok := locker.(*deferredPG); ok {
+		// The cgroups were swept above; the records and leases of this
+		// host's lost runs are ended once PostgreSQL answers.
+		d.setOnOpen(func(ctx context.Context, st store.Store, lk lock.Locker) {
+			if err := recoverRecords(ctx, cfg, st, lk, log); err != nil {
+				log.Error("recover records of a previous instance", "err", err)
+			}
+		})
 	}
+
+	type lockStats interface {
+		Held() int
+		Counts() (int64, int64)
+	}
+	stats, _ := locker.(lockStats)
 	var eng *run.Engine
 	var storeErrors func() int64
 	if c, ok := st.(interface{ Errors() int64 }); ok {
@@ -123,7 +133,7 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	}
 	met := metrics.New(metrics.Sources{
 		Active:      func() int { return eng.Active() },
-		LockCounts:  lockCounts(table),
+		LockCounts:  lockCounts(stats),
 		StoreErrors: storeErrors,
 		WarmStarts:  func() int64 { return eng.WarmStarts() },
 	})
@@ -143,8 +153,8 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		ClientGID: clientGID, AdminGID: adminGID, Interpreter: cfg.Interpreter,
 		Metrics: met.Handler(), Debug: cfg.DebugEndpoints, OnError: met.Refused,
 	}
-	if table != nil {
-		srvCfg.Locks = table
+	if stats != nil {
+		srvCfg.Locks = stats
 	}
 	srv := server.New(srvCfg)
 
@@ -221,11 +231,11 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	return errors.Join(errs...)
 }
 
-func lockCounts(t *lock.Table) func() (int64, int64) {
-	if t == nil {
+func lockCounts(s interface{ Counts() (int64, int64) }) func() (int64, int64) {
+	if s == nil {
 		return nil
 	}
-	return t.Counts
+	return s.Counts
 }
 
 // maxPendingEnds bounds the run ends kept in memory while the store is
@@ -287,8 +297,15 @@ func recoverLeftovers(ctx context.Context, cfg config.Config, cg *cgroup.Manager
 		errs = append(errs, err)
 	}
 	if len(ids) > 0 {
-		log.Warn("killed leftover runs of a previous instance", "count", len(ids), "runs", ids)
+		log.Warn("killed leftover runs of a previous instance", "count", len(ids), "groups", ids)
 	}
+	return errors.Join(append(errs, recoverRecords(ctx, cfg, st, locker, log))...)
+}
+
+// recoverRecords ends this host's runs left running as lost and frees
+// their leases.
+func recoverRecords(ctx context.Context, cfg config.Config, st store.Store, locker lock.Locker, log *slog.Logger) error {
+	var errs []error
 	if r, ok := locker.(interface {
 		ReleaseHost(context.Context, string) (int, error)
 	}); ok {

@@ -179,7 +179,12 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	id := newID()
 	lease, err := e.cfg.Locks.Acquire(ctx, lock.Key{Student: req.Student, Script: script.Canonical}, id)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, api.ErrLocked) || errors.Is(err, api.ErrStoreUnavailable) {
+			return nil, err
+		}
+		// A lock that cannot be checked (a shared lock in an unreachable
+		// database) cannot be promised: refuse rather than risk two runs.
+		return nil, &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("take the lock of %s for %s: %v", script.Canonical, req.Student, err)}
 	}
 	r := newRun(e, id, lim, lease)
 	r.info = api.Run{

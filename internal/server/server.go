@@ -262,6 +262,12 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 		f.Since = t
 	}
 	runs, err := s.cfg.Store.ListRuns(r.Context(), f)
+	if err != nil && f.State == api.StateRunning {
+		// This host's live runs are known without the store: ps keeps
+		// working through a database outage.
+		s.log.Warn("list runs: store unavailable, answering from memory", "err", err)
+		runs, err = s.liveRuns(f), nil
+	}
 	if err != nil {
 		return &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("list runs: %v", err)}
 	}
@@ -276,6 +282,22 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, s.log, http.StatusOK, api.RunList{Runs: runs})
 	return nil
+}
+
+// liveRuns is this host's running runs that match f, newest first.
+func (s *Server) liveRuns(f store.RunFilter) []api.Run {
+	var out []api.Run
+	for _, r := range s.cfg.Engine.List() {
+		info := r.Info()
+		if info.State != api.StateRunning || (f.Student != "" && info.Student != f.Student) {
+			continue
+		}
+		out = append(out, info)
+		if len(out) == f.Limit {
+			break
+		}
+	}
+	return out
 }
 
 func (s *Server) liveRun(id string) (*run.Run, error) {

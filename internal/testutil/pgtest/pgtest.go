@@ -218,6 +218,8 @@ type Cluster struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error // set before exited is closed
+	// newCmd builds the postmaster's command again, for Resume.
+	newCmd func() (*exec.Cmd, *os.File, error)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -361,25 +363,24 @@ func startCluster() (c *Cluster, log []string, err error) {
 	if err := appendFile(filepath.Join(data, "postgresql.conf"), conf); err != nil {
 		return fail(err)
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fail(fmt.Errorf("server log: %w", err))
+	c.newCmd = func() (*exec.Cmd, *os.File, error) {
+		logf, err := os.OpenFile(filepath.Join(dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("server log: %w", err)
+		}
+		cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data)
+		cmd.Dir, cmd.Env = dir, env
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: cred,
+			Pdeathsig:  syscall.SIGINT,
+			// Its own process group: a ^C in the terminal reaches the test
+			// binary, which then stops the server, not both at once.
+			Setpgid: true,
+		}
+		return cmd, logf, nil
 	}
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data)
-	c.cmd.Dir, c.cmd.Env = dir, env
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: cred,
-		Pdeathsig:  syscall.SIGINT,
-		// Its own process group: a ^C in the terminal reaches the test
-		// binary, which then stops the server, not both at once.
-		Setpgid: true,
-	}
-	err = c.launch()
-	if cerr := logf.Close(); cerr != nil && err == nil {
-		err = fmt.Errorf("close server log: %w", cerr)
-	}
-	if err != nil {
+	if err := c.start(); err != nil {
 		return fail(err)
 	}
 	if err := c.waitReady(30 * time.Second); err != nil {
@@ -389,6 +390,43 @@ func startCluster() (c *Cluster, log []string, err error) {
 		return nil, log, err
 	}
 	return c, log, nil
+}
+
+// start builds and launches the postmaster.
+func (c *Cluster) start() error {
+	cmd, logf, err := c.newCmd()
+	if err != nil {
+		return err
+	}
+	c.cmd, c.exited = cmd, make(chan struct{})
+	err = c.launch()
+	if cerr := logf.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close server log: %w", cerr)
+	}
+	return err
+}
+
+// Halt stops the server (fast shutdown) and keeps its data, so that a test
+// can show what a database outage does; Resume starts it again.
+func (c *Cluster) Halt() error {
+	if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal postmaster: %w", err)
+	}
+	select {
+	case <-c.exited:
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("postmaster did not stop within 30s")
+	}
+}
+
+// Resume starts a halted server on the same data and waits until it
+// accepts connections.
+func (c *Cluster) Resume() error {
+	if err := c.start(); err != nil {
+		return err
+	}
+	return c.waitReady(30 * time.Second)
 }
 
 // launch starts the postmaster from a goroutine locked to its OS thread.
