@@ -1,0 +1,47 @@
+package metrics
+
+import (
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+func TestScrape(t *testing.T) {
+	m := New(Sources{
+		Active:     func() int { return 3 },
+		LockCounts: func() (int64, int64) { return 10, 7 },
+		WarmStarts: func() int64 { return 5 },
+	})
+	h := m.Hooks()
+	h.Started(&api.Run{ID: "r1"}, 12*time.Millisecond)
+	h.Ended(&api.Run{ID: "r1", Reason: api.ReasonOOMKilled}, 4*time.Millisecond)
+	h.Ended(&api.Run{ID: "r2", Reason: api.ReasonExited}, 0)
+	m.Refused(api.CodeLocked)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, err := io.ReadAll(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"idexd_runs_started_total 1",
+		`idexd_runs_ended_total{reason="oom_killed"} 1`,
+		`idexd_runs_ended_total{reason="exited"} 1`,
+		`idexd_requests_refused_total{code="locked"} 1`,
+		"idexd_runs_active 3",
+		"idexd_lock_acquired_total 10",
+		"idexd_lock_released_total 7",
+		"idexd_runs_warm_started_total 5",
+		"idexd_run_start_seconds_count 1",
+		"idexd_run_stop_seconds_count 1",
+		"go_goroutines",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+}
