@@ -87,6 +87,9 @@ ensure_rootfs() {
 	rm -rf --one-file-system "$cache_dir"/rootfs-bookworm.tmp.* "$cache_dir"/rootfs-bookworm.old.*
 	local tmp m
 	tmp=$(mktemp -d "$cache_dir/rootfs-bookworm.tmp.XXXXXX")
+	# mktemp made it 0700: as the container's / that would lock every
+	# non-root user (dbus, the students) out of the whole tree.
+	chmod 0755 "$tmp"
 	m=$(mirror)
 	say "building the rootfs from $m (about a minute; cached for later runs)"
 	if ! timeout 900 debootstrap "${debootstrap_args[@]}" "$tmp" "$m" >"$cache_dir/debootstrap.log" 2>&1; then
@@ -217,11 +220,13 @@ boot() {
 		sleep 0.1
 	done
 	[[ -n $pid1 ]] || { cat "$work/console.log"; die "boot: no systemd in the container after 30s"; }
-	# Until systemd's own socket is up, systemctl cannot even connect.
+	# Poll rather than `is-system-running --wait`, which was seen to hang
+	# for a minute after a boot that had already finished. Until systemd's
+	# own socket is up, systemctl cannot even connect.
 	local state
-	for ((i = 0; i < 300; i++)); do
-		state=$(ce 60 systemctl is-system-running --wait 2>&1 || true)
-		[[ $state == *"Failed to connect"* ]] || break
+	for ((i = 0; i < 600; i++)); do
+		state=$(ce 10 systemctl is-system-running 2>&1 || true)
+		[[ $state == running || $state == degraded ]] && break
 		sleep 0.1
 	done
 	case $state in
