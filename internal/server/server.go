@@ -333,10 +333,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	for {
 		evs, changed := run.EventsAfter(after)
 		if len(evs) > 0 {
-			if err := rc.SetWriteDeadline(time.Now().Add(s.cfg.StreamWriteTimeout)); err != nil {
-				log.Debug("set stream deadline", "err", err)
-			}
 			for i := range evs {
+				// Per event: a reader that reads, however slowly, goes on;
+				// one that stopped is cut off after the timeout.
+				if err := rc.SetWriteDeadline(time.Now().Add(s.cfg.StreamWriteTimeout)); err != nil {
+					log.Debug("set stream deadline", "err", err)
+				}
 				if err := enc.Encode(&evs[i]); err != nil {
 					log.Info("event reader went away", "after", after, "err", err)
 					return nil

@@ -340,8 +340,10 @@ func TestReaderThatNeverReads(t *testing.T) {
 	if last.Run.Reason != api.ReasonOutputLimit || len(out) != 8192<<10 {
 		t.Fatalf("flood run ended %s with %d bytes, want output_limit with 8 MiB", last.Run.Reason, len(out))
 	}
-	// The stuck reader's connection is closed by the server: reading it
-	// now drains what was buffered and then meets EOF.
+	// The stuck reader has not read for longer than the stream timeout
+	// (whatever the speed of the steps above), so the server has given up
+	// on it: reading now drains what was buffered and then meets EOF.
+	time.Sleep(3 * time.Second)
 	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
