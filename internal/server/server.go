@@ -96,6 +96,13 @@ func (s *Server) HTTPServer() *http.Server {
 		Handler:           s.mux,
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Whole requests are small (1 MiB at most); event streams write and
+		// never read, so a read deadline does not cut them.
+		ReadTimeout: 60 * time.Second,
+		// A client that holds connections open without asking anything
+		// (1000 of them, say) gives them back after this long.
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
