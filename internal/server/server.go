@@ -60,6 +60,10 @@ type Config struct {
 	// StreamWriteTimeout cuts off an event reader that stopped reading;
 	// zero means 30s.
 	StreamWriteTimeout time.Duration
+	// ReadTimeout bounds reading a whole request; zero means 60s. It does
+	// not cut event streams: net/http clears the read deadline once the
+	// request body is read (TestStreamOutlivesReadTimeout).
+	ReadTimeout time.Duration
 }
 
 // Server is the control API.
@@ -76,6 +80,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.StreamWriteTimeout == 0 {
 		cfg.StreamWriteTimeout = defaultStreamWriteTimeout
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = 60 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, started: time.Now(), mux: http.NewServeMux()}
 	for _, rt := range s.routes() {
@@ -98,12 +105,12 @@ func (s *Server) HTTPServer() *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		// Whole requests are small (1 MiB at most); event streams write and
 		// never read, so a read deadline does not cut them.
-		ReadTimeout: 60 * time.Second,
+		ReadTimeout: s.cfg.ReadTimeout,
 		// A client that holds connections open without asking anything
 		// (1000 of them, say) gives them back after this long.
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
 

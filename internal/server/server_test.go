@@ -413,3 +413,25 @@ func FuzzDecodeRunRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestStreamOutlivesReadTimeout: a follower of a run longer than the
+// server's read timeout gets every event to the end.
+func TestStreamOutlivesReadTimeout(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t, func(c *server.Config) { c.ReadTimeout = time.Second })
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 30*time.Second)
+	env.WriteScript(t, "alice", "slow.py", "import time\nfor i in range(6):\n    print(i)\n    time.sleep(0.5)\n")
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "slow.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, last, _ := collect(t, evs)
+	if out != "0\n1\n2\n3\n4\n5\n" || last.Type != api.EventEnd {
+		t.Fatalf("stream gave %q ending with %s", out, last.Type)
+	}
+}
