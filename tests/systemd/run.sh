@@ -109,7 +109,7 @@ ensure_rootfs() {
 
 # ---- the container -----------------------------------------------------------
 
-work="" cg_dirs=() harness_cg="" hold_pid="" nspawn_pid="" pid1="" machine="idexd-test-$$"
+work="" cg_dirs=() harness_cg="" hold_pid="" nspawn_pid="" pid1="" machine="idexd-systemd-test-$$"
 
 teardown() {
 	local rc=$?
@@ -149,6 +149,32 @@ teardown() {
 	exit "$rc"
 }
 
+# sweep_stale removes what an earlier run left when it could not tear down
+# (killed with SIGKILL, e.g. by a CI time limit): its cgroups and its copy
+# of the tree, recognised by the pid in their names no longer running.
+sweep_stale() {
+	local d pid
+	for d in /sys/fs/cgroup/idexd-systemd-test-* /sys/fs/cgroup/*/idexd-systemd-test-* /var/tmp/idexd-systemd-test.*; do
+		[[ -e $d ]] || continue
+		pid=${d##*idexd-systemd-test-}
+		[[ $d == /var/tmp/* ]] && { pid=${d#/var/tmp/idexd-systemd-test.}; pid=${pid%%.*}; }
+		[[ $pid =~ ^[0-9]+$ ]] || continue
+		kill -0 "$pid" 2>/dev/null && [[ $(ps -o args= -p "$pid") == *run.sh* ]] && continue
+		say "removing $d, left by run $pid"
+		if [[ -d $d && $d == /sys/* ]]; then
+			if [[ -f $d/cgroup.kill ]]; then echo 1 >"$d/cgroup.kill"; fi
+			# shellcheck disable=SC2046 # one pid a word
+			kill -KILL $(find "$d" -name cgroup.procs -exec cat {} +) 2>/dev/null || true
+			sleep 0.2
+			find "$d" -depth -type d -exec rmdir {} + 2>/dev/null ||
+				echo "sweep: could not remove cgroup $d" >&2
+		else
+			rm -rf --one-file-system "$d"
+		fi
+	done
+	return 0
+}
+
 # cgroup_roots prints the hierarchies to put the container's cgroup in: the
 # v2 one (at /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host)
 # and, on hybrid/legacy hosts, systemd's named v1 hierarchy.
@@ -181,7 +207,7 @@ ce() {
 csh() { ce "$1" /bin/sh -c "$2"; }
 
 boot() {
-	work=$(mktemp -d /var/tmp/idexd-systemd-test.XXXXXX)
+	work=$(mktemp -d "/var/tmp/idexd-systemd-test.$$.XXXXXX")
 	say "copying the rootfs to $work/root"
 	cp -a --reflink=auto "$rootfs" "$work/root"
 	# The host's name came with debootstrap; the container's is the machine's.
@@ -571,6 +597,7 @@ main() {
 	ensure_rootfs
 	trap teardown EXIT
 	trap 'exit 130' INT TERM
+	sweep_stale
 	boot
 	local t
 	t=$SECONDS
