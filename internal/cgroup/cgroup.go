@@ -65,7 +65,14 @@ type Manager struct {
 	v2Parent string       // absolute group path under v2Mount, e.g. /idexd
 	v1Parent cgroup1.Path // hybrid only
 	v1Swap   bool         // memory.memsw.* exists: swap can be limited
+	// missing are the limit controllers a unified host does not give us
+	// (a container that delegates none): runs there are tracked and
+	// killed, but not limited.
+	missing []string
 }
+
+// limitControllers are the v2 controllers that hold a run's limits.
+var limitControllers = []string{"cpu", "memory", "pids"}
 
 // New finds the host's layout and prepares parent. A relative parent is
 // placed under idexd's own cgroup (v1: per hierarchy), an absolute one under
@@ -92,6 +99,7 @@ func New(parent string) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	top := "/"
 	if filepath.IsAbs(parent) {
 		m.v2Parent = filepath.Clean(parent)
 	} else {
@@ -101,6 +109,12 @@ func New(parent string) (*Manager, error) {
 			}
 		}
 		m.v2Parent = filepath.Join(own, parent)
+		top = own
+	}
+	if m.mode == ModeUnified {
+		if m.missing, err = missingControllers(filepath.Join(m.v2Mount, top)); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(m.v2Mount, m.v2Parent), 0o755); err != nil {
 		return nil, fmt.Errorf("create cgroup parent %s: %w", m.v2Parent, err)
@@ -126,6 +140,29 @@ func New(parent string) (*Manager, error) {
 
 // Mode is the host's layout.
 func (m *Manager) Mode() Mode { return m.mode }
+
+// Missing names the limit controllers this host does not give idexd; runs
+// are then not limited by them.
+func (m *Manager) Missing() []string { return m.missing }
+
+// missingControllers reads which limit controllers dir may hand down.
+func missingControllers(dir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	if err != nil {
+		return nil, fmt.Errorf("read controllers of %s: %w", dir, err)
+	}
+	have := map[string]bool{}
+	for _, c := range strings.Fields(string(b)) {
+		have[c] = true
+	}
+	var missing []string
+	for _, c := range limitControllers {
+		if !have[c] {
+			missing = append(missing, c)
+		}
+	}
+	return missing, nil
+}
 
 // Parent is the v2 path under which run groups are created.
 func (m *Manager) Parent() string { return m.v2Parent }
@@ -162,7 +199,7 @@ func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 	g := &Group{mode: m.mode, v1Swap: m.v1Swap}
 	res := &cgroup2.Resources{}
 	if m.mode == ModeUnified {
-		res = v2Resources(lim)
+		res = v2Resources(lim, m.missing)
 	}
 	g.v2, err = cgroup2.NewManager(m.v2Mount, filepath.Join(m.v2Parent, rel), res)
 	if err != nil {
@@ -174,6 +211,7 @@ func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 			err = errors.Join(err, g.Delete())
 		}
 	}()
+	g.v2Missing = m.missing
 	if m.mode == ModeUnified {
 		if err := setV2Swap(g.v2Path); err != nil {
 			return nil, err
@@ -253,15 +291,26 @@ func v1Resources(lim Limits, swap bool) *specs.LinuxResources {
 	return r
 }
 
-func v2Resources(lim Limits) *cgroup2.Resources {
+func v2Resources(lim Limits, missing []string) *cgroup2.Resources {
 	mem := lim.MemoryBytes
 	quota := lim.CPUPercent * cpuPeriod / 100
 	period := uint64(cpuPeriod)
-	return &cgroup2.Resources{
+	r := &cgroup2.Resources{
 		Memory: &cgroup2.Memory{Max: &mem},
 		Pids:   &cgroup2.Pids{Max: lim.Pids},
 		CPU:    &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)},
 	}
+	for _, c := range missing {
+		switch c {
+		case "memory":
+			r.Memory = nil
+		case "pids":
+			r.Pids = nil
+		case "cpu":
+			r.CPU = nil
+		}
+	}
+	return r
 }
 
 // setV2Swap forbids swap where the kernel accounts it; without swap

@@ -28,6 +28,7 @@ type Group struct {
 	cpuacctDir string
 	v1Dirs     map[cgroup1.Name]string
 	v1Swap     bool
+	v2Missing  []string
 }
 
 // Update sets new limits, for a warm group claimed by a run.
@@ -38,7 +39,7 @@ func (g *Group) Update(lim Limits) error {
 		}
 		return nil
 	}
-	if err := g.v2.Update(v2Resources(lim)); err != nil {
+	if err := g.v2.Update(v2Resources(lim, g.v2Missing)); err != nil {
 		return fmt.Errorf("set limits of %s: %w", g.v2Path, err)
 	}
 	return setV2Swap(g.v2Path)

@@ -75,6 +75,11 @@ type Config struct {
 	LogLevel  string     `toml:"log_level"`
 	// MetricsAddr, when set, also serves /metrics on this TCP address.
 	MetricsAddr string `toml:"metrics_addr"`
+	// AllowUnlimited lets idexd run on a cgroup v2 host that gives it no
+	// memory/pids/cpu controllers (a container, like systemd-nspawn): runs
+	// are then tracked and killed by cgroup but not limited. Off, idexd
+	// refuses to start there rather than run students' code unbounded.
+	AllowUnlimited bool `toml:"allow_unlimited"`
 	// DebugEndpoints enables POST /v1/debug/hang, which makes the watchdog
 	// self-check fail: for testing systemd's watchdog, never in production.
 	DebugEndpoints bool `toml:"debug_endpoints"`

@@ -102,6 +102,14 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	if err != nil {
 		return fmt.Errorf("cgroups: %w", err)
 	}
+	if missing := cg.Missing(); len(missing) > 0 {
+		if !cfg.AllowUnlimited {
+			return fmt.Errorf("cgroups: the controllers %v are not available under %s, so runs could not be limited: "+
+				"give idexd a delegated subtree with them (systemd: Delegate=yes on a host with cgroup v2 controllers), "+
+				"or set allow_unlimited = true to run without those limits", missing, cg.Parent())
+		}
+		log.Warn("runs are NOT limited by these cgroup controllers (allow_unlimited = true)", "missing", missing)
+	}
 	dirs := &students.Dirs{Root: cfg.WorkdirRoot, ClientGroup: clientGID}
 	if err := dirs.EnsureRoot(); err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -470,6 +471,11 @@ func (s *Server) Health(ctx context.Context) api.Health {
 		h.Checks = append(h.Checks, c)
 	}
 	check("cgroup_parent_writable", s.cfg.Cgroups.Check())
+	if missing := s.cfg.Cgroups.Missing(); len(missing) > 0 {
+		// Only reachable with allow_unlimited = true: said, not degraded.
+		h.Checks = append(h.Checks, api.Check{Name: "cgroup_limits", OK: true,
+			Message: fmt.Sprintf("not enforced: no %s controller (allow_unlimited = true)", strings.Join(missing, ", "))})
+	}
 	check("interpreter", run.CheckInterpreter(s.cfg.Interpreter))
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
