@@ -122,11 +122,20 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		r.mu.Unlock()
 		return err
 	}
+	// endedBy is the error Start returns once the run has ended during
+	// start-up: start_failed when a step failed first, nothing when a stop
+	// or shutdown came first (the run is returned, ended with that reason).
+	endedBy := func(step string, err error) error {
+		if r.Info().Reason != api.ReasonStartFailed {
+			return nil
+		}
+		return r.startFailedError(step, err)
+	}
 	// Before the child exists: finish directly.
 	fail := func(step string, err error) error {
 		ferr := failed(step, err)
 		r.finish(nil)
-		return r.startFailedError(step, ferr)
+		return endedBy(step, ferr)
 	}
 	// Once the child exists, it is aborted and the run ends through wait.
 	var child *sandbox.Child
@@ -137,7 +146,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		}
 		r.kill(api.ReasonStartFailed)
 		<-r.done
-		return r.startFailedError(step, ferr)
+		return endedBy(step, ferr)
 	}
 	adopt := func(g *cgroup.Group, c *sandbox.Child, p *pipes) {
 		child = c
