@@ -450,7 +450,7 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	info.State = api.StateEnded
 	info.EndedAt = &end
 	info.WallMS = end.Sub(info.StartedAt).Milliseconds()
-	info.CPUMS = (stats.CPU - r.cpuBase).Milliseconds()
+	info.CPUMS = max(stats.CPU-r.cpuBase, 0).Milliseconds()
 	info.PeakMemoryBytes = stats.PeakMemory
 	info.OutputBytes = r.outBytes
 	info.Truncated = r.truncated
