@@ -385,10 +385,13 @@ func startShare(log string, gap float64) string {
 	if k == cold {
 		kind = "cold"
 	}
+	rest := fmt.Sprintf("the other %.2f ms are spent after the child was released (the interpreter's start-up next to bare's, "+
+		"output delivery, the client's second request and, for start->end, the end path)", gap-k.total)
+	if gap < k.total {
+		rest = "that is more than the whole gap: the start-up includes the fork and exec that bare pays too"
+	}
 	return fmt.Sprintf("idexd's own start-up (request to child released; %d warm, %d cold starts) is a median %.2f ms of it, "+
-		"the slowest step %s at %.2f ms (%s); the other %.2f ms are spent after the child was released: "+
-		"the socket round trips, the helper's exec, output delivery and, for start->end, the end path.",
-		warm.n, cold.n, k.total, slow, k.med[slow], kind, gap-k.total)
+		"the slowest step %s at %.2f ms (%s); %s.", warm.n, cold.n, k.total, slow, k.med[slow], kind, rest)
 }
 
 // runToEnd starts req and follows its events to the end. firstOut, when
