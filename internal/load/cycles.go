@@ -1,0 +1,356 @@
+package load
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+)
+
+// Thresholds say how flat "flat" is for the cycles. The defaults:
+//
+//   - RSS: a least-squares slope of at most 1 MiB per 10,000 cycles
+//     (102.4 KiB per 1000) after warm-up. A leak of one 100-byte object per
+//     run is ~1 MiB per 10k cycles, so this catches per-run leaks of that
+//     size and up, while the Go heap's own steps (GC pacing, the kept runs
+//     reaching their plateau at keep_ended) are taken by the warm-up.
+//   - fds and goroutines: samples are taken with no run in flight and the
+//     warm pool full, so they are exact; the slope must be at most 0.05
+//     per 1000 cycles (one fd or goroutine per 20,000 cycles), and the last
+//     sample may exceed the first (before any cycle) by at most
+//     FinalTolerance.
+type Thresholds struct {
+	RSSKiBPer1000     float64
+	FDsPer1000        float64
+	GoroutinesPer1000 float64
+	FinalTolerance    int
+}
+
+// DefaultThresholds are the documented ones (docs/load.md).
+var DefaultThresholds = Thresholds{RSSKiBPer1000: 102.4, FDsPer1000: 0.05, GoroutinesPer1000: 0.05, FinalTolerance: 2}
+
+// CycleOptions configure the start/stop cycles.
+type CycleOptions struct {
+	Socket string
+	PID    int
+	Cycles int
+	// SampleEvery cycles, the workers pause, the daemon quiets down and is
+	// sampled (default 1000).
+	SampleEvery int
+	// Concurrency workers, each with a student and script of its own
+	// (default 4).
+	Concurrency int
+	Prefix      string // default "cycle"
+	// Warmup is the share of cycles left out of the slopes (default 0.1).
+	Warmup float64
+	// Duration bounds the whole thing (default 4h).
+	Duration   time.Duration
+	Thresholds Thresholds
+	Out        io.Writer
+}
+
+// Sample is the daemon at one quiet moment.
+type Sample struct {
+	Cycles     int
+	At         time.Duration
+	RSSKiB     int64
+	FDs        int
+	Goroutines int
+	Threads    int
+	RunsKept   int
+}
+
+// CycleReport is what the cycles found.
+type CycleReport struct {
+	PID      int
+	Cycles   int // done
+	Samples  []Sample
+	Fitted   int // samples in the fit
+	Warmup   int // cycles left out of the fit
+	Reasons  map[api.Reason]int
+	Errors   int
+	Wrong    int
+	Problems []string
+	// Slopes per 1000 cycles.
+	RSSKiBSlope, FDSlope, GoroutineSlope float64
+	Thresholds                           Thresholds
+	Failed                               []string
+}
+
+// Cycles runs the start/stop cycles of a sleeping script against the
+// daemon and fits the slopes of its RSS, fds and goroutines.
+func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
+	if o.Cycles <= 0 {
+		return nil, errors.New("cycles must be > 0")
+	}
+	if o.SampleEvery <= 0 {
+		o.SampleEvery = 1000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.Prefix == "" {
+		o.Prefix = "cycle"
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = 0.1
+	}
+	if o.Duration <= 0 {
+		o.Duration = 4 * time.Hour
+	}
+	if o.Thresholds == (Thresholds{}) {
+		o.Thresholds = DefaultThresholds
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Duration)
+	defer cancel()
+	c := Dial(o.Socket, o.Concurrency+4)
+	defer c.CloseIdle()
+	pid := o.PID
+	if pid == 0 {
+		var err error
+		if pid, err = FindDaemonPID(o.Socket); err != nil {
+			return nil, err
+		}
+	}
+	rep := &CycleReport{PID: pid, Reasons: map[api.Reason]int{}, Thresholds: o.Thresholds}
+	names := make([]string, o.Concurrency)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s%02d", o.Prefix, i)
+		st, err := c.EnsureStudent(ctx, names[i])
+		if err != nil {
+			return nil, fmt.Errorf("create student %s: %w", names[i], err)
+		}
+		if err := writeScript(st.Workdir, sleeperSpec.kind.File(), sleeperSpec.src); err != nil {
+			return nil, err
+		}
+	}
+	t0 := time.Now()
+	sample := func(done int) error {
+		s, err := quietSample(ctx, c, pid)
+		if err != nil {
+			return err
+		}
+		s.Cycles, s.At = done, time.Since(t0)
+		rep.Samples = append(rep.Samples, s)
+		rate := 0.0
+		if s.At > 0 {
+			rate = float64(done) / s.At.Seconds()
+		}
+		fmt.Fprintf(o.Out, "idexload: cycles %d: RSS %.1f MiB, fds %d, goroutines %d, threads %d, runs_kept %d (%.1f cycles/s)\n",
+			done, float64(s.RSSKiB)/1024, s.FDs, s.Goroutines, s.Threads, s.RunsKept, rate)
+		return nil
+	}
+	if err := sample(0); err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	problem := func(counter *int, format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		*counter++
+		if len(rep.Problems) < maxProblems {
+			rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
+		}
+	}
+	for done := 0; done < o.Cycles && ctx.Err() == nil; {
+		batch := min(o.SampleEvery, o.Cycles-done)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := 0; w < o.Concurrency; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					i := next.Add(1)
+					if i > int64(batch) {
+						return
+					}
+					// Every other cycle waits for the script's first line,
+					// so the interpreter really ran; the others stop a run
+					// that may still be starting.
+					reason, err := cycle(ctx, c, names[w], (done+int(i))%2 == 0)
+					mu.Lock()
+					if err == nil {
+						rep.Reasons[reason]++
+					}
+					mu.Unlock()
+					switch {
+					case err != nil:
+						problem(&rep.Errors, "cycle of %s: %v", names[w], err)
+					case reason != api.ReasonStopped:
+						problem(&rep.Wrong, "cycle of %s ended %s, want stopped", names[w], reason)
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+		done += batch
+		rep.Cycles = done
+		if err := sample(done); err != nil {
+			return rep, err
+		}
+	}
+	rep.fit(o.Cycles, o.Warmup)
+	return rep, nil
+}
+
+// cycle starts the sleeper, optionally waits for its first line, stops it
+// and returns the reason of its end.
+func cycle(ctx context.Context, c *Conn, student string, waitOutput bool) (api.Reason, error) {
+	r, err := c.StartRun(ctx, api.RunRequest{Student: student, Script: sleeperSpec.kind.File(), Limits: sleeperSpec.limits})
+	if err != nil {
+		return "", fmt.Errorf("start: %w", err)
+	}
+	if waitOutput {
+		st, err := c.Events(ctx, r.ID, 0, true)
+		if err != nil {
+			return "", fmt.Errorf("events of run %s: %w", r.ID, err)
+		}
+		ev, err := st.Next()
+		cerr := st.Close()
+		if err != nil || ev.Type != api.EventStdout {
+			return "", fmt.Errorf("first event of run %s: %+v %w", r.ID, ev, errors.Join(err, cerr))
+		}
+	}
+	final, err := c.StopRun(ctx, r.ID)
+	if err != nil {
+		return "", fmt.Errorf("stop run %s: %w", r.ID, err)
+	}
+	if final.State != api.StateEnded {
+		return "", fmt.Errorf("stop of run %s answered state %s", r.ID, final.State)
+	}
+	return final.Reason, nil
+}
+
+// quietSample drops the load's idle connections and waits until no run is
+// active and two looks 200 ms apart agree on fds and goroutines (the warm
+// pool refilled, closed connections gone), for at most 10 s.
+func quietSample(ctx context.Context, c *Conn, pid int) (Sample, error) {
+	var last Sample
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		c.CloseIdle()
+		ds, err := daemonState(ctx, c, pid)
+		if err != nil {
+			return last, err
+		}
+		s := Sample{RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines, Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept}
+		if i > 0 && ds.Debug.RunsActive == 0 && s.FDs == last.FDs && s.Goroutines == last.Goroutines {
+			return s, nil
+		}
+		last = s
+		if time.Now().After(deadline) {
+			return s, nil
+		}
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return s, err
+		}
+	}
+}
+
+// slope is the least-squares slope of ys over xs.
+func slope(xs, ys []float64) float64 {
+	n := float64(len(xs))
+	if n < 2 {
+		return 0
+	}
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx += xs[i]
+		sy += ys[i]
+		sxx += xs[i] * xs[i]
+		sxy += xs[i] * ys[i]
+	}
+	d := n*sxx - sx*sx
+	if d == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / d
+}
+
+// fit computes the slopes over the samples past the warm-up (at least the
+// last three) and decides.
+func (r *CycleReport) fit(total int, warmup float64) {
+	r.Warmup = int(math.Round(float64(total) * warmup))
+	var fitted []Sample
+	for _, s := range r.Samples {
+		if s.Cycles >= r.Warmup {
+			fitted = append(fitted, s)
+		}
+	}
+	if len(fitted) < 3 && len(r.Samples) >= 3 {
+		fitted = r.Samples[len(r.Samples)-3:]
+	}
+	r.Fitted = len(fitted)
+	xs := make([]float64, len(fitted))
+	rss := make([]float64, len(fitted))
+	fds := make([]float64, len(fitted))
+	gs := make([]float64, len(fitted))
+	for i, s := range fitted {
+		xs[i] = float64(s.Cycles) / 1000
+		rss[i], fds[i], gs[i] = float64(s.RSSKiB), float64(s.FDs), float64(s.Goroutines)
+	}
+	r.RSSKiBSlope, r.FDSlope, r.GoroutineSlope = slope(xs, rss), slope(xs, fds), slope(xs, gs)
+	t := r.Thresholds
+	if r.Errors > 0 || r.Wrong > 0 {
+		r.Failed = append(r.Failed, fmt.Sprintf("%d failed cycles, %d wrong reasons", r.Errors, r.Wrong))
+	}
+	if len(fitted) < 3 {
+		r.Failed = append(r.Failed, fmt.Sprintf("only %d samples to fit: run more cycles or sample more often", len(fitted)))
+		return
+	}
+	if r.RSSKiBSlope > t.RSSKiBPer1000 {
+		r.Failed = append(r.Failed, fmt.Sprintf("RSS grows %.1f KiB per 1000 cycles (limit %.1f)", r.RSSKiBSlope, t.RSSKiBPer1000))
+	}
+	if r.FDSlope > t.FDsPer1000 {
+		r.Failed = append(r.Failed, fmt.Sprintf("fds grow %.3f per 1000 cycles (limit %.3f)", r.FDSlope, t.FDsPer1000))
+	}
+	if r.GoroutineSlope > t.GoroutinesPer1000 {
+		r.Failed = append(r.Failed, fmt.Sprintf("goroutines grow %.3f per 1000 cycles (limit %.3f)", r.GoroutineSlope, t.GoroutinesPer1000))
+	}
+	first, last := r.Samples[0], r.Samples[len(r.Samples)-1]
+	if last.FDs > first.FDs+t.FinalTolerance {
+		r.Failed = append(r.Failed, fmt.Sprintf("fds %d before the cycles, %d after (tolerance %d)", first.FDs, last.FDs, t.FinalTolerance))
+	}
+	if last.Goroutines > first.Goroutines+t.FinalTolerance {
+		r.Failed = append(r.Failed, fmt.Sprintf("goroutines %d before the cycles, %d after (tolerance %d)", first.Goroutines, last.Goroutines, t.FinalTolerance))
+	}
+}
+
+// Pass reports whether the cycles stayed flat.
+func (r *CycleReport) Pass() bool { return len(r.Failed) == 0 }
+
+// Print writes the summary; the last line says PASS or FAIL.
+func (r *CycleReport) Print(w io.Writer) {
+	fmt.Fprintf(w, "idexload: %d start/stop cycles against pid %d, ended by reason: %s; errors %d, wrong reasons %d\n",
+		r.Cycles, r.PID, reasons(r.Reasons), r.Errors, r.Wrong)
+	if len(r.Samples) > 0 {
+		first, last := r.Samples[0], r.Samples[len(r.Samples)-1]
+		fmt.Fprintf(w, "  daemon: RSS %.1f -> %.1f MiB, fds %d -> %d, goroutines %d -> %d, threads %d -> %d, in %s\n",
+			float64(first.RSSKiB)/1024, float64(last.RSSKiB)/1024, first.FDs, last.FDs, first.Goroutines, last.Goroutines,
+			first.Threads, last.Threads, last.At.Round(time.Second))
+	}
+	t := r.Thresholds
+	fmt.Fprintf(w, "  slopes per 1000 cycles over %d samples after %d warm-up cycles: RSS %+.1f KiB (limit %.1f), fds %+.3f (limit %.3f), goroutines %+.3f (limit %.3f)\n",
+		r.Fitted, r.Warmup, r.RSSKiBSlope, t.RSSKiBPer1000, r.FDSlope, t.FDsPer1000, r.GoroutineSlope, t.GoroutinesPer1000)
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "  problem: %s\n", p)
+	}
+	if !r.Pass() {
+		for _, f := range r.Failed {
+			fmt.Fprintf(w, "  fail: %s\n", f)
+		}
+		fmt.Fprintf(w, "FAIL: the daemon is not flat over %d cycles\n", r.Cycles)
+		return
+	}
+	fmt.Fprintf(w, "PASS: %d cycles, RSS, fds and goroutines flat\n", r.Cycles)
+}
