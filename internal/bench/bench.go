@@ -43,6 +43,9 @@ type Options struct {
 	OutputMiB      int
 	Live           int
 	Only           map[string]bool
+	// KeepLogs, when set, is a directory where each idexd's log is copied
+	// before its temporary directory is removed, for a closer look.
+	KeepLogs string
 }
 
 // sections in the order they run.
@@ -67,6 +70,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.OutputN, "output-n", 5, "output-throughput pairs")
 	fs.IntVar(&o.OutputMiB, "output-mib", 64, "MiB the output script writes")
 	fs.IntVar(&o.Live, "live", 200, "live sleeping runs for the memory figures")
+	fs.StringVar(&o.KeepLogs, "keep-logs", "", "copy each idexd's log into this directory before removing it")
 	only := fs.String("only", "", "comma-separated sections to run: "+strings.Join(sections, ","))
 	if err := fs.Parse(args); err != nil {
 		return Options{}, err

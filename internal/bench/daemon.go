@@ -29,6 +29,7 @@ type daemon struct {
 	log    string // idexd's stderr: the "run started ... steps=" lines are read back
 	parent string // cgroup parent, removed after idexd exits
 	conf   string // the configuration file, for the results
+	keep   string // directory to copy the log into at stop, or ""
 	cmd    *exec.Cmd
 	exited chan struct{}
 	err    error // Wait's result, set before exited is closed
@@ -82,7 +83,7 @@ log_level = "info"
 	if dc.maxOutputKB > 0 {
 		conf += fmt.Sprintf("\n[max]\noutput_kb = %d\n", dc.maxOutputKB)
 	}
-	d.conf = conf
+	d.conf, d.keep = conf, o.KeepLogs
 	cfgPath := filepath.Join(dir, "idexd.toml")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
 		return nil, errors.Join(fmt.Errorf("write config: %w", err), os.RemoveAll(dir))
@@ -187,10 +188,29 @@ func (d *daemon) stop() error {
 	} else if err := m.RemoveParent(); err != nil {
 		errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", d.parent, err))
 	}
+	if d.keep != "" {
+		if err := copyFile(d.log, filepath.Join(d.keep, d.parent+".log")); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := os.RemoveAll(d.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", d.dir, err))
 	}
 	return errors.Join(errs...)
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return fmt.Errorf("keep idexd's log: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("keep idexd's log: %w", err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		return fmt.Errorf("keep idexd's log: %w", err)
+	}
+	return nil
 }
 
 func (d *daemon) logTail(n int) string {
