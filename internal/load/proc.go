@@ -54,11 +54,38 @@ func SampleProc(pid int) (ProcSample, error) {
 	return s, nil
 }
 
-// FindDaemonPID finds the idexd serving socket: first the peer of a
-// connection (SO_PEERCRED names the process that called listen), and when
-// that is not an idexd (systemd passed the socket) the idexd process that
-// holds the listening socket's inode.
+// FindDaemonPID finds the idexd serving socket: the processes holding
+// the listening socket's inode, and among them the peer of a connection
+// (SO_PEERCRED names the process that called listen) unless systemd
+// passed the socket, in which case the holder named idexd*.
 func FindDaemonPID(socket string) (int, error) {
+	peer, perr := peerPID(socket)
+	inode, err := listenInode(socket)
+	if err != nil {
+		return 0, errors.Join(err, perr)
+	}
+	pids, err := holders("socket:[" + inode + "]")
+	if err != nil {
+		return 0, err
+	}
+	if len(pids) == 1 {
+		return pids[0], nil
+	}
+	for _, p := range pids {
+		if isIdexd(p) {
+			return p, nil
+		}
+	}
+	for _, p := range pids {
+		if p == peer && p != 1 {
+			return p, nil
+		}
+	}
+	return 0, errors.Join(fmt.Errorf("cannot tell which process serves %s (inode %s; holders %v, peer %d): pass --pid", socket, inode, pids, peer), perr)
+}
+
+// peerPID connects to socket and reads the listener's pid (SO_PEERCRED).
+func peerPID(socket string) (int, error) {
 	c, err := net.Dial("unix", socket)
 	if err != nil {
 		return 0, fmt.Errorf("connect to %s to find the daemon's pid: %w", socket, err)
@@ -78,28 +105,15 @@ func FindDaemonPID(socket string) (int, error) {
 	if cerr := c.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close probe connection: %w", cerr))
 	}
-	if err == nil && cred != nil && isIdexd(int(cred.Pid)) {
-		return int(cred.Pid), nil
+	if err != nil || cred == nil {
+		return 0, fmt.Errorf("peer credentials on %s: %w", socket, err)
 	}
-	inode, ierr := listenInode(socket)
-	if ierr != nil {
-		return 0, errors.Join(err, ierr)
-	}
-	pids, perr := holders("socket:[" + inode + "]")
-	if perr != nil {
-		return 0, perr
-	}
-	for _, p := range pids {
-		if isIdexd(p) {
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("no idexd process holds the socket %s (inode %s; holders %v): pass --pid", socket, inode, pids)
+	return int(cred.Pid), nil
 }
 
 func isIdexd(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	return err == nil && strings.TrimSpace(string(b)) == "idexd"
+	return err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), "idexd")
 }
 
 // listenInode finds the inode of the listening socket bound to path in
