@@ -574,8 +574,11 @@ func (r *Run) readOutput(f *os.File, t api.EventType) {
 			r.e.log.Warn("close output pipe", "run", r.id, "err", err)
 		}
 	}()
-	buf := make([]byte, 64<<10)
+	// A quiet run holds a small buffer; one that fills it gets a larger
+	// one, up to a pipe's whole 64 KiB.
+	buf := make([]byte, 4<<10)
 	var carry int // bytes of an incomplete UTF-8 sequence kept at buf's start
+	var lastSmall time.Time
 	for {
 		n, err := f.Read(buf[carry:])
 		n += carry
@@ -595,11 +598,21 @@ func (r *Run) readOutput(f *os.File, t api.EventType) {
 			if carry > 0 {
 				copy(buf, buf[n-carry:n])
 			}
-			// A writer of tiny pieces (print in a loop) is batched by a
-			// short pause, so a flood makes few large events; a large read
-			// goes straight back for more.
+			if n == len(buf) && len(buf) < 64<<10 {
+				grown := make([]byte, 2*len(buf))
+				copy(grown, buf[:carry])
+				buf = grown
+			}
+			// A writer of tiny pieces in a tight loop (print in a loop,
+			// unbuffered) is batched by a short pause, so a flood makes few
+			// large events instead of one per write; a single small write
+			// (a prompt, the last line) goes on at once.
 			if n < 1024 && err == nil {
-				time.Sleep(time.Millisecond)
+				now := time.Now()
+				if now.Sub(lastSmall) < 2*time.Millisecond {
+					time.Sleep(time.Millisecond)
+				}
+				lastSmall = now
 			}
 		}
 		if err != nil {
