@@ -192,7 +192,7 @@ func TestEndToEnd(t *testing.T) {
 	d.writeScript("alice", "chat.py", `import sys, time
 name = input("name? ")
 print("hello", name)
-for i in range(400):
+for i in range(6000):
     print("tick", i)
     time.sleep(0.05)
 sys.exit(7)

@@ -29,6 +29,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // Mode is the cgroup layout of the host.
@@ -65,6 +66,9 @@ type Manager struct {
 	v2Parent string       // absolute group path under v2Mount, e.g. /idexd
 	v1Parent cgroup1.Path // hybrid only
 	v1Swap   bool         // memory.memsw.* exists: swap can be limited
+	// lock is the parent directory, flock'ed: one idexd per parent, so
+	// that no instance sweeps another's live runs as leftovers.
+	lock *os.File
 	// missing are the limit controllers a unified host does not give us
 	// (a container that delegates none): runs there are tracked and
 	// killed, but not limited.
@@ -116,8 +120,19 @@ func New(parent string) (*Manager, error) {
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(m.v2Mount, m.v2Parent), 0o755); err != nil {
+	dir := filepath.Join(m.v2Mount, m.v2Parent)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cgroup parent %s: %w", m.v2Parent, err)
+	}
+	if m.lock, err = os.Open(dir); err != nil {
+		return nil, fmt.Errorf("open cgroup parent %s: %w", m.v2Parent, err)
+	}
+	if err := unix.Flock(int(m.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		cerr := m.lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errors.Join(fmt.Errorf("cgroup parent %s is in use by another idexd: give each instance its own cgroup_parent", m.v2Parent), cerr)
+		}
+		return nil, errors.Join(fmt.Errorf("lock cgroup parent %s: %w", m.v2Parent, err), cerr)
 	}
 	if m.mode == ModeHybrid {
 		if filepath.IsAbs(parent) {
@@ -133,9 +148,17 @@ func New(parent string) (*Manager, error) {
 		m.v1Swap = err == nil
 	}
 	if err := m.Check(); err != nil {
-		return nil, err
+		return nil, errors.Join(err, m.Close())
 	}
 	return m, nil
+}
+
+// Close gives up the parent, for the next idexd.
+func (m *Manager) Close() error {
+	if err := m.lock.Close(); err != nil {
+		return fmt.Errorf("unlock cgroup parent %s: %w", m.v2Parent, err)
+	}
+	return nil
 }
 
 // Mode is the host's layout.
@@ -360,8 +383,12 @@ func moveSelfToLeaf(own string) (string, error) {
 }
 
 // RemoveParent removes the parent group and the student groups in it,
-// which must hold no runs. Tests use it; the daemon keeps its parent.
+// which must hold no runs, and closes the manager. Tests use it; the
+// daemon keeps its parent.
 func (m *Manager) RemoveParent() error {
+	if err := m.Close(); err != nil {
+		return err
+	}
 	dir := filepath.Join(m.v2Mount, m.v2Parent)
 	students, err := os.ReadDir(dir)
 	if err != nil {

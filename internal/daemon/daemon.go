@@ -102,6 +102,11 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	if err != nil {
 		return fmt.Errorf("cgroups: %w", err)
 	}
+	defer func() {
+		if cerr := cg.Close(); cerr != nil {
+			log.Warn("close cgroup manager", "err", cerr)
+		}
+	}()
 	if missing := cg.Missing(); len(missing) > 0 {
 		if !cfg.AllowUnlimited {
 			return fmt.Errorf("cgroups: the controllers %v are not available under %s, so runs could not be limited: "+
@@ -114,6 +119,21 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	if err := dirs.EnsureRoot(); err != nil {
 		return err
 	}
+	// The socket first: it proves no other idexd is live here, before the
+	// sweep below kills what it takes for a dead instance's runs.
+	ln, err := listener(cfg.Socket, clientGID, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Serve closes it on the normal path; on a start-up failure it is
+		// closed here (a second Close is harmless and its error is moot).
+		if err != nil {
+			if cerr := ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+				log.Warn("close listener", "err", cerr)
+			}
+		}
+	}()
 	if err := recoverLeftovers(ctx, cfg, cg, st, locker, log); err != nil {
 		// Leftovers that could not be cleaned are logged; runs may still
 		// start, each in a new group of its own.
@@ -166,10 +186,6 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 	}
 	srv := server.New(srvCfg)
 
-	ln, err := listener(cfg.Socket, clientGID, log)
-	if err != nil {
-		return err
-	}
 	hs := srv.HTTPServer()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
