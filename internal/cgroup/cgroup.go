@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	cgroups "github.com/containerd/cgroups/v3"
@@ -151,6 +153,30 @@ func New(parent string) (*Manager, error) {
 		return nil, errors.Join(err, m.Close())
 	}
 	return m, nil
+}
+
+// SetWarmShare weighs warm.pool's CPU like n student groups, as it holds n
+// running runs (and idle helpers, which use none): without it every warm
+// run would share one group's weight against each cold student's.
+func (m *Manager) SetWarmShare(n int) error {
+	n = max(n, 1)
+	var file, val string
+	switch {
+	case m.mode == ModeHybrid:
+		rel, err := m.v1Parent(cgroup1.Cpu)
+		if err != nil {
+			return fmt.Errorf("find v1 cpu parent: %w", err)
+		}
+		file, val = filepath.Join("/sys/fs/cgroup/cpu", rel, WarmDir, "cpu.shares"), strconv.Itoa(1024*n)
+	case !slices.Contains(m.missing, "cpu"):
+		file, val = filepath.Join(m.v2Mount, m.v2Parent, WarmDir, "cpu.weight"), strconv.Itoa(min(100*n, 10000))
+	default:
+		return nil
+	}
+	if err := os.WriteFile(file, []byte(val), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("weigh warm runs' CPU (%s = %s): %w", file, val, err)
+	}
+	return nil
 }
 
 // Close gives up the parent, for the next idexd.

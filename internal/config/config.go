@@ -69,10 +69,12 @@ type Config struct {
 	// ShutdownGrace is how long running runs may go on after SIGTERM.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// KeepEnded is how long an ended run's events stay in memory for late readers.
-	KeepEnded Duration   `toml:"keep_ended"`
-	Defaults  api.Limits `toml:"defaults"`
-	Max       api.Limits `toml:"max"`
-	LogLevel  string     `toml:"log_level"`
+	KeepEnded Duration `toml:"keep_ended"`
+	// KeepEndedMB bounds the memory ended runs' events hold together.
+	KeepEndedMB int64      `toml:"keep_ended_mb"`
+	Defaults    api.Limits `toml:"defaults"`
+	Max         api.Limits `toml:"max"`
+	LogLevel    string     `toml:"log_level"`
 	// MetricsAddr, when set, also serves /metrics on this TCP address.
 	MetricsAddr string `toml:"metrics_addr"`
 	// AllowUnlimited lets idexd run on a cgroup v2 host that gives it no
@@ -108,6 +110,7 @@ func Default() Config {
 		ShutdownGrace: Duration{10 * time.Second},
 		LeaseTTL:      Duration{30 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
+		KeepEndedMB:   256,
 		Defaults: api.Limits{
 			MemoryMB: 256, Pids: 64, CPUPercent: 100,
 			WallSeconds: 30, CPUSeconds: 30, OutputKB: 1024,
@@ -216,6 +219,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WarmRuns < 0 || c.WarmRuns > c.MaxRuns {
 		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
+	}
+	if c.KeepEndedMB < 1 {
+		errs = append(errs, fmt.Errorf("keep_ended_mb must be at least 1, got %d", c.KeepEndedMB))
 	}
 	if c.LeaseTTL.Duration < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("lease_ttl must be at least 300ms, got %s", c.LeaseTTL.Duration))

@@ -169,7 +169,7 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		Host: cfg.Host, Interpreter: cfg.Interpreter,
 		Defaults: cfg.Defaults, Max: cfg.Max, MaxRuns: cfg.MaxRuns,
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
-		KeepEnded: cfg.KeepEnded.Duration, WarmRuns: cfg.WarmRuns,
+		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		Log: log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locker,
 		Hooks: met.Hooks(),
 	})

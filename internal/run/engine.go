@@ -61,6 +61,9 @@ type Config struct {
 	UIDMin      uint32
 	UIDMax      uint32
 	KeepEnded   time.Duration
+	// KeepEndedBytes bounds the output (and events) of ended runs kept in
+	// memory together; past it the oldest are forgotten before KeepEnded.
+	KeepEndedBytes int64
 	// FileSizeBytes and OpenFiles are the children's rlimits.
 	FileSizeBytes uint64
 	OpenFiles     uint64
@@ -95,6 +98,63 @@ type Engine struct {
 
 	shutdownOnce sync.Once
 	warmStarts   atomic.Int64
+	warmActive   atomic.Int64
+
+	// kept are the ended runs still in runs, oldest first, for late readers.
+	kept      []keptRun
+	keptBytes int64
+}
+
+type keptRun struct {
+	id    string
+	bytes int64
+	until time.Time
+}
+
+// eventOverhead is what an event costs in memory beyond its payload.
+const eventOverhead = 128
+
+// keep holds an ended run's events for late readers, within KeepEnded and
+// KeepEndedBytes, and forgets what falls out of either.
+func (e *Engine) keep(r *Run) {
+	r.mu.Lock()
+	bytes := r.outBytes + int64(len(r.events))*eventOverhead
+	r.mu.Unlock()
+	e.mu.Lock()
+	e.kept = append(e.kept, keptRun{id: r.id, bytes: bytes, until: time.Now().Add(e.cfg.KeepEnded)})
+	e.keptBytes += bytes
+	e.trimLocked(time.Now())
+	e.mu.Unlock()
+	time.AfterFunc(e.cfg.KeepEnded, func() {
+		e.mu.Lock()
+		e.trimLocked(time.Now())
+		e.mu.Unlock()
+	})
+}
+
+func (e *Engine) trimLocked(now time.Time) {
+	for len(e.kept) > 0 && (!e.kept[0].until.After(now) || e.keptBytes > e.cfg.KeepEndedBytes) {
+		k := e.kept[0]
+		delete(e.runs, k.id)
+		e.keptBytes -= k.bytes
+		e.kept = e.kept[1:]
+	}
+}
+
+// KeptBytes is what ended runs hold in memory now (debug state, tests).
+func (e *Engine) KeptBytes() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.keptBytes
+}
+
+// warmRunning counts warm runs up or down and weighs warm.pool's CPU to
+// match, so that a warm run gets what a cold one would.
+func (e *Engine) warmRunning(delta int64) {
+	n := e.warmActive.Add(delta)
+	if err := e.cfg.Cgroups.SetWarmShare(int(n)); err != nil {
+		e.log.Warn("weigh warm runs' CPU", "running", n, "err", err)
+	}
 }
 
 // WarmReady is how many warm slots wait for a run now.
@@ -121,6 +181,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.KeepEnded == 0 {
 		cfg.KeepEnded = 10 * time.Minute
+	}
+	if cfg.KeepEndedBytes == 0 {
+		cfg.KeepEndedBytes = 256 << 20
 	}
 	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}
 	e.pool = newPool(cfg.WarmRuns, cfg.Cgroups, cgroup.Limits{
@@ -388,12 +451,6 @@ func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
 	case <-ctx.Done():
 		return fmt.Errorf("shutdown: runs still ending: %w", ctx.Err())
 	}
-}
-
-func (e *Engine) forget(id string) {
-	e.mu.Lock()
-	delete(e.runs, id)
-	e.mu.Unlock()
 }
 
 func newID() string {

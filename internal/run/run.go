@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"sync"
+	"sync/atomic"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
@@ -38,11 +39,13 @@ type Run struct {
 	started   bool // the child may run; kill now goes to the cgroup
 	killedAt  time.Time
 	cpuBase   time.Duration // CPU time of the group before the run (a warm helper's)
+	warm      bool          // started on a warm slot: its group is in warm.pool
 
 	stdinMu sync.Mutex
 	stdin   *os.File
 
 	readers  sync.WaitGroup
+	ending   atomic.Bool // finish has begun
 	done     chan struct{}
 	finished sync.Once
 }
@@ -164,6 +167,8 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		// student only when launched.
 		adopt(sl.group, sl.child, sl.pipes)
 		e.warmStarts.Add(1)
+		r.warm = true
+		e.warmRunning(1)
 		steps.mark("claim")
 		if err := e.step(StepCgroup); err != nil {
 			return abort(StepCgroup, err)
@@ -322,6 +327,10 @@ func (r *Run) supervise() {
 		case <-tick.C:
 			cpu, err := r.group.CPUTime()
 			if err != nil {
+				if r.ending.Load() {
+					// finish is deleting the group: nothing to watch.
+					return
+				}
 				r.e.log.Warn("read cpu time", "run", r.id, "err", err)
 				continue
 			}
@@ -380,6 +389,7 @@ func (r *Run) finish(ps *os.ProcessState) {
 }
 
 func (r *Run) doFinish(ps *os.ProcessState) {
+	r.ending.Store(true)
 	e := r.e
 	log := e.log.With("run", r.id, "student", r.info.Student)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -420,6 +430,9 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	}
 	if err := r.lease.Release(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release lock: %w", err))
+	}
+	if r.warm {
+		e.warmRunning(-1)
 	}
 
 	r.mu.Lock()
@@ -472,7 +485,7 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	r.appendLocked(api.Event{Type: api.EventEnd, Run: &final})
 	r.mu.Unlock()
 	close(r.done)
-	time.AfterFunc(e.cfg.KeepEnded, func() { e.forget(r.id) })
+	e.keep(r)
 
 	var stopLatency time.Duration
 	if !killedAt.IsZero() {

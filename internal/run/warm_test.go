@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/testutil"
 )
@@ -170,5 +174,66 @@ func TestWarmConcurrentStudents(t *testing.T) {
 	}
 	if gs, err := env.Cgroups.WarmGroups(); err != nil || len(gs) != 0 {
 		t.Fatalf("warm groups after shutdown: %v %v", gs, err)
+	}
+}
+
+// warmShareFile is warm.pool's CPU weight file in this host's layout.
+func warmShareFile(t *testing.T, env *testutil.Env) string {
+	t.Helper()
+	if env.Cgroups.Mode() == cgroup.ModeUnified {
+		return filepath.Join("/sys/fs/cgroup", env.Cgroups.Parent(), cgroup.WarmDir, "cpu.weight")
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) == 3 && slices.Contains(strings.Split(parts[1], ","), "cpu") {
+			return filepath.Join("/sys/fs/cgroup/cpu", parts[2], env.Cgroups.Parent(), cgroup.WarmDir, "cpu.shares")
+		}
+	}
+	t.Fatal("no v1 cpu line in /proc/self/cgroup")
+	return ""
+}
+
+// TestWarmRunsWeighLikeStudents: warm.pool holds n running runs and
+// weighs like n student groups, back to one when they end.
+func TestWarmRunsWeighLikeStudents(t *testing.T) {
+	env := testutil.NewEnv(t, warm(3))
+	unit := "1024"
+	if env.Cgroups.Mode() == cgroup.ModeUnified {
+		unit = "100"
+	}
+	u, _ := strconv.Atoi(unit)
+	var runs []*run.Run
+	for i := range 3 {
+		env.WriteScript(t, fmt.Sprintf("c%d", i), "s.py", "import time\ntime.sleep(30)\n")
+	}
+	waitWarm(t, env, 3)
+	for i := range 3 {
+		runs = append(runs, startRun(t, env, api.RunRequest{Student: fmt.Sprintf("c%d", i), Script: "s.py"}))
+	}
+	if env.Engine.WarmStarts() != 3 {
+		t.Fatalf("warm starts %d, want 3", env.Engine.WarmStarts())
+	}
+	f := warmShareFile(t, env)
+	read := func() string {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got := read(); got != strconv.Itoa(3*u) {
+		t.Fatalf("%s = %s with 3 warm runs, want %d", f, got, 3*u)
+	}
+	for _, r := range runs {
+		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := read(); got != unit {
+		t.Fatalf("%s = %s after the runs ended, want %s", f, got, unit)
 	}
 }
