@@ -46,8 +46,12 @@ run: build
 	$(BIN)/idexd --config $(RUNDIR)/idexd.toml --socket $(RUNDIR)/idexd.sock \
 		--workdir-root $(RUNDIR)/students --state-dir $(RUNDIR)/state --cgroup-parent idexd-dev
 
+# Benchmarks, never timed tests: go test -bench of a run against a bare
+# spawn, then idexbench's side-by-side table (bench/README.md).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/run/
+	$(GO) build -o $(BIN)/idexbench ./cmd/idexbench
+	$(BIN)/idexbench --idexd $(BIN)/idexd --idexctl $(BIN)/idexctl
 
 # Each fuzz target for FUZZTIME (60s); their seed corpora run in make test.
 fuzz:
