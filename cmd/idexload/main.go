@@ -26,7 +26,7 @@ func run(args []string) int {
 	socket := fs.String("socket", "/run/idexd/idexd.sock", "idexd's socket")
 	spawn := fs.String("spawn", "", "start a throwaway idexd from this binary (temporary directories and cgroup parent) instead of using --socket")
 	maxRuns := fs.Int("max-runs", 0, "with --spawn: max_runs (default: enough for --hold and --concurrency)")
-	keepEnded := fs.String("keep-ended", "30s", "with --spawn: keep_ended")
+	keepEnded := fs.String("keep-ended", "30s", "with --spawn: keep_ended (5s with --cycles: kept runs are memory that follows the cycle rate, not a leak)")
 	pid := fs.Int("pid", 0, "the daemon's pid (default: found from the socket)")
 	students := fs.Int("students", 60, "simulated students")
 	prefix := fs.String("prefix", "", "student name prefix (default load, or cycle with --cycles)")
@@ -65,6 +65,9 @@ func run(args []string) int {
 	defer stop()
 
 	if *spawn != "" {
+		if *cycles > 0 && !set["keep-ended"] {
+			*keepEnded = "5s"
+		}
 		mr := *maxRuns
 		if mr == 0 {
 			mr = max(256, *hold+*conc+16)

@@ -231,30 +231,38 @@ func cycle(ctx context.Context, c *Conn, student string, waitOutput bool) (api.R
 	return final.Reason, nil
 }
 
-// quietSample drops the load's idle connections and waits until no run is
-// active and two looks 200 ms apart agree on fds and goroutines (the warm
-// pool refilled, closed connections gone), for at most 10 s.
+// quietSample drops the load's idle connections, waits (at most 10 s)
+// until no run is active, and then takes three looks 200 ms apart, keeping
+// the smallest fd and goroutine counts: a connection being torn down or a
+// warm slot being refilled at one look is gone at another, while a leak
+// is in every look.
 func quietSample(ctx context.Context, c *Conn, pid int) (Sample, error) {
-	var last Sample
 	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
+	var s Sample
+	looks := 0
+	for looks < 3 {
 		c.CloseIdle()
 		ds, err := daemonState(ctx, c, pid)
 		if err != nil {
-			return last, err
-		}
-		s := Sample{RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines, Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept}
-		if i > 0 && ds.Debug.RunsActive == 0 && s.FDs == last.FDs && s.Goroutines == last.Goroutines {
-			return s, nil
-		}
-		last = s
-		if time.Now().After(deadline) {
-			return s, nil
-		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
 			return s, err
 		}
+		if ds.Debug.RunsActive == 0 || time.Now().After(deadline) {
+			cur := Sample{RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines, Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept}
+			if looks == 0 {
+				s = cur
+			} else {
+				s.RSSKiB, s.Threads, s.RunsKept = cur.RSSKiB, cur.Threads, cur.RunsKept
+				s.FDs, s.Goroutines = min(s.FDs, cur.FDs), min(s.Goroutines, cur.Goroutines)
+			}
+			looks++
+		}
+		if looks < 3 {
+			if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+				return s, err
+			}
+		}
 	}
+	return s, nil
 }
 
 // slope is the least-squares slope of ys over xs.

@@ -17,7 +17,6 @@ import (
 	_ "modernc.org/sqlite" // integrity_check of the store after the disk-full test
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -313,18 +312,16 @@ func TestInterpreterRemoved(t *testing.T) {
 }
 
 // v2Parent is the daemon's cgroup parent in the unified hierarchy: the
-// test process sits in the same groups as the daemon it started.
+// daemon, this process's child, nests it under this process's own group.
+// (cgroup.New would do, but it locks the parent, which the live daemon
+// holds.)
 func v2Parent(t *testing.T, parent string) string {
 	t.Helper()
-	m, err := cgroup.New(parent)
+	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mount := "/sys/fs/cgroup"
-	if m.Mode() == cgroup.ModeHybrid {
-		mount = "/sys/fs/cgroup/unified"
-	}
-	return filepath.Join(mount, m.Parent())
+	return filepath.Join(mountOf(""), cgroupPath(string(b)), parent)
 }
 
 // TestCgroupParentUnwritable: cgroupfs ignores file modes and chattr for
@@ -408,8 +405,10 @@ func fill(t *testing.T, dir string) string {
 	return p
 }
 
-// TestStateDiskFull: the state directory's filesystem (a tmpfs of 8 MiB)
-// fills up under the SQLite store. Runs are refused with a stable code
+// TestStateDiskFull: the state directory's filesystem (a tmpfs of 8 MiB:
+// SQLite's WAL grows to about 4 MiB before it is checkpointed, so a
+// smaller disk would be full in normal operation already) fills up under
+// the SQLite store. Runs are refused with a stable code
 // (store_unavailable) or run; health is degraded while run ends cannot be
 // written; after the space is freed, runs work, every run's record is
 // there and ended with its reason, and the database passes

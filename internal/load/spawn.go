@@ -246,6 +246,7 @@ func (d *Daemon) Cleanup() error {
 			if _, err := m.Sweep(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("sweep cgroup parent %s: %w", d.CgroupParent, err))
 			}
+			// RemoveParent also gives up the manager's lock on it.
 			if err := m.RemoveParent(); err != nil {
 				errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", d.CgroupParent, err))
 			}
