@@ -159,8 +159,8 @@ func (m *mix) checkFiles(rootBefore map[string]bool) {
 			if err != nil {
 				return fmt.Errorf("walk %s: %w", p, err)
 			}
-			if p == dir {
-				return nil
+			if p == dir || d.IsDir() {
+				return nil // files are what runs leave; walk on into directories
 			}
 			base := d.Name()
 			switch {

@@ -726,12 +726,14 @@ func (m *mix) compareEvents(rec *runRec, full []api.Event) {
 	}
 	lost, dup, altered := 0, 0, 0
 	seenAt := map[int64]int{}
+	var firsts []int64 // seqs in the order first seen
 	for i, ev := range rec.seen {
 		if _, ok := seenAt[ev.Seq]; ok {
 			dup++
 			continue
 		}
 		seenAt[ev.Seq] = i
+		firsts = append(firsts, ev.Seq)
 		if ev.Seq < 1 || ev.Seq > int64(len(full)) {
 			dup++ // an event the stream does not have
 			continue
@@ -746,9 +748,10 @@ func (m *mix) compareEvents(rec *runRec, full []api.Event) {
 			lost++
 		}
 	}
-	// In order, too: the concatenation must be the stream itself.
-	for i := 1; i < len(rec.seen); i++ {
-		if rec.seen[i].Seq != rec.seen[i-1].Seq+1 {
+	// In order, too: the concatenation must be the stream itself (a
+	// repeat is counted above, not again here).
+	for i := 1; i < len(firsts); i++ {
+		if firsts[i] != firsts[i-1]+1 {
 			altered++
 			break
 		}
@@ -789,7 +792,6 @@ func (m *mix) hold(ctx context.Context) {
 	defer cancel()
 	m.logf("holding %d runs at once", m.o.Hold)
 	t0 := time.Now()
-	recs := make([]*runRec, m.o.Hold)
 	ready := make(chan int, m.o.Hold) // pid of each held run, 0 if it never got ready
 	release := make(chan struct{})
 	var wg sync.WaitGroup
@@ -797,7 +799,6 @@ func (m *mix) hold(ctx context.Context) {
 	for i := 0; i < m.o.Hold; i++ {
 		s := &m.students[i%len(m.students)]
 		rec := &runRec{sp: holdSpec, s: s, tok: m.token(s)}
-		recs[i] = rec
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -909,8 +910,8 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "  cgroup directories checked in %d hierarchies\n", r.CgroupHierarchies)
 	fmt.Fprintf(w, "  readers: %d reattached (%d reconnects), %d events compared with the full streams\n", r.Reattached, r.Reconnects, r.Events)
 	b, a := r.Before, r.After
-	fmt.Fprintf(w, "  daemon pid %d: fds %d -> %d, goroutines %d -> %d, threads %d -> %d, RSS %.1f -> %.1f MiB, cgroups %d -> %d, locks %d -> %d, runs_active %d -> %d, runs_kept %d -> %d\n",
-		r.PID, b.Debug.FDs, a.Debug.FDs, b.Debug.Goroutines, a.Debug.Goroutines, b.Proc.Threads, a.Proc.Threads,
+	fmt.Fprintf(w, "  daemon pid %d: fds %d -> %d (/proc: %d -> %d), goroutines %d -> %d, threads %d -> %d, RSS %.1f -> %.1f MiB, cgroups %d -> %d, locks %d -> %d, runs_active %d -> %d, runs_kept %d -> %d\n",
+		r.PID, b.Debug.FDs, a.Debug.FDs, b.Proc.FDs, a.Proc.FDs, b.Debug.Goroutines, a.Debug.Goroutines, b.Proc.Threads, a.Proc.Threads,
 		float64(b.Proc.RSSKiB)/1024, float64(a.Proc.RSSKiB)/1024, b.Debug.Cgroups, a.Debug.Cgroups,
 		b.Debug.LocksHeld, a.Debug.LocksHeld, b.Debug.RunsActive, a.Debug.RunsActive, b.Debug.RunsKept, a.Debug.RunsKept)
 	l := r.Left
