@@ -52,7 +52,10 @@ func TestLoadShort(t *testing.T) {
 // and the daemon's fds and goroutines come back exactly. The RSS slope
 // needs tens of thousands of cycles to mean anything (make soak).
 func TestCyclesShort(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{KeepEnded: "5s"})
+	// No warm pool: a fresh daemon fills it after its first sample, which
+	// would read as fds and goroutines that grew. The pool's own flatness
+	// is TestWarmPoolStaysFlat in internal/run.
+	d := startDaemon(t, DaemonConfig{KeepEnded: "5s", WarmRuns: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	th := DefaultThresholds
