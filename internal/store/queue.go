@@ -32,6 +32,10 @@ type Queued struct {
 	pending []api.Run
 	wake    chan struct{}
 	errs    atomic.Int64
+	// writeErr is the last failed write (a full disk, a read-only
+	// database), until a write succeeds again: health reports it, since
+	// a ping alone writes nothing.
+	writeErr atomic.Pointer[error]
 
 	stop chan struct{}
 	done chan struct{}
@@ -63,6 +67,30 @@ func NewQueued(st Store, spillPath string, max int, log *slog.Logger) (*Queued, 
 	return q, nil
 }
 
+// RecordStart implements Store; a failure is remembered for health.
+func (q *Queued) RecordStart(ctx context.Context, r *api.Run) error {
+	return q.noteWrite(q.Store.RecordStart(ctx, r))
+}
+
+// EnsureStudent implements Store; a failure is remembered for health.
+func (q *Queued) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, error) {
+	st, err := q.Store.EnsureStudent(ctx, name, min, max)
+	if errors.Is(err, ErrUIDRangeExhausted) {
+		return st, err
+	}
+	return st, q.noteWrite(err)
+}
+
+func (q *Queued) noteWrite(err error) error {
+	if err != nil {
+		q.errs.Add(1)
+		q.writeErr.Store(&err)
+		return err
+	}
+	q.writeErr.Store(nil)
+	return nil
+}
+
 // RecordEnd implements Store: it never loses the record.
 func (q *Queued) RecordEnd(ctx context.Context, r *api.Run) error {
 	q.mu.Lock()
@@ -71,8 +99,10 @@ func (q *Queued) RecordEnd(ctx context.Context, r *api.Run) error {
 	if !queued {
 		err := q.Store.RecordEnd(ctx, r)
 		if err == nil {
+			q.writeErr.Store(nil)
 			return nil
 		}
+		q.writeErr.Store(&err)
 		q.errs.Add(1)
 		q.log.Error("record run end: queued until the store answers", "run", r.ID, "err", err)
 	}
@@ -107,6 +137,15 @@ func (q *Queued) Ping(ctx context.Context) error {
 	}
 	if n := q.Pending(); n > 0 {
 		return fmt.Errorf("%d run ends are waiting to be written", n)
+	}
+	if e := q.writeErr.Load(); e != nil {
+		// Only a write shows that writing works again (a freed disk).
+		if p, ok := q.Store.(interface{ ProbeWrite(context.Context) error }); ok {
+			if err := p.ProbeWrite(ctx); err != nil {
+				return fmt.Errorf("the last write failed (%w), and a probe write too", *e)
+			}
+		}
+		q.writeErr.Store(nil)
 	}
 	return nil
 }
@@ -150,6 +189,7 @@ func (q *Queued) flush(ctx context.Context) {
 			q.errs.Add(1)
 			return
 		}
+		q.writeErr.Store(nil)
 		q.mu.Lock()
 		q.pending = q.pending[1:]
 		n := len(q.pending)

@@ -29,6 +29,13 @@ func (f *flaky) RecordEnd(ctx context.Context, r *api.Run) error {
 	return f.Store.RecordEnd(ctx, r)
 }
 
+func (f *flaky) RecordStart(ctx context.Context, r *api.Run) error {
+	if f.down.Load() {
+		return errors.New("database or disk is full (injected)")
+	}
+	return f.Store.RecordStart(ctx, r)
+}
+
 func (f *flaky) Ping(ctx context.Context) error {
 	if f.down.Load() {
 		return errors.New("connection refused (injected)")
@@ -146,5 +153,49 @@ func TestQueuedFlushesInOrderWhenStoreReturns(t *testing.T) {
 	}
 	if err := q.Ping(ctx); err != nil {
 		t.Fatalf("Ping after recovery: %v", err)
+	}
+}
+
+// TestQueuedHealthSeesFailedWrites: a store that answers pings but cannot
+// write (a full disk) is not healthy until a write succeeds again.
+func TestQueuedHealthSeesFailedWrites(t *testing.T) {
+	ctx := context.Background()
+	sq, err := store.OpenSQLite(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &flaky{Store: sq}
+	q, err := store.NewQueued(f, filepath.Join(t.TempDir(), "spill"), 100, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := q.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	f.down.Store(true)
+	if err := q.RecordStart(ctx, endedRun(1)); err == nil {
+		t.Fatal("RecordStart on a full disk succeeded")
+	}
+	// The flaky wrapper hides the SQLite store's probe, so only a real
+	// write clears the failure here.
+	f.down.Store(false)
+	if err := q.Ping(ctx); err != nil {
+		t.Fatalf("Ping once writes work again: %v", err)
+	}
+	f.down.Store(true)
+	if err := q.RecordStart(ctx, endedRun(2)); err == nil {
+		t.Fatal("RecordStart on a full disk succeeded")
+	}
+	if err := q.Ping(ctx); err == nil {
+		t.Fatal("Ping is nil although the last write failed and the store is down")
+	}
+	f.down.Store(false)
+	if err := q.RecordStart(ctx, endedRun(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Ping(ctx); err != nil {
+		t.Fatalf("Ping after a successful write: %v", err)
 	}
 }
