@@ -8,7 +8,7 @@ RUNDIR        := $(CURDIR)/.run
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X github.com/idexd/idexd/internal/version.Version=$(VERSION)
 
-.PHONY: all build test vet lint lint-install run bench fuzz clean
+.PHONY: all build test vet lint lint-install run bench fuzz soak clean
 FUZZTIME      ?= 60s
 
 all: build
@@ -52,6 +52,14 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/run/
 	$(GO) build -o $(BIN)/idexbench ./cmd/idexbench
 	$(BIN)/idexbench --idexd $(BIN)/idexd --idexctl $(BIN)/idexctl
+
+# The long form of the load test (docs/load.md): 500 runs at once and a
+# 5000-run mix, then 100,000 start/stop cycles with flat RSS, fds and
+# goroutines. Each prints its checks and exits non-zero on any leftover.
+soak: build
+	$(GO) build -o $(BIN)/idexload ./cmd/idexload
+	$(BIN)/idexload --spawn $(BIN)/idexd --hold 500 --runs 5000 --concurrency 64
+	$(BIN)/idexload --spawn $(BIN)/idexd --cycles 100000
 
 # Each fuzz target for FUZZTIME (60s); their seed corpora run in make test.
 fuzz:
