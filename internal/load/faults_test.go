@@ -409,8 +409,9 @@ func fill(t *testing.T, dir string) string {
 // SQLite's WAL grows to about 4 MiB before it is checkpointed, so a
 // smaller disk would be full in normal operation already) fills up under
 // the SQLite store. Runs are refused with a stable code
-// (store_unavailable) or run; health is degraded while run ends cannot be
-// written; after the space is freed, runs work, every run's record is
+// (store_unavailable) or run; health is degraded from the first failed
+// write, and a run that ends meanwhile keeps its end queued; after the
+// space is freed, runs work, every run's record is
 // there and ended with its reason, and the database passes
 // integrity_check.
 func TestStateDiskFull(t *testing.T) {
@@ -451,12 +452,6 @@ func TestStateDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	filler := fill(t, state)
-	if r, err := c.StopRun(ctx, sleeper.ID); err != nil || r.Reason != api.ReasonStopped {
-		t.Fatalf("stop the sleeper with the disk full: %s %v", r.Reason, err)
-	}
-	ended[sleeper.ID] = api.ReasonStopped
-	hs, _ := health(t, c, "store")
-	t.Logf("health after a run ended with the disk full: %s %+v", hs.Status, hs.Checks)
 	refused, ran := map[api.Code]int{}, 0
 	degraded := false
 	for i := 0; i < 200 && refused[api.CodeStoreUnavailable] < 5; i++ {
@@ -482,8 +477,20 @@ func TestStateDiskFull(t *testing.T) {
 	if refused[api.CodeStoreUnavailable] == 0 {
 		t.Fatalf("200 runs with the state disk full and none refused store_unavailable (ran %d)", ran)
 	}
-	h, _ := health(t, c, "store")
-	t.Logf("health with the disk full: %s %+v", h.Status, h.Checks)
+	// Before any run ended with the disk full: a refused write alone must
+	// show in health.
+	if h, ch := health(t, c, "store"); h.Status != api.HealthDegraded || ch.OK {
+		t.Errorf("health with the disk full and every start refused: %s %+v, want degraded with the store check failing", h.Status, ch)
+	} else {
+		t.Logf("health with the disk full: %s, store check: %s", h.Status, ch.Message)
+	}
+	if r, err := c.StopRun(ctx, sleeper.ID); err != nil || r.Reason != api.ReasonStopped {
+		t.Fatalf("stop the sleeper with the disk full: %s %v", r.Reason, err)
+	}
+	ended[sleeper.ID] = api.ReasonStopped
+	if h, ch := health(t, c, "store"); h.Status != api.HealthDegraded || ch.OK {
+		t.Errorf("health after a run ended with the disk full: %s %+v, want degraded", h.Status, ch)
+	}
 	noLeftovers(t, c)
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
