@@ -197,8 +197,11 @@ for i in range(6000):
     time.sleep(0.05)
 sys.exit(7)
 `)
-	// The web tier's view: idexctl run with stdin answering input().
-	runCmd := d.ctlCmd("run", "--student", "alice", "chat.py")
+	// The web tier's view: idexctl run with stdin answering input(). The
+	// wall limit is far above the default 30 s so that the stop below, not
+	// the clock, ends the run even when CI runs every package at once on two
+	// cores (it once took 36 s to get there).
+	runCmd := d.ctlCmd("run", "--student", "alice", "--timeout", "5m", "chat.py")
 	runCmd.Stdin = strings.NewReader("Ada\n")
 	stdout, err := runCmd.StdoutPipe()
 	if err != nil {
@@ -314,7 +317,7 @@ sys.exit(7)
 func TestCrashRecovery(t *testing.T) {
 	d := newDaemon(t)
 	d.writeScript("bob", "sleepy.py", "import os, time\nopen('pid', 'w').write(str(os.getpid()))\nprint('up', flush=True)\ntime.sleep(300)\n")
-	runCmd := d.ctlCmd("run", "--student", "bob", "sleepy.py")
+	runCmd := d.ctlCmd("run", "--student", "bob", "--timeout", "5m", "sleepy.py")
 	stdout, err := runCmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -82,6 +82,7 @@ var (
 	ErrStartFailed      = &Error{Code: CodeStartFailed}
 	ErrForbidden        = &Error{Code: CodeForbidden}
 	ErrRunEnded         = &Error{Code: CodeRunEnded}
+	ErrStdinClosed      = &Error{Code: CodeStdinClosed}
 )
 
 // Errorf builds an *Error with a formatted message.

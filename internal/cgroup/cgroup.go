@@ -68,6 +68,9 @@ type Manager struct {
 	v2Parent string       // absolute group path under v2Mount, e.g. /idexd
 	v1Parent cgroup1.Path // hybrid only
 	v1Swap   bool         // memory.memsw.* exists: swap can be limited
+	// parentDepth counts the components of the configured parent: the
+	// directories above a run's student group that idexd itself made.
+	parentDepth int
 	// lock is the parent directory, flock'ed: one idexd per parent, so
 	// that no instance sweeps another's live runs as leftovers.
 	lock *os.File
@@ -90,7 +93,7 @@ func New(parent string) (*Manager, error) {
 	if strings.Contains(parent, "..") || parent == "" {
 		return nil, fmt.Errorf("cgroup parent %q: must be non-empty and without '..'", parent)
 	}
-	m := &Manager{}
+	m := &Manager{parentDepth: len(strings.Split(strings.Trim(filepath.Clean(parent), "/"), "/"))}
 	switch cgroups.Mode() {
 	case cgroups.Unified:
 		m.mode, m.v2Mount = ModeUnified, v2Root
@@ -296,12 +299,43 @@ func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 			return nil, fmt.Errorf("create v1 cgroups %s: no cpuacct group", rel)
 		}
 	}
+	// The student's group and the parent's own components, not the
+	// hierarchy's directories above the parent (systemd's or the host's).
+	above := strings.Count(rel, string(filepath.Separator)) + m.parentDepth
+	if err := openToRun(g.v2Path, above); err != nil {
+		return nil, err
+	}
+	for _, dir := range g.v1Dirs {
+		if err := openToRun(dir, above); err != nil {
+			return nil, err
+		}
+	}
 	fd, err := os.OpenFile(g.v2Path, os.O_RDONLY|syscallODirectory, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open cgroup %s: %w", g.v2Path, err)
 	}
 	g.dir = fd
 	return g, nil
+}
+
+// openToRun lets the run read its own group: dir (the run's group) becomes
+// 0755 and the `above` directories over it (the student's group, up to the
+// first component of idexd's parent) 0711, searchable but not listable, so
+// a run can read its limits through /proc/self/cgroup (runtimes size their
+// thread pools from cpu.max) without learning which other students run.
+// Needed because mkdir in cgroupfs honours the umask, and idexd.service
+// sets UMask=0027, which would make the whole tree root-only.
+func openToRun(dir string, above int) error {
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("open cgroup %s to its run: %w", dir, err)
+	}
+	for range above {
+		dir = filepath.Dir(dir)
+		if err := os.Chmod(dir, 0o711); err != nil {
+			return fmt.Errorf("open cgroup %s to runs below it: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 func v1Hierarchy() ([]cgroup1.Subsystem, error) {

@@ -3,7 +3,10 @@ package cgroup_test
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/idexd/idexd/internal/cgroup"
@@ -33,5 +36,56 @@ func TestOneIdexdPerParent(t *testing.T) {
 	}
 	if err := again.RemoveParent(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGroupsReadableByTheirRun: under systemd's UMask=0027 mkdir in
+// cgroupfs would make a run's group root-only; the run itself must still
+// reach it (0755) through ancestors that others can search but not list
+// (0711). The umask is process-wide, so this test must not run in parallel.
+func TestGroupsReadableByTheirRun(t *testing.T) {
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	// A parent of two components, made under the umask like the rest.
+	parent := "idexd-test/modes-" + hex.EncodeToString(b[:])
+	old := syscall.Umask(0o027)
+	m, err := cgroup.New(parent)
+	if err != nil {
+		syscall.Umask(old)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	})
+	g, err := m.Create("alice", "run1", cgroup.Limits{MemoryBytes: 64 << 20, Pids: 16, CPUPercent: 100})
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	dirs := append([]string{g.Path()}, g.V1Dirs()...)
+	if m.Mode() == cgroup.ModeHybrid && len(dirs) < 5 {
+		t.Fatalf("hybrid group has dirs %v, want v2 + 4 v1", dirs)
+	}
+	for _, dir := range dirs {
+		// run, student, modes-…, idexd-test: every directory idexd made.
+		want := []os.FileMode{0o755, 0o711, 0o711, 0o711}
+		for _, w := range want {
+			fi, err := os.Stat(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fi.Mode().Perm(); got != w {
+				t.Errorf("%s: mode %#o, want %#o", dir, got, w)
+			}
+			dir = filepath.Dir(dir)
+		}
 	}
 }

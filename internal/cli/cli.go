@@ -538,19 +538,26 @@ func (a *app) forwardStdin(id string) {
 		n, err := a.stdin.Read(buf)
 		if n > 0 {
 			if werr := a.c.WriteStdin(ctx, id, buf[:n], false); werr != nil {
-				if !errors.Is(werr, api.ErrRunEnded) {
+				if !programGone(werr) {
 					fmt.Fprintln(a.stderr, "idexctl: stdin:", werr)
 				}
 				return
 			}
 		}
 		if err != nil {
-			if werr := a.c.WriteStdin(ctx, id, nil, true); werr != nil && !errors.Is(werr, api.ErrRunEnded) {
+			if werr := a.c.WriteStdin(ctx, id, nil, true); werr != nil && !programGone(werr) {
 				fmt.Fprintln(a.stderr, "idexctl: close stdin:", werr)
 			}
 			return
 		}
 	}
+}
+
+// programGone says the run can take no more input because it ended or
+// closed its stdin: like a shell pipe whose reader quit, idexctl stops
+// forwarding without a word; the run's own end says what happened.
+func programGone(err error) bool {
+	return errors.Is(err, api.ErrRunEnded) || errors.Is(err, api.ErrStdinClosed)
 }
 
 // ExitCode maps a run's end to idexctl's exit code.

@@ -575,7 +575,20 @@ raise ValueError("boom")
 	if err := r.WriteStdin(ctxT(t, 5*time.Second), []byte("Ada\n"), true); err != nil {
 		t.Fatal(err)
 	}
+	// Closing again is a no-op (a client's EOF may race its own data's);
+	// data after EOF is refused, and after the end every write says so.
+	if err := r.WriteStdin(ctxT(t, 5*time.Second), nil, true); err != nil {
+		t.Errorf("second eof: %v, want nil", err)
+	}
+	if err := r.WriteStdin(ctxT(t, 5*time.Second), []byte("more\n"), false); !errors.Is(err, api.ErrStdinClosed) && !errors.Is(err, api.ErrRunEnded) {
+		t.Errorf("data after eof: %v, want stdin_closed (or run_ended if it already ended)", err)
+	}
 	res := testutil.Collect(ctxT(t, 30*time.Second), t, r)
+	for _, eof := range []bool{false, true} {
+		if err := r.WriteStdin(ctxT(t, 5*time.Second), nil, eof); !errors.Is(err, api.ErrRunEnded) {
+			t.Errorf("stdin (eof=%v) after the end: %v, want run_ended", eof, err)
+		}
+	}
 	if want := "name? hello Ada 42 ['sub/main.py', 'x y', '--z']\n"; res.Stdout != want {
 		t.Errorf("stdout %q, want %q", res.Stdout, want)
 	}

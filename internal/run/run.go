@@ -43,6 +43,9 @@ type Run struct {
 
 	stdinMu sync.Mutex
 	stdin   *os.File
+	// stdinGone is set when the run's end closed stdin: from then on a
+	// write is answered run_ended, not stdin_closed (which means eof=1).
+	stdinGone bool
 
 	readers  sync.WaitGroup
 	ending   atomic.Bool // finish has begun
@@ -530,6 +533,7 @@ func classify(ps *os.ProcessState, s cgroup.Stats) api.Reason {
 func (r *Run) closeStdin(log interface{ Warn(string, ...any) }) {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
+	r.stdinGone = true
 	if r.stdin == nil {
 		return
 	}
@@ -544,12 +548,13 @@ func (r *Run) WriteStdin(ctx context.Context, p []byte, eof bool) error {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
 	if r.stdin == nil {
-		select {
-		case <-r.done:
+		switch {
+		case r.stdinGone:
 			return api.Errorf(api.CodeRunEnded, "run %s has ended", r.id)
-		default:
-			return api.Errorf(api.CodeStdinClosed, "stdin of run %s is closed", r.id)
+		case eof && len(p) == 0:
+			return nil // closing a closed stdin again is a no-op, like stop
 		}
+		return api.Errorf(api.CodeStdinClosed, "stdin of run %s is closed", r.id)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
