@@ -77,12 +77,15 @@ clean:
 # make systemd-test: boots Debian 12 under systemd-nspawn, installs the .deb
 # and checks socket activation, notify, a run, the watchdog, the drain on
 # stop and restart (root; see docs/systemd.md).
+# make vm-test: boots Debian 12 in qemu (software emulation) with systemd on
+# a real cgroup v2, installs the .deb and checks limits, OOM, a fork bomb,
+# the CPU-time limit and warm starts (root; see docs/vm-test.md).
 NFPM_VERSION := v2.45.2
 NFPM         := $(BIN)/nfpm-$(NFPM_VERSION)/nfpm
 PKG_VERSION  := $(shell packaging/version.sh $(VERSION))
 DIST         := $(CURDIR)/dist
 
-.PHONY: package nfpm-install systemd-verify systemd-test
+.PHONY: package nfpm-install systemd-verify systemd-test vm-test
 
 $(NFPM):
 	GOBIN=$(dir $(NFPM)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
@@ -100,4 +103,7 @@ systemd-verify: build
 
 systemd-test: package
 	tests/systemd/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb
+
+vm-test: package
+	tests/vm/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb
 # --- end packaging ---
