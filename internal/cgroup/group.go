@@ -139,27 +139,15 @@ type Stats struct {
 	MemoryLimit int64
 }
 
-// Stats reads CPU time, peak memory and the OOM-kill counter.
+// Stats reads CPU time, peak memory and the OOM-kill counter. It runs on
+// every run's end path, so it reads only the files it reports: in hybrid
+// mode four small files instead of the ~30 of cgroup1's full Stat (0.7 ms
+// of the end path, bench/README.md).
 func (g *Group) Stats() (Stats, error) {
 	if g.v1 != nil {
-		m, err := g.v1.Stat(cgroup1.IgnoreNotExist)
-		if err != nil {
-			return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
-		}
-		var s Stats
-		if m.CPU != nil && m.CPU.Usage != nil {
-			s.CPU = time.Duration(m.CPU.Usage.Total)
-		}
-		if m.Memory != nil && m.Memory.Usage != nil {
-			s.PeakMemory = int64(m.Memory.Usage.Max)
-			s.MemoryLimit = int64(m.Memory.Usage.Limit)
-		}
-		if m.MemoryOomControl != nil {
-			s.OOMKills = m.MemoryOomControl.OomKill
-		}
-		return s, nil
+		return g.v1Stats()
 	}
-	m, err := g.v2.Stat()
+	m, err := g.v2.StatFiltered(cgroup2.StatCPU | cgroup2.StatMemory | cgroup2.StatMemoryEvents)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read stats of %s: %w", g.v2Path, err)
 	}
@@ -173,6 +161,40 @@ func (g *Group) Stats() (Stats, error) {
 	}
 	if m.MemoryEvents != nil {
 		s.OOMKills = m.MemoryEvents.OomKill
+	}
+	return s, nil
+}
+
+func (g *Group) v1Stats() (Stats, error) {
+	var s Stats
+	cpu, err := g.CPUTime()
+	if err != nil {
+		return Stats{}, err
+	}
+	s.CPU = cpu
+	mem := g.v1Dirs[cgroup1.Memory]
+	for _, f := range []struct {
+		name string
+		to   *int64
+	}{{"memory.max_usage_in_bytes", &s.PeakMemory}, {"memory.limit_in_bytes", &s.MemoryLimit}} {
+		b, err := os.ReadFile(filepath.Join(mem, f.name))
+		if err != nil {
+			return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
+		}
+		if *f.to, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return Stats{}, fmt.Errorf("parse %s of %s: %w", f.name, mem, err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
+	if err != nil {
+		return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			if s.OOMKills, err = strconv.ParseUint(v, 10, 64); err != nil {
+				return Stats{}, fmt.Errorf("parse oom_kill of %s: %w", mem, err)
+			}
+		}
 	}
 	return s, nil
 }
