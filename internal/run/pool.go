@@ -69,6 +69,9 @@ func (p *pool) fill() {
 				return
 			default:
 			}
+			if !p.quietEnough() {
+				return
+			}
 			s, err := p.make()
 			if err != nil {
 				backoff = min(max(2*backoff, 100*time.Millisecond), 10*time.Second)
@@ -87,6 +90,36 @@ func (p *pool) fill() {
 			return
 		case <-p.kick:
 		case <-time.After(wait):
+		}
+	}
+}
+
+// refillDelay holds back a refill while a slot is still ready. A new slot
+// costs ~5 ms of CPU (the helper's Go start-up, cgroup writes); made at
+// once, it competes on a small host with the interpreter that the claimed
+// slot just started, which is the moment a student waits for. An empty
+// pool refills at once.
+const refillDelay = 50 * time.Millisecond
+
+// quietEnough waits until refilling should go on: at once when the pool is
+// empty, else after refillDelay without a take that empties it. It returns
+// false when the pool is closing.
+func (p *pool) quietEnough() bool {
+	if len(p.slots) == 0 {
+		return true
+	}
+	t := time.NewTimer(refillDelay)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return false
+		case <-t.C:
+			return true
+		case <-p.kick:
+			if len(p.slots) == 0 {
+				return true
+			}
 		}
 	}
 }

@@ -79,16 +79,22 @@ func Start(job Job, cgroupFD int, stdio Stdio) (*Child, error) {
 	attr := &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: job.UID, Gid: job.GID, Groups: []uint32{}},
 	}
-	return spawn(attr, job.Dir, job.Env, cgroupFD, stdio)
+	return spawn(attr, job.Dir, cgroupFD, stdio)
 }
 
 // StartWarm spawns a root helper in "/" with an empty environment, cloned
 // into cgroupFD, paused until Launch says whom to become.
 func StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
-	return spawn(&syscall.SysProcAttr{}, "/", []string{}, cgroupFD, stdio)
+	return spawn(&syscall.SysProcAttr{}, "/", cgroupFD, stdio)
 }
 
-func spawn(attr *syscall.SysProcAttr, dir string, env []string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
+// helperEnv is the helper's own environment; the interpreter gets the
+// job's. One P and no GC: the helper allocates a few KiB before it execs,
+// and each extra runtime thread is one more to signal on setresuid and to
+// tear down on execve, on the path from Run to first output.
+var helperEnv = []string{"GOMAXPROCS=1", "GOGC=off"}
+
+func spawn(attr *syscall.SysProcAttr, dir string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
 	relR, relW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("create release pipe: %w", err)
@@ -120,7 +126,7 @@ func spawn(attr *syscall.SysProcAttr, dir string, env []string, cgroupFD int, st
 		Path:        "/proc/self/exe",
 		Args:        []string{helperArg0},
 		Dir:         dir,
-		Env:         env,
+		Env:         helperEnv,
 		Stdin:       stdio.Stdin,
 		Stdout:      stdio.Stdout,
 		Stderr:      stdio.Stderr,
