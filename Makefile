@@ -16,6 +16,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexd ./cmd/idexd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexctl ./cmd/idexctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/idexd-sandbox ./cmd/idexd-sandbox
 
 vet:
 	$(GO) vet ./...
@@ -69,7 +70,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 
 clean:
-	rm -rf $(BIN)/idexd $(BIN)/idexctl $(RUNDIR) dist
+	rm -rf $(BIN)/idexd $(BIN)/idexctl $(BIN)/idexd-sandbox $(RUNDIR) dist
 
 # --- packaging and systemd (owned by packaging) ---
 # make package: dist/*.deb and dist/*.rpm (nfpm, pinned below).

@@ -30,7 +30,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, c := range []string{"idexd", "idexctl"} {
+	// idexd finds idexd-sandbox beside itself, as in the packages: these
+	// tests run the dedicated helper, internal/run's the re-executed one.
+	for _, c := range []string{"idexd", "idexctl", "idexd-sandbox"} {
 		out, err := exec.Command("go", "build", "-race", "-o", filepath.Join(dir, c), "../cmd/"+c).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", c, err, out)

@@ -149,6 +149,16 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		})
 	}
 
+	helper, err := sandboxHelper(log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := helper.Close(); cerr != nil {
+			log.Warn("close sandbox helper", "err", cerr)
+		}
+	}()
+
 	type lockStats interface {
 		Held() int
 		Counts() (int64, int64)
@@ -170,7 +180,7 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		Defaults: cfg.Defaults, Max: cfg.Max, MaxRuns: cfg.MaxRuns,
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
-		Log: log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locker,
+		Helper: helper, Log: log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locker,
 		Hooks: met.Hooks(),
 	})
 	if err != nil {

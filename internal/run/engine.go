@@ -27,6 +27,7 @@ import (
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
@@ -70,6 +71,9 @@ type Config struct {
 	// WarmRuns is how many helpers wait, already in their cgroups, for the
 	// next runs (0: every run starts cold).
 	WarmRuns int
+	// Helper is the binary each run's child starts as (the zero value:
+	// this binary, re-executed).
+	Helper sandbox.Binary
 
 	Log     *slog.Logger
 	Cgroups *cgroup.Manager
@@ -188,7 +192,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}
 	e.pool = newPool(cfg.WarmRuns, cfg.Cgroups, cgroup.Limits{
 		MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
-	}, cfg.Log)
+	}, cfg.Helper, cfg.Log)
 	return e, nil
 }
 

@@ -18,6 +18,7 @@ import (
 type pool struct {
 	cg    *cgroup.Manager
 	lim   cgroup.Limits
+	bin   sandbox.Binary
 	log   *slog.Logger
 	slots chan *slot
 	kick  chan struct{}
@@ -32,11 +33,11 @@ type slot struct {
 	pipes *pipes // parent ends only
 }
 
-func newPool(size int, cg *cgroup.Manager, lim cgroup.Limits, log *slog.Logger) *pool {
+func newPool(size int, cg *cgroup.Manager, lim cgroup.Limits, bin sandbox.Binary, log *slog.Logger) *pool {
 	if size <= 0 {
 		return nil
 	}
-	p := &pool{cg: cg, lim: lim, log: log, slots: make(chan *slot, size),
+	p := &pool{cg: cg, lim: lim, bin: bin, log: log, slots: make(chan *slot, size),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.fill()
 	return p
@@ -134,7 +135,7 @@ func (p *pool) make() (_ *slot, err error) {
 	if err != nil {
 		return nil, errors.Join(err, s.group.Delete())
 	}
-	s.child, err = sandbox.StartWarm(s.group.FD(), pp.childStdio())
+	s.child, err = p.bin.StartWarm(s.group.FD(), pp.childStdio())
 	if cerr := pp.closeChildEnds(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

@@ -229,7 +229,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		if err := e.step(StepSpawn); err != nil {
 			return fail(StepSpawn, errors.Join(err, p.closeAll()))
 		}
-		c, err := sandbox.Start(job, g.FD(), p.childStdio())
+		c, err := e.cfg.Helper.Start(job, g.FD(), p.childStdio())
 		if cerr := p.closeChildEnds(); cerr != nil {
 			e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
 		}

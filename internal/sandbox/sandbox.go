@@ -3,7 +3,8 @@
 // directory, in its own session, with a clean environment, rlimits and
 // no_new_privs, inside its cgroup before it runs any student code.
 //
-// The child is idexd itself re-executed in helper mode (see Helper). It is
+// The child is a helper (see Helper): the dedicated idexd-sandbox binary
+// when idexd finds it beside itself, else idexd re-executed. It is
 // cloned straight into the run's v2 cgroup and then blocks on a pipe until
 // the parent sends it a Job; only then does it apply rlimits and execve()
 // the interpreter. An exec failure comes back over a close-on-exec pipe, so
@@ -29,6 +30,8 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // helperArg0 marks a process as the helper; Helper checks for it.
@@ -73,19 +76,77 @@ type Child struct {
 	settled bool     // Launch or Abort ran: the pipes are closed
 }
 
+// Binary is the program a helper runs. The zero value re-executes the
+// current binary, whose main (or TestMain) must call Helper first. Open
+// gives a dedicated helper binary (cmd/idexd-sandbox), which starts in a
+// third of the time: it links none of the daemon's packages.
+type Binary struct {
+	path string
+	f    *os.File
+}
+
+// Self is the current binary, re-executed.
+func Self() Binary { return Binary{} }
+
+// Open pins the helper binary at path: the file is held open and executed
+// through /proc/self/fd, so an upgrade that replaces it on disk cannot
+// hand a running idexd a helper of another version, and the helper needs
+// no search permission on the directories above it.
+func Open(path string) (Binary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Binary{}, fmt.Errorf("open sandbox helper: %w", err)
+	}
+	fi, err := f.Stat()
+	if err == nil && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0) {
+		err = fmt.Errorf("not an executable file (mode %v)", fi.Mode())
+	}
+	if err != nil {
+		return Binary{}, errors.Join(fmt.Errorf("sandbox helper %s: %w", path, err), f.Close())
+	}
+	// Above the helper's fds 0-4, which the child's dup2s would overwrite
+	// before the exec that needs this one.
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 10)
+	cerr := f.Close()
+	if err != nil {
+		return Binary{}, errors.Join(fmt.Errorf("pin sandbox helper %s: %w", path, err), cerr)
+	}
+	pinned := os.NewFile(uintptr(fd), path)
+	if cerr != nil {
+		return Binary{}, errors.Join(fmt.Errorf("pin sandbox helper %s: %w", path, cerr), pinned.Close())
+	}
+	return Binary{path: fmt.Sprintf("/proc/self/fd/%d", fd), f: pinned}, nil
+}
+
+// Close releases a pinned helper binary.
+func (b Binary) Close() error {
+	if b.f == nil {
+		return nil
+	}
+	return b.f.Close()
+}
+
+// String names the helper for logs.
+func (b Binary) String() string {
+	if b.f == nil {
+		return "idexd itself (re-executed)"
+	}
+	return b.f.Name()
+}
+
 // Start spawns a helper as job's uid/gid in job's directory, cloned into
 // the cgroup directory cgroupFD (-1: none), paused until Launch.
-func Start(job Job, cgroupFD int, stdio Stdio) (*Child, error) {
+func (b Binary) Start(job Job, cgroupFD int, stdio Stdio) (*Child, error) {
 	attr := &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: job.UID, Gid: job.GID, Groups: []uint32{}},
 	}
-	return spawn(attr, job.Dir, cgroupFD, stdio)
+	return b.spawn(attr, job.Dir, cgroupFD, stdio)
 }
 
 // StartWarm spawns a root helper in "/" with an empty environment, cloned
 // into cgroupFD, paused until Launch says whom to become.
-func StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
-	return spawn(&syscall.SysProcAttr{}, "/", cgroupFD, stdio)
+func (b Binary) StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
+	return b.spawn(&syscall.SysProcAttr{}, "/", cgroupFD, stdio)
 }
 
 // helperEnv is the helper's own environment; the interpreter gets the
@@ -94,7 +155,7 @@ func StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
 // tear down on execve, on the path from Run to first output.
 var helperEnv = []string{"GOMAXPROCS=1", "GOGC=off"}
 
-func spawn(attr *syscall.SysProcAttr, dir string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
+func (b Binary) spawn(attr *syscall.SysProcAttr, dir string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
 	relR, relW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("create release pipe: %w", err)
@@ -119,11 +180,15 @@ func spawn(attr *syscall.SysProcAttr, dir string, cgroupFD int, stdio Stdio) (_ 
 		attr.UseCgroupFD = true
 		attr.CgroupFD = cgroupFD
 	}
+	path := b.path
+	if path == "" {
+		// The magic link works even after idexd's binary was replaced on
+		// disk by an upgrade, and it needs no search permission on the
+		// directories above a test binary.
+		path = "/proc/self/exe"
+	}
 	cmd := &exec.Cmd{
-		// The magic link works even after idexd's binary was replaced on disk
-		// by an upgrade, and it needs no search permission on the directories
-		// above a test binary.
-		Path:        "/proc/self/exe",
+		Path:        path,
 		Args:        []string{helperArg0},
 		Dir:         dir,
 		Env:         helperEnv,

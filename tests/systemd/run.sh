@@ -327,6 +327,9 @@ check_socket_activation() {
 	if journal_has 'using the socket systemd passed'; then
 		pass "(a) socket activation: idexd used the socket systemd passed"
 	else fail "(a) socket activation: idexd did not log that it used the passed socket"; fi
+	if journal_has 'sandbox helper"? helper=/usr/bin/idexd-sandbox'; then
+		pass "(a) idexd starts runs through the packaged /usr/bin/idexd-sandbox"
+	else fail "(a) idexd did not log 'sandbox helper helper=/usr/bin/idexd-sandbox'"; fi
 }
 
 # (b) a plain start waits for READY=1; STATUS= and the delegated cgroup.
@@ -593,7 +596,7 @@ check_purge() {
 	expect "(i) purge: idexd.socket and idexd.service inactive" "inactive inactive" \
 		"$(ce 10 systemctl is-active idexd.socket idexd.service | paste -sd' ')"
 	expect "(i) purge: binaries, units, config and store gone" "gone" \
-		"$(csh 10 'ls -d /usr/bin/idexd /usr/bin/idexctl /usr/lib/systemd/system/idexd.service /etc/idexd /var/lib/idexd 2>/dev/null || echo gone')"
+		"$(csh 10 'ls -d /usr/bin/idexd /usr/bin/idexctl /usr/bin/idexd-sandbox /usr/lib/systemd/system/idexd.service /etc/idexd /var/lib/idexd 2>/dev/null || echo gone')"
 	expect "(i) purge: students' directories kept" "/srv/idexd/students/alice" "$(ce 10 ls -d /srv/idexd/students/alice)"
 	expect "(i) purge: no python3 left" 0 "$(count_python)"
 }

@@ -1,0 +1,84 @@
+package run_test
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+// TestDedicatedHelper: runs started through the idexd-sandbox binary, cold
+// (exec'd already as the student) and warm (as root, dropping later), from
+// a directory the student cannot search: the pinned fd is what is
+// executed, and it does not reach the student's program.
+func TestDedicatedHelper(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "idexd-sandbox")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/idexd-sandbox").CombinedOutput(); err != nil {
+		t.Fatalf("build idexd-sandbox: %v\n%s", err, out)
+	}
+	h, err := sandbox.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if h.String() != bin {
+		t.Fatalf("helper %q, want %q", h.String(), bin)
+	}
+	for _, n := range []int{0, 1} {
+		t.Run(fmt.Sprintf("warm_runs=%d", n), func(t *testing.T) {
+			env := testutil.NewEnv(t, warm(n), func(c *run.Config) { c.Helper = h })
+			env.WriteScript(t, "alice", "who.py", "import os\nprint(os.getuid(), sorted(os.listdir('/proc/self/fd'), key=int))\n")
+			if n > 0 {
+				waitWarm(t, env, n)
+			}
+			res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "who.py"})
+			if got := env.Engine.WarmStarts(); got != int64(n) {
+				t.Fatalf("warm starts %d, want %d", got, n)
+			}
+			if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" {
+				t.Fatalf("ended %s exit %s: %s", res.Run.Reason, exitCode(res.Run), res.Stderr)
+			}
+			// fd 3 is listdir's own.
+			if want := fmt.Sprintf("%d ['0', '1', '2', '3']\n", res.Run.UID); res.Stdout != want {
+				t.Errorf("stdout %q, want %q", res.Stdout, want)
+			}
+		})
+	}
+}
+
+// TestOpenHelperRefusals: a missing helper is reported as such (idexd then
+// re-executes itself); a file that cannot be executed is refused at start,
+// not at the first run.
+func TestOpenHelperRefusals(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := sandbox.Open(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing helper: %v, want not-exist", err)
+	}
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sandbox.Open(plain); err == nil {
+		t.Error("a file without x bits was accepted as the helper")
+	}
+	if _, err := sandbox.Open(dir); err == nil {
+		t.Error("a directory was accepted as the helper")
+	}
+}
