@@ -1,11 +1,13 @@
 package run_test
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -36,5 +38,42 @@ func TestWarmPoolStaysFlat(t *testing.T) {
 	t.Logf("fds with 4 warm slots: before %d, after 100 cycles %d", base, countFDs(t))
 	if countFDs(t) != base {
 		t.Errorf("fd leak: %d -> %d", base, countFDs(t))
+	}
+}
+
+func countThreads(t *testing.T) int {
+	ts, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ts)
+}
+
+// TestLiveRunsHoldNoThreads: a live run waits for its child in the
+// netpoller, not in a blocking waitid that would hold an OS thread per
+// run (it did: 207 threads at 200 live runs).
+func TestLiveRunsHoldNoThreads(t *testing.T) {
+	env := testutil.NewEnv(t)
+	const n = 40
+	for i := range n {
+		env.WriteScript(t, fmt.Sprintf("t%02d", i), "s.py", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+	}
+	base := countThreads(t)
+	var runs []*run.Run
+	for i := range n {
+		r := startRun(t, env, api.RunRequest{Student: fmt.Sprintf("t%02d", i), Script: "s.py"})
+		runs = append(runs, r)
+	}
+	// Each run's child has started; its waiter has had time to block.
+	time.Sleep(300 * time.Millisecond)
+	live := countThreads(t)
+	t.Logf("threads: %d before, %d with %d live runs", base, live, n)
+	for _, r := range runs {
+		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if live-base >= n/2 {
+		t.Errorf("threads grew from %d to %d with %d live runs: a waiter holds a thread per run", base, live, n)
 	}
 }
