@@ -47,6 +47,11 @@ type Run struct {
 	// write is answered run_ended, not stdin_closed (which means eof=1).
 	stdinGone bool
 
+	// wallTimer and cpuTimer enforce the limits as timer callbacks, not a
+	// goroutine per run (one less 8 KiB stack per live run); under mu.
+	wallTimer *time.Timer
+	cpuTimer  *time.Timer
+
 	readers  sync.WaitGroup
 	ending   atomic.Bool // finish has begun
 	done     chan struct{}
@@ -266,7 +271,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		return abort(StepExec, err)
 	}
 	steps.mark(StepExec)
-	go r.supervise()
+	r.supervise()
 	if h := e.cfg.Hooks.Started; h != nil {
 		info := r.Info()
 		h(&info, time.Since(t0))
@@ -313,34 +318,50 @@ func childEnv(student, workdir string) []string {
 	}
 }
 
-// supervise enforces the wall-clock and CPU-time limits.
+// cpuPoll is how often a run's CPU time is read against its limit.
+const cpuPoll = 250 * time.Millisecond
+
+// supervise arms the wall-clock limit and the CPU-time checks.
 func (r *Run) supervise() {
-	wall := time.NewTimer(time.Duration(r.lim.WallSeconds) * time.Second)
-	defer wall.Stop()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	cpuLimit := time.Duration(r.lim.CPUSeconds) * time.Second
-	for {
-		select {
-		case <-r.done:
-			return
-		case <-wall.C:
-			r.kill(api.ReasonTimedOut)
-			return
-		case <-tick.C:
-			cpu, err := r.group.CPUTime()
-			if err != nil {
-				if r.ending.Load() {
-					// finish is deleting the group: nothing to watch.
-					return
-				}
-				r.e.log.Warn("read cpu time", "run", r.id, "err", err)
-				continue
-			}
-			if cpu-r.cpuBase >= cpuLimit {
-				r.kill(api.ReasonTimedOut)
-				return
-			}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ending.Load() {
+		return // finish stops the timers; it has begun, so arm none
+	}
+	r.wallTimer = time.AfterFunc(time.Duration(r.lim.WallSeconds)*time.Second, func() { r.kill(api.ReasonTimedOut) })
+	r.cpuTimer = time.AfterFunc(cpuPoll, r.checkCPU)
+}
+
+// checkCPU ends the run once its group used its CPU time, else looks again
+// in cpuPoll.
+func (r *Run) checkCPU() {
+	if r.ending.Load() {
+		return
+	}
+	cpu, err := r.group.CPUTime()
+	switch {
+	case err != nil && r.ending.Load():
+		return // finish is deleting the group: nothing to watch
+	case err != nil:
+		r.e.log.Warn("read cpu time", "run", r.id, "err", err)
+	case cpu-r.cpuBase >= time.Duration(r.lim.CPUSeconds)*time.Second:
+		r.kill(api.ReasonTimedOut)
+		return
+	}
+	r.mu.Lock()
+	if !r.ending.Load() {
+		r.cpuTimer.Reset(cpuPoll)
+	}
+	r.mu.Unlock()
+}
+
+// stopLimits disarms the limit timers; finish calls it after setting ending.
+func (r *Run) stopLimits() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range []*time.Timer{r.wallTimer, r.cpuTimer} {
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
@@ -393,6 +414,7 @@ func (r *Run) finish(ps *os.ProcessState) {
 
 func (r *Run) doFinish(ps *os.ProcessState) {
 	r.ending.Store(true)
+	r.stopLimits()
 	e := r.e
 	log := e.log.With("run", r.id, "student", r.info.Student)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
