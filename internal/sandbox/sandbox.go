@@ -266,6 +266,11 @@ func (c *Child) Wait() (*os.ProcessState, error) {
 // awaitExit returns once the child has exited, without reaping it.
 func (c *Child) awaitExit() error {
 	fd, err := unix.PidfdOpen(c.Pid(), unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+		// A kernel before 5.10 (no pidfd, or no PIDFD_NONBLOCK): the
+		// reap that follows waits on a blocked thread instead, correctly.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("pidfd_open: %w", err)
 	}
