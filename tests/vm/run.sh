@@ -39,11 +39,7 @@ deb=$(realpath "$deb")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 cache_dir=${IDEXD_TEST_CACHE:-/var/cache/idexd-test}
-rootfs=$cache_dir/rootfs-bookworm
 vmdir=$cache_dir/vm-bookworm
-# Must stay the same as in tests/systemd/run.sh: both share the rootfs.
-debootstrap_args=(--variant=minbase "--include=systemd,systemd-sysv,dbus,python3-minimal,procps,iproute2" bookworm)
-cache_key="debootstrap ${debootstrap_args[*]}"
 # Installed into the VM image by chroot: the kernel (and with it
 # initramfs-tools), udev (without it systemd waits for device units that
 # never appear), curl (for /metrics over the socket) and jq (inside.sh reads
@@ -54,6 +50,10 @@ t_start=$SECONDS
 
 say() { printf '%s [%3ds] %s\n' "${FUNCNAME[1]:-run}" $((SECONDS - t_start)) "$*"; }
 die() { echo "FAIL $*"; exit 1; }
+
+# rootfs, mirror, ensure_rootfs, cache_lock: shared with tests/systemd/run.sh.
+# shellcheck source=../lib/rootfs.sh
+. "$here/../lib/rootfs.sh"
 
 # ---- host tools ------------------------------------------------------------
 
@@ -67,63 +67,6 @@ ensure_tools() {
 	say "installing ${need[*]}"
 	timeout 300 apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-}
-
-# mirror prints the Debian mirror that the host's apt sources use for
-# bookworm (deb822 .sources or one-line .list), or deb.debian.org.
-mirror() {
-	local m="" f
-	for f in /etc/apt/sources.list.d/*.sources; do
-		[[ -f $f ]] || continue
-		m=$(awk 'BEGIN { RS = ""; FS = "\n" } {
-			u = ""; s = 0
-			for (i = 1; i <= NF; i++) {
-				if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); u = a[2] }
-				if ($i ~ /^Suites:/ && ($i " ") ~ /[ \t]bookworm[ \t]/) s = 1
-			}
-			if (s && u != "") { print u; exit }
-		}' "$f")
-		[[ -n $m ]] && break
-	done
-	[[ -n $m ]] || m=$(sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+bookworm[[:space:]].*/\2/p' \
-		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
-	echo "${m:-http://deb.debian.org/debian}"
-}
-
-# lock takes the cache's lock (the same file as tests/systemd/run.sh), so
-# that no two runs build at once.
-lock() {
-	exec 8>"$cache_dir/.lock"
-	timeout 900 flock 8 || die "waited 15 minutes for $cache_dir/.lock"
-}
-unlock() { exec 8>&-; }
-
-# ensure_rootfs: as in tests/systemd/run.sh (same place, same key).
-ensure_rootfs() {
-	mkdir -p "$cache_dir"
-	[[ -f $rootfs/.idexd-test-key && $(<"$rootfs/.idexd-test-key") == "$cache_key" ]] && return
-	lock
-	if [[ -f $rootfs/.idexd-test-key && $(<"$rootfs/.idexd-test-key") == "$cache_key" ]]; then
-		unlock
-		return
-	fi
-	rm -rf --one-file-system "$cache_dir"/rootfs-bookworm.tmp.* "$cache_dir"/rootfs-bookworm.old.*
-	local tmp m
-	tmp=$(mktemp -d "$cache_dir/rootfs-bookworm.tmp.XXXXXX")
-	chmod 0755 "$tmp"
-	m=$(mirror)
-	say "building the rootfs from $m (about a minute; cached for later runs)"
-	if ! timeout 900 debootstrap "${debootstrap_args[@]}" "$tmp" "$m" >"$cache_dir/debootstrap.log" 2>&1; then
-		tail -n 20 "$cache_dir/debootstrap.log"
-		rm -rf --one-file-system "$tmp"
-		die "debootstrap (log: $cache_dir/debootstrap.log)"
-	fi
-	echo "$cache_key" >"$tmp/.idexd-test-key"
-	[[ -e $rootfs ]] && mv -T "$rootfs" "$cache_dir/rootfs-bookworm.old.$$"
-	mv -T "$tmp" "$rootfs"
-	rm -rf --one-file-system "$cache_dir/rootfs-bookworm.old.$$"
-	unlock
-	say "rootfs ready: $(du -sh "$rootfs" | cut -f1)"
 }
 
 # ---- the VM image ------------------------------------------------------------
@@ -249,14 +192,14 @@ ensure_image() {
 		say "reusing $vmdir"
 		return
 	fi
-	lock
+	cache_lock
 	if [[ -f $vmdir/key && $(<"$vmdir/key") == "$vm_key" ]]; then
 		say "reusing $vmdir (built by another run meanwhile)"
 	else
 		build_image
 		say "VM image ready: $(du -sh --apparent-size "$vmdir/root.img" | cut -f1) image, $(du -sh "$vmdir/root.img" | cut -f1) used"
 	fi
-	unlock
+	cache_unlock
 }
 
 # ---- the VM --------------------------------------------------------------------
