@@ -92,10 +92,7 @@ func TestQueuedKeepsEndsWhileStoreIsDown(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for q.Pending() > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFlushed(q)
 	if n := q.Pending(); n != 0 {
 		t.Fatalf("pending %d after the store came back", n)
 	}
@@ -143,10 +140,7 @@ func TestQueuedFlushesInOrderWhenStoreReturns(t *testing.T) {
 	if err := q.RecordEnd(ctx, endedRun(10)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for q.Pending() > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFlushed(q)
 	runs, err := f.ListRuns(ctx, store.RunFilter{})
 	if err != nil || len(runs) != 11 || q.Pending() != 0 {
 		t.Fatalf("store holds %d runs (%v), pending %d: want 11 and 0", len(runs), err, q.Pending())
@@ -197,5 +191,14 @@ func TestQueuedHealthSeesFailedWrites(t *testing.T) {
 	}
 	if err := q.Ping(ctx); err != nil {
 		t.Fatalf("Ping after a successful write: %v", err)
+	}
+}
+
+// waitFlushed waits (30 s at most) until q has written every pending end;
+// the callers then check the store.
+func waitFlushed(q *store.Queued) {
+	deadline := time.Now().Add(30 * time.Second)
+	for q.Pending() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 }
