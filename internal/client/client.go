@@ -287,6 +287,7 @@ type Events struct {
 	dec    *json.Decoder
 	done   bool
 	follow bool
+	any    bool // an event was read
 }
 
 // Events opens the run's event stream after seq (0: from the start) and
@@ -314,21 +315,27 @@ func (c *Client) events(ctx context.Context, id string, after int64, follow bool
 }
 
 // Next returns the next event; io.EOF after the end event (or, for
-// EventsNow, after the last event there was).
+// EventsNow, after the last event there was, or when the stream began
+// after the end event: nothing was missing). A stream cut before its end
+// (the daemon went away) is io.ErrUnexpectedEOF.
 func (e *Events) Next() (api.Event, error) {
 	if e.done {
 		return api.Event{}, io.EOF
 	}
 	var ev api.Event
 	if err := e.dec.Decode(&ev); err != nil {
+		// The server ends a followed stream cleanly only after the end
+		// event, or at once when the run ended before the stream's start;
+		// a connection cut mid-stream reads as io.ErrUnexpectedEOF.
+		if errors.Is(err, io.EOF) && (!e.follow || !e.any) {
+			return api.Event{}, io.EOF
+		}
 		if errors.Is(err, io.EOF) {
-			if !e.follow {
-				return api.Event{}, io.EOF
-			}
 			return api.Event{}, io.ErrUnexpectedEOF
 		}
 		return api.Event{}, fmt.Errorf("read event: %w", err)
 	}
+	e.any = true
 	if ev.Type == api.EventEnd {
 		e.done = true
 	}

@@ -343,10 +343,21 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	enc := json.NewEncoder(w)
 	log := s.log.With("run", run.ID())
+	// The headers go now: a program may print nothing for a long while,
+	// and the reader should know at once that it is following.
+	if err := rc.Flush(); err != nil {
+		log.Info("event reader went away", "after", after, "err", err)
+		return nil
+	}
+	enc := json.NewEncoder(w)
 	for {
 		evs, changed := run.EventsAfter(after)
+		if len(evs) == 0 && isDone(run.Done()) {
+			// Ended, and the reader has seen everything up to the end
+			// (it reconnected with the end's seq): nothing will come.
+			return nil
+		}
 		if len(evs) > 0 {
 			for i := range evs {
 				// Per event: a reader that reads, however slowly, goes on;
@@ -379,6 +390,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		case <-r.Context().Done():
 			return nil
 		}
+	}
+}
+
+// isDone reports whether done is closed.
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
 	}
 }
 

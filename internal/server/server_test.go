@@ -435,3 +435,57 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 		t.Fatalf("stream gave %q ending with %s", out, last.Type)
 	}
 }
+
+// TestEventStreamEdges: a stream's headers come at once, before the
+// program prints anything (it waits for input here), and a reader that
+// reconnects after the end event gets an empty stream that ends, not one
+// that waits for ever.
+func TestEventStreamEdges(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	env.WriteScript(t, "alice", "ask.py", "print('got', input())\n")
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "ask.py", Limits: api.Limits{WallSeconds: 600}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The program prints nothing until it gets a line: the headers must
+	// not wait for it. (The guard only ends a hang; it measures nothing.)
+	opened := make(chan *client.Events, 1)
+	go func() {
+		evs, err := c.Events(ctx, r.ID, 0)
+		if err != nil {
+			t.Errorf("events: %v", err)
+		}
+		opened <- evs
+	}()
+	var evs *client.Events
+	select {
+	case evs = <-opened:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the event stream sent no headers while the program waited for input")
+	}
+	if evs == nil {
+		t.Fatal("no stream")
+	}
+	if err := c.WriteStdin(ctx, r.ID, []byte("x\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	out, last, _ := collect(t, evs)
+	if out != "got x\n" || last.Type != api.EventEnd {
+		t.Fatalf("stream gave %q ending with %+v", out, last)
+	}
+	// Reconnecting with the end's seq: nothing is missing, and the stream
+	// says so by ending.
+	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	again, err := c.Events(actx, r.ID, last.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if ev, err := again.Next(); !errors.Is(err, io.EOF) {
+		t.Fatalf("events after the end: %+v %v, want io.EOF at once", ev, err)
+	}
+}
