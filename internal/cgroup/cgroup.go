@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	cgroups "github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -74,6 +75,8 @@ type Manager struct {
 	// lock is the parent directory, flock'ed: one idexd per parent, so
 	// that no instance sweeps another's live runs as leftovers.
 	lock *os.File
+	// probes numbers Check's probe groups.
+	probes atomic.Uint64
 	// missing are the limit controllers a unified host does not give us
 	// (a container that delegates none): runs there are tracked and
 	// killed, but not limited.
@@ -220,10 +223,11 @@ func missingControllers(dir string) ([]string, error) {
 func (m *Manager) Parent() string { return m.v2Parent }
 
 // Check proves the parent is usable by creating and removing a group in it;
-// health and the watchdog call it.
+// health and the watchdog call it, at the same moments too, so each probe
+// has a name of its own (the dot keeps it apart from students' names).
 func (m *Manager) Check() error {
-	probe := filepath.Join(m.v2Mount, m.v2Parent, ".probe")
-	if err := os.Mkdir(probe, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	probe := filepath.Join(m.v2Mount, m.v2Parent, fmt.Sprintf(".probe-%d", m.probes.Add(1)))
+	if err := os.Mkdir(probe, 0o755); err != nil {
 		return fmt.Errorf("cgroup parent %s is not writable: %w", m.v2Parent, err)
 	}
 	if err := os.Remove(probe); err != nil {

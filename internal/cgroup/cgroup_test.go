@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -87,5 +88,48 @@ func TestGroupsReadableByTheirRun(t *testing.T) {
 			}
 			dir = filepath.Dir(dir)
 		}
+	}
+}
+
+// TestCheckConcurrent: health and the watchdog probe the parent at the
+// same moments; no probe may see another's mkdir or rmdir.
+func TestCheckConcurrent(t *testing.T) {
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	m, err := cgroup.New("idexd-test/probe-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	}()
+	const workers, each = 8, 300
+	errs := make(chan error, workers*each)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				if err := m.Check(); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n == 0 {
+			t.Errorf("first failed check: %v", err)
+		}
+		n++
+	}
+	if n > 0 {
+		t.Fatalf("%d of %d concurrent checks failed", n, workers*each)
 	}
 }
