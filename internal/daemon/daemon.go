@@ -29,6 +29,7 @@ import (
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/logging"
 	"github.com/idexd/idexd/internal/metrics"
+	"github.com/idexd/idexd/internal/pgstore"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
@@ -83,21 +84,6 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		return fmt.Errorf("admin group: %w", err)
 	}
 
-	st, locker, err := openStore(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	// The store is closed on every path out from here, start-up failures
-	// included.
-	defer func() {
-		if cerr := st.Close(); cerr != nil {
-			log.Error("close store", "err", cerr)
-			err = errors.Join(err, cerr)
-		} else {
-			log.Info("store closed", "store", st.Kind())
-		}
-	}()
-
 	cg, err := cgroup.New(cfg.CgroupParent)
 	if err != nil {
 		return fmt.Errorf("cgroups: %w", err)
@@ -134,20 +120,30 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 			}
 		}
 	}()
-	if err := recoverLeftovers(ctx, cfg, cg, st, locker, log); err != nil {
-		// Leftovers that could not be cleaned are logged; runs may still
-		// start, each in a new group of its own.
-		log.Error("recover leftovers of a previous instance", "err", err)
+	// A dead instance's runs: their processes die first, then, before the
+	// store serves anything, their records end lost and their locks go.
+	ids, err := cg.Sweep(ctx)
+	if err != nil {
+		// Runs may still start, each in a new group of its own.
+		log.Error("kill leftover runs of a previous instance", "err", err)
 	}
-	if d, ok := locker.(*deferredPG); ok {
-		// The cgroups were swept above; the records and leases of this
-		// host's lost runs are ended once PostgreSQL answers.
-		d.setOnOpen(func(ctx context.Context, st store.Store, lk lock.Locker) {
-			if err := recoverRecords(ctx, cfg, st, lk, log); err != nil {
-				log.Error("recover records of a previous instance", "err", err)
-			}
-		})
+	if len(ids) > 0 {
+		log.Warn("killed leftover runs of a previous instance", "count", len(ids), "groups", ids)
 	}
+	st, locker, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	// The store is closed on every path out from here, start-up failures
+	// included.
+	defer func() {
+		if cerr := st.Close(); cerr != nil {
+			log.Error("close store", "err", cerr)
+			err = errors.Join(err, cerr)
+		} else {
+			log.Info("store closed", "store", st.Kind())
+		}
+	}()
 
 	helper, err := sandboxHelper(log)
 	if err != nil {
@@ -159,14 +155,10 @@ func runDaemon(ctx context.Context, cfg config.Config, args []string, log *slog.
 		}
 	}()
 
-	type lockStats interface {
-		Held() int
-		Counts() (int64, int64)
-	}
-	stats, _ := locker.(lockStats)
+	stats, _ := locker.(lock.Stats)
 	var eng *run.Engine
 	var storeErrors func() int64
-	if c, ok := st.(interface{ Errors() int64 }); ok {
+	if c, ok := st.(store.ErrorCounter); ok {
 		storeErrors = c.Errors
 	}
 	met := metrics.New(metrics.Sources{
@@ -276,18 +268,29 @@ func lockCounts(s interface{ Counts() (int64, int64) }) func() (int64, int64) {
 // down; older ones go to the spill file at once.
 const maxPendingEnds = 10000
 
+// openStore opens the store and ends, before it serves anything, the runs
+// a previous instance of this host left running (their cgroups were swept
+// already). PostgreSQL may be unreachable: then idexd starts anyway and
+// the store opens, and recovers, once it answers (pgstore.Lazy).
 func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, lock.Locker, error) {
 	var st store.Store
 	var locker lock.Locker
 	if cfg.DatabaseURL != "" {
-		var err error
-		if st, locker, err = openPostgres(ctx, cfg, log); err != nil {
-			return nil, nil, err
-		}
+		lz := pgstore.OpenLazy(ctx, pgstore.LazyConfig{
+			URL: cfg.DatabaseURL, Host: cfg.Host, LeaseTTL: cfg.LeaseTTL.Duration, Log: log,
+			Recover: func(ctx context.Context, s *pgstore.Store, lk *pgstore.Locker) error {
+				return recoverRecords(ctx, cfg.Host, s, lk.ReleaseHost, log)
+			},
+		})
+		st, locker = lz, lz
 	} else {
 		sq, err := store.OpenSQLite(ctx, cfg.StateDir)
 		if err != nil {
 			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+		if err := recoverRecords(ctx, cfg.Host, sq, nil, log); err != nil {
+			// They stay running in the history until the next start.
+			log.Error("recover records of a previous instance", "err", err)
 		}
 		st, locker = sq, lock.NewTable()
 	}
@@ -299,11 +302,6 @@ func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.
 		return nil, nil, errors.Join(err, st.Close())
 	}
 	return q, locker, nil
-}
-
-// openPostgres is replaced when the PostgreSQL store is built in.
-var openPostgres = func(context.Context, config.Config, *slog.Logger) (store.Store, lock.Locker, error) {
-	return nil, nil, errors.New("database_url is set, but this idexd has no PostgreSQL store")
 }
 
 // listener prefers the socket systemd passes (socket activation).
@@ -321,36 +319,19 @@ func listener(path string, clientGID uint32, log *slog.Logger) (net.Listener, er
 	return server.Listen(path, clientGID)
 }
 
-// recoverLeftovers cleans what a previous instance that died left: its
-// run cgroups (killed and removed), its runs still marked running (ended
-// as lost) and their locks.
-func recoverLeftovers(ctx context.Context, cfg config.Config, cg *cgroup.Manager, st store.Store, locker lock.Locker, log *slog.Logger) error {
+// recoverRecords ends this host's runs left running as lost and, with
+// release (shared leases), frees the locks they held.
+func recoverRecords(ctx context.Context, host string, st store.Store, release func(context.Context, string) (int, error), log *slog.Logger) error {
 	var errs []error
-	ids, err := cg.Sweep(ctx)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(ids) > 0 {
-		log.Warn("killed leftover runs of a previous instance", "count", len(ids), "groups", ids)
-	}
-	return errors.Join(append(errs, recoverRecords(ctx, cfg, st, locker, log))...)
-}
-
-// recoverRecords ends this host's runs left running as lost and frees
-// their leases.
-func recoverRecords(ctx context.Context, cfg config.Config, st store.Store, locker lock.Locker, log *slog.Logger) error {
-	var errs []error
-	if r, ok := locker.(interface {
-		ReleaseHost(context.Context, string) (int, error)
-	}); ok {
-		n, err := r.ReleaseHost(ctx, cfg.Host)
+	if release != nil {
+		n, err := release(ctx, host)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("release leases of host %s: %w", cfg.Host, err))
+			errs = append(errs, fmt.Errorf("release leases of host %s: %w", host, err))
 		} else if n > 0 {
 			log.Warn("released leases of a previous instance", "count", n)
 		}
 	}
-	runs, err := st.ListRuns(ctx, store.RunFilter{State: api.StateRunning, Host: cfg.Host})
+	runs, err := st.ListRuns(ctx, store.RunFilter{State: api.StateRunning, Host: host})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list runs left running: %w", err))...)
 	}

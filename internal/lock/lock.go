@@ -39,6 +39,14 @@ type Lease interface {
 	Release(ctx context.Context) error
 }
 
+// Stats is a Locker that counts its leases (debug state, metrics).
+type Stats interface {
+	// Held is how many leases are held now.
+	Held() int
+	// Counts is how many were acquired and released so far.
+	Counts() (acquired, released int64)
+}
+
 // Table is the in-process Locker.
 type Table struct {
 	mu       sync.Mutex

@@ -165,7 +165,7 @@ func (q *Queued) Ping(ctx context.Context) error {
 	}
 	if e := q.writeErr.Load(); e != nil {
 		// Only a write shows that writing works again (a freed disk).
-		if p, ok := q.Store.(interface{ ProbeWrite(context.Context) error }); ok {
+		if p, ok := q.Store.(WriteProber); ok {
 			if err := p.ProbeWrite(ctx); err != nil {
 				return fmt.Errorf("the last write failed (%w), and a probe write too", *e)
 			}

@@ -55,3 +55,14 @@ type Store interface {
 	Ping(ctx context.Context) error
 	Close() error
 }
+
+// ErrorCounter is a store that counts its failed operations (metrics).
+type ErrorCounter interface {
+	Errors() int64
+}
+
+// WriteProber is a store that can prove writing works (a full disk
+// answers pings): health asks it after a write failed.
+type WriteProber interface {
+	ProbeWrite(ctx context.Context) error
+}
