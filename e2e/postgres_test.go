@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -47,7 +50,9 @@ func idexdConnections(t *testing.T, url string) int {
 // startStreaming starts `idexctl run` and waits for the script's first line.
 func startStreaming(t *testing.T, d *daemon, student, script string) {
 	t.Helper()
-	cmd := d.ctlCmd("run", "--student", student, script)
+	// Far above the time any of these tests takes, so that only what the
+	// test does ends the run.
+	cmd := d.ctlCmd("run", "--student", student, "--timeout", "5m", script)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -257,5 +262,161 @@ func TestPostgresUnreachableAtStart(t *testing.T) {
 	}
 	if n := idexdConnections(t, url); n != 0 {
 		t.Fatalf("%d idexd connections left after SIGTERM", n)
+	}
+}
+
+// pgProxy stands between one daemon and PostgreSQL's socket, so that a
+// test can cut that daemon off the database (a network partition) while
+// another daemon still reaches it.
+type pgProxy struct {
+	t      *testing.T
+	dir    string
+	target string
+	ln     net.Listener
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]bool
+}
+
+func newPGProxy(t *testing.T, clusterDir string) *pgProxy {
+	t.Helper()
+	// /tmp keeps the socket path under the 107-byte limit.
+	dir, err := os.MkdirTemp("/tmp", "pgproxy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sock = ".s.PGSQL.5432"
+	ln, err := net.Listen("unix", filepath.Join(dir, sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pgProxy{t: t, dir: dir, target: filepath.Join(clusterDir, sock), ln: ln, conns: map[net.Conn]bool{}}
+	go p.serve()
+	t.Cleanup(func() {
+		if err := ln.Close(); err != nil {
+			t.Error(err)
+		}
+		p.Cut()
+		if err := os.RemoveAll(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// URL is the database's URL through the proxy.
+func (p *pgProxy) URL() string {
+	return fmt.Sprintf("host=%s user=postgres dbname=postgres sslmode=disable", p.dir)
+}
+
+func (p *pgProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return // closed at the test's end
+		}
+		p.mu.Lock()
+		cut := p.cut
+		p.mu.Unlock()
+		if cut {
+			_ = c.Close() // refused: the partition
+			continue
+		}
+		up, err := net.Dial("unix", p.target)
+		if err != nil {
+			_ = c.Close() // the database is down: so is the way to it
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c], p.conns[up] = true, true
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+	}
+}
+
+// Cut closes every connection through the proxy and refuses new ones.
+func (p *pgProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		_ = c.Close() // gone either way
+	}
+	clear(p.conns)
+}
+
+// Restore lets connections through again.
+func (p *pgProxy) Restore() {
+	p.mu.Lock()
+	p.cut = false
+	p.mu.Unlock()
+}
+
+// TestLostLeaseStopsTheRun: host a is cut off the database while it runs
+// a script; its lease expires and host b runs the same script. When a
+// reaches the database again it finds its lock taken and stops its run
+// with reason lock_lost, recorded in the shared history.
+func TestLostLeaseStopsTheRun(t *testing.T) {
+	testutil.RequireRoot(t)
+	pg := pgtest.NewCluster(t)
+	proxy := newPGProxy(t, pg.Dir())
+	shared := filepath.Join(testutil.TraversableDir(t), "students")
+	ttl := "lease_ttl = \"2s\"\n"
+	a := newDaemonWith(t, daemonOpts{host: "host-a", extra: fmt.Sprintf("database_url = %q\n%s", proxy.URL(), ttl), students: shared})
+	b := newDaemonWith(t, daemonOpts{host: "host-b", extra: fmt.Sprintf("database_url = %q\n%s", pg.URL("postgres"), ttl), students: shared})
+	a.writeScript("carol", "loop.py", "import time\nprint('up', flush=True)\ntime.sleep(300)\n")
+	startStreaming(t, a, "carol", "loop.py")
+	held := a.runs()
+	if len(held) != 1 {
+		t.Fatalf("host a runs %+v", held)
+	}
+	proxy.Cut()
+	cut := time.Now()
+	b.writeScript("carol", "loop.py", "print('b ran it')\n")
+	for {
+		out, code := b.ctl("run", "--student", "carol", "loop.py")
+		if code == 0 && out == "b ran it\n" {
+			break
+		}
+		if !strings.Contains(out, "(locked") || time.Since(cut) > 60*time.Second {
+			t.Fatalf("host b while a is cut off: %d %q", code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("host b ran the script %v after host a was cut off (lease_ttl 2s)", time.Since(cut).Round(100*time.Millisecond))
+	// a's run goes on while a cannot tell; once a reaches the database it
+	// learns, and stops the run.
+	if r := a.runs(); len(r) != 1 || r[0].ID != held[0].ID {
+		t.Fatalf("host a's run while cut off: %+v", r)
+	}
+	proxy.Restore()
+	var r api.Run
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, code := a.ctl("--json", "show", held[0].ID)
+		if code == 0 && json.Unmarshal([]byte(out), &r) == nil && r.State == api.StateEnded {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host a's run did not end after a reached the database again: %d %s; logs:\n%s", code, out, a.logs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r.Reason != api.ReasonLockLost || !strings.Contains(r.Error, "taken over by another run") {
+		t.Fatalf("host a's run ended %s (%q), want lock_lost saying why", r.Reason, r.Error)
+	}
+	// The shared history says so too, once a's queued end is written.
+	for {
+		var state, reason string
+		err := pgQuery(t, pg.URL("postgres"), `SELECT state, reason FROM runs WHERE id = $1`, held[0].ID).Scan(&state, &reason)
+		if err == nil && state == "ended" && reason == string(api.ReasonLockLost) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host a's run in PostgreSQL: %s/%s %v, want ended/lock_lost", state, reason, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

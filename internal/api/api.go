@@ -43,6 +43,10 @@ const (
 	ReasonShutdown    Reason = "shutdown"
 	ReasonStartFailed Reason = "start_failed"
 	ReasonLost        Reason = "lost"
+	// ReasonLockLost: the run's shared lock (a PostgreSQL lease) expired
+	// while this host could not renew it and another run took it, so the
+	// run was stopped to leave the script to that one.
+	ReasonLockLost Reason = "lock_lost"
 )
 
 // Limits bound one run. A zero field means "the configured default".

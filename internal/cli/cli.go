@@ -579,7 +579,7 @@ func ExitCode(r *api.Run) int {
 		return ExitOutputLimit
 	case api.ReasonStartFailed:
 		return ExitStartFailed
-	case api.ReasonLost:
+	case api.ReasonLost, api.ReasonLockLost:
 		return ExitLost
 	case api.ReasonStopped:
 		return ExitStopped

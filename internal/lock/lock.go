@@ -37,6 +37,9 @@ type Locker interface {
 type Lease interface {
 	// Release gives the lock back. Only the first call does anything.
 	Release(ctx context.Context) error
+	// Lost is closed if the lock was taken from its holder (a shared
+	// lease that expired and another run took); nil if that cannot happen.
+	Lost() <-chan struct{}
 }
 
 // Stats is a Locker that counts its leases (debug state, metrics).
@@ -92,6 +95,9 @@ type tableLease struct {
 	runID string
 	once  sync.Once
 }
+
+// Lost implements Lease: an in-process lock is never taken away.
+func (l *tableLease) Lost() <-chan struct{} { return nil }
 
 func (l *tableLease) Release(context.Context) error {
 	l.once.Do(func() {

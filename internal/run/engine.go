@@ -274,6 +274,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	e.mu.Lock()
 	e.runs[id] = r
 	e.mu.Unlock()
+	r.watchLease()
 	if err := r.start(st.Workdir, t0, time.Now()); err != nil {
 		return nil, err
 	}
