@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -45,84 +44,38 @@ const (
 	HealthUnreachable = 2
 )
 
-const usage = `idexctl talks to idexd over its Unix socket.
-
-Usage: idexctl [--socket PATH] [--json] COMMAND [ARGS]
-
-Commands:
-  run --student NAME [--repl] [--memory 256MiB] [--timeout 30s] [--cpu 30s] SCRIPT [ARGS...]
-                      run a script, streaming its output; stdin is forwarded;
-                      Ctrl-C stops it; exits with the script's exit code
-  student NAME        ensure a student (uid, gid, directory) and show it
-  students            list every known student
-  ps [--student NAME] [--all]
-                      list running runs (--all: recent ended ones too)
-  show ID             show one run
-  logs [-f] [--after SEQ] ID
-                      print a run's output (-f: follow until it ends)
-  stop ID...          stop runs; returns once each cgroup is empty
-  history [--student NAME] [--since 1h] [--reason REASON] [--limit N]
-                      ended runs from the store
-  health              exit 0 ok, 1 degraded or draining, 2 unreachable
-  drain | resume      refuse new runs on this host / accept them again
-  version             versions of idexctl and idexd
-
-The socket is --socket, else $IDEX_SOCKET, else /run/idexd/idexd.sock.
-Exit codes of run: the script's own; 128+N when killed by signal N;
-124 timed_out, 125 output_limit, 126 start_failed, 127 lost, 130 stopped,
-137 oom_killed, 143 shutdown; 1 when idexctl itself fails.
-`
-
 type app struct {
 	c      *client.Client
 	json   bool
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// Whether idexctl's stdout and stderr are terminals: a program's
+	// output is escaped there (escape.go).
+	stdoutTTY, stderrTTY bool
 }
 
 // Main runs idexctl with args and returns the exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("idexctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	socket := fs.String("socket", "", "idexd's socket")
-	asJSON := fs.Bool("json", false, "print protocol objects as JSON, one a line")
-	if err := fs.Parse(args); err != nil {
-		return ExitError
-	}
-	if *socket == "" {
-		*socket = os.Getenv("IDEX_SOCKET")
-	}
 	out := &stickyWriter{w: stdout}
-	a := &app{c: client.New(*socket), json: *asJSON, stdin: stdin, stdout: out, stderr: stderr}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		fmt.Fprint(stderr, usage)
-		return ExitError
-	}
-	cmds := map[string]func(context.Context, []string) (int, error){
-		"run": a.run, "student": a.student, "students": a.students, "ps": a.ps, "show": a.show,
-		"logs": a.logs, "stop": a.stop, "history": a.history, "health": a.health,
-		"drain": a.drain, "resume": a.resume, "version": a.version,
-	}
-	if rest[0] == "help" || rest[0] == "-h" || rest[0] == "--help" {
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	cmd, ok := cmds[rest[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "idexctl: unknown command %q\n\n%s", rest[0], usage)
-		return ExitError
-	}
-	code, err := cmd(ctx, rest[1:])
+	a := &app{stdin: stdin, stdout: out, stderr: stderr, stdoutTTY: isTerminal(stdout), stderrTTY: isTerminal(stderr)}
+	code, err := a.main(ctx, args)
 	if out.err != nil {
 		// Output that could not be written (a closed pipe, a full disk)
 		// must not look like success.
 		err = errors.Join(err, fmt.Errorf("write output: %w", out.err))
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "idexctl:", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			prefix := "idexctl"
+			if ue.cmd != "" {
+				prefix += " " + ue.cmd
+			}
+			fmt.Fprintf(stderr, "%s: %s\nRun 'idexctl help%s' for usage.\n", prefix, ue.msg, strings.TrimPrefix(prefix, "idexctl"))
+		} else {
+			fmt.Fprintln(stderr, "idexctl:", err)
+		}
 		if code == 0 {
 			code = ExitError
 		}
@@ -130,28 +83,74 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	return code
 }
 
-func (a *app) flags(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet("idexctl "+name, flag.ContinueOnError)
-	fs.SetOutput(a.stderr)
-	fs.BoolVar(&a.json, "json", a.json, "print protocol objects as JSON, one a line")
-	return fs
+// main finds the command, parses its flags (global ones may stand before
+// or after it) and runs it.
+func (a *app) main(ctx context.Context, args []string) (int, error) {
+	vals := map[string]any{}
+	// Global flags before the command.
+	i := 0
+	for ; i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "-"; i++ {
+		if args[i] == "--" {
+			i++
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		if name == "version" && !hasValue {
+			fmt.Fprintf(a.stdout, "idexctl %s\n", version.Version)
+			return 0, nil
+		}
+		f := findFlag(globalFlags, name)
+		if f == nil {
+			if lookup(name) != nil {
+				return ExitError, usagef(nil, "unknown flag %s (the command is %s, without dashes)", args[i], name)
+			}
+			return ExitError, unknownFlag(&command{}, globalFlags, args[i])
+		}
+		switch {
+		case f.parse == nil:
+			vals[f.name] = true
+		case hasValue:
+			vals[f.name] = value
+		case i+1 < len(args):
+			i++
+			vals[f.name] = args[i]
+		default:
+			return ExitError, usagef(nil, "%s needs a value: %s %s", flagName(f), flagName(f), f.arg)
+		}
+	}
+	if i >= len(args) {
+		if vals["help"] == true {
+			return 0, a.overview(a.stdout)
+		}
+		_ = a.overview(a.stderr)
+		return ExitError, errors.New("no command given")
+	}
+	cmd := lookup(args[i])
+	if cmd == nil {
+		return ExitError, unknownCommand(args[i])
+	}
+	c, err := parseArgs(cmd, args[i+1:], vals)
+	if err != nil {
+		return ExitError, err
+	}
+	if c.bool("help") {
+		return 0, a.commandHelp(a.stdout, cmd)
+	}
+	if s, ok := c.vals["socket"].(string); ok && s == "" {
+		return ExitError, usagef(cmd, "--socket needs a path")
+	}
+	a.c = client.New(socketOf(c))
+	a.json = c.bool("json")
+	return cmd.run(a, ctx, c)
 }
 
-// parse parses flags that may stand before or after the positional
-// arguments (but never after "--" or, for run, after the script).
-func parse(fs *flag.FlagSet, args []string, interspersed bool) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 || !interspersed {
-			return append(pos, args...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+// socketOf is the socket a call names: --socket, else $IDEX_SOCKET, else
+// the client's default.
+func socketOf(c *call) string {
+	if s := c.str("socket"); s != "" {
+		return s
 	}
+	return os.Getenv("IDEX_SOCKET")
 }
 
 func (a *app) printJSON(v any) error {
@@ -161,16 +160,11 @@ func (a *app) printJSON(v any) error {
 	return nil
 }
 
-func (a *app) student(ctx context.Context, args []string) (int, error) {
-	fs := a.flags("student")
-	pos, err := parse(fs, args, true)
-	if err != nil {
-		return ExitError, err
+func (a *app) student(ctx context.Context, c *call) (int, error) {
+	if _, err := parseStudent(c.args[0]); err != nil {
+		return ExitError, usagef(c.cmd, "%s: %v", c.args[0], err)
 	}
-	if len(pos) != 1 {
-		return ExitError, errors.New("usage: idexctl student NAME")
-	}
-	st, err := a.c.EnsureStudent(ctx, pos[0])
+	st, err := a.c.EnsureStudent(ctx, c.args[0])
 	if err != nil {
 		return ExitError, err
 	}
@@ -181,10 +175,7 @@ func (a *app) student(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) students(ctx context.Context, args []string) (int, error) {
-	if _, err := parse(a.flags("students"), args, true); err != nil {
-		return ExitError, err
-	}
+func (a *app) students(ctx context.Context, _ *call) (int, error) {
 	sts, err := a.c.ListStudents(ctx)
 	if err != nil {
 		return ExitError, err
@@ -212,6 +203,10 @@ func flushTable(tw *tabwriter.Writer) error {
 	return nil
 }
 
+// startedLayout shows a run's start with its date: history spans days,
+// and a run stuck since yesterday must not look like one from today.
+const startedLayout = "2006-01-02 15:04:05"
+
 func (a *app) printRuns(runs []api.Run) error {
 	if a.json {
 		for _, r := range runs {
@@ -235,21 +230,17 @@ func (a *app) printRuns(runs []api.Run) error {
 		if reason == "" {
 			reason = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Student, r.Script, r.State, reason, exit,
-			(time.Duration(r.WallMS) * time.Millisecond).String(), r.StartedAt.Local().Format("15:04:05"))
+		// A script's name is a student's choice: no control character
+		// of it reaches the terminal.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Student, escapeString(r.Script), r.State, reason, exit,
+			(time.Duration(r.WallMS) * time.Millisecond).String(), r.StartedAt.Local().Format(startedLayout))
 	}
 	return flushTable(tw)
 }
 
-func (a *app) ps(ctx context.Context, args []string) (int, error) {
-	fs := a.flags("ps")
-	student := fs.String("student", "", "only this student's runs")
-	all := fs.Bool("all", false, "ended runs too")
-	if _, err := parse(fs, args, true); err != nil {
-		return ExitError, err
-	}
-	f := client.ListFilter{Student: *student, State: api.StateRunning}
-	if *all {
+func (a *app) ps(ctx context.Context, c *call) (int, error) {
+	f := client.ListFilter{Student: c.str("student"), State: api.StateRunning}
+	if c.bool("all") {
 		f.State = ""
 	}
 	runs, err := a.c.ListRuns(ctx, f)
@@ -259,18 +250,16 @@ func (a *app) ps(ctx context.Context, args []string) (int, error) {
 	return 0, a.printRuns(runs)
 }
 
-func (a *app) history(ctx context.Context, args []string) (int, error) {
-	fs := a.flags("history")
-	student := fs.String("student", "", "only this student's runs")
-	since := fs.Duration("since", 0, "only runs started this long ago or later (e.g. 1h)")
-	reason := fs.String("reason", "", "only runs that ended for this reason")
-	limit := fs.Int("limit", 50, "at most this many runs")
-	if _, err := parse(fs, args, true); err != nil {
-		return ExitError, err
+func (a *app) history(ctx context.Context, c *call) (int, error) {
+	f := client.ListFilter{Student: c.str("student"), State: api.StateEnded, Limit: 50}
+	if r, ok := c.vals["reason"].(api.Reason); ok {
+		f.Reason = r
 	}
-	f := client.ListFilter{Student: *student, State: api.StateEnded, Reason: api.Reason(*reason), Limit: *limit}
-	if *since > 0 {
-		f.Since = time.Now().Add(-*since)
+	if t, ok := c.vals["since"].(time.Time); ok {
+		f.Since = t
+	}
+	if c.isSet("limit") {
+		f.Limit = int(c.int64("limit"))
 	}
 	runs, err := a.c.ListRuns(ctx, f)
 	if err != nil {
@@ -279,15 +268,8 @@ func (a *app) history(ctx context.Context, args []string) (int, error) {
 	return 0, a.printRuns(runs)
 }
 
-func (a *app) show(ctx context.Context, args []string) (int, error) {
-	pos, err := parse(a.flags("show"), args, true)
-	if err != nil {
-		return ExitError, err
-	}
-	if len(pos) != 1 {
-		return ExitError, errors.New("usage: idexctl show ID")
-	}
-	r, err := a.c.GetRun(ctx, pos[0])
+func (a *app) show(ctx context.Context, c *call) (int, error) {
+	r, err := a.c.GetRun(ctx, c.args[0])
 	if err != nil {
 		return ExitError, err
 	}
@@ -302,16 +284,9 @@ func (a *app) show(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) stop(ctx context.Context, args []string) (int, error) {
-	pos, err := parse(a.flags("stop"), args, true)
-	if err != nil {
-		return ExitError, err
-	}
-	if len(pos) == 0 {
-		return ExitError, errors.New("usage: idexctl stop ID [ID...]")
-	}
+func (a *app) stop(ctx context.Context, c *call) (int, error) {
 	var errs []error
-	for _, id := range pos {
+	for _, id := range c.args {
 		r, err := a.c.StopRun(ctx, id)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("stop %s: %w", id, err))
@@ -331,10 +306,7 @@ func (a *app) stop(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) health(ctx context.Context, args []string) (int, error) {
-	if _, err := parse(a.flags("health"), args, true); err != nil {
-		return ExitError, err
-	}
+func (a *app) health(ctx context.Context, _ *call) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	h, err := a.c.Health(ctx)
@@ -360,10 +332,7 @@ func (a *app) health(ctx context.Context, args []string) (int, error) {
 	return code, nil
 }
 
-func (a *app) drain(ctx context.Context, args []string) (int, error) {
-	if _, err := parse(a.flags("drain"), args, true); err != nil {
-		return ExitError, err
-	}
+func (a *app) drain(ctx context.Context, _ *call) (int, error) {
 	h, err := a.c.Drain(ctx)
 	if err != nil {
 		return ExitError, err
@@ -375,10 +344,7 @@ func (a *app) drain(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) resume(ctx context.Context, args []string) (int, error) {
-	if _, err := parse(a.flags("resume"), args, true); err != nil {
-		return ExitError, err
-	}
+func (a *app) resume(ctx context.Context, _ *call) (int, error) {
 	h, err := a.c.Resume(ctx)
 	if err != nil {
 		return ExitError, err
@@ -390,10 +356,7 @@ func (a *app) resume(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) version(ctx context.Context, args []string) (int, error) {
-	if _, err := parse(a.flags("version"), args, true); err != nil {
-		return ExitError, err
-	}
+func (a *app) version(ctx context.Context, _ *call) (int, error) {
 	v, err := a.c.Version(ctx)
 	out := map[string]string{"idexctl": version.Version}
 	if err == nil {
@@ -411,26 +374,17 @@ func (a *app) version(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-func (a *app) logs(ctx context.Context, args []string) (int, error) {
-	fs := a.flags("logs")
-	follow := fs.Bool("f", false, "follow until the run ends")
-	after := fs.Int64("after", 0, "only events after this sequence number")
-	pos, err := parse(fs, args, true)
-	if err != nil {
-		return ExitError, err
-	}
-	if len(pos) != 1 {
-		return ExitError, errors.New("usage: idexctl logs [-f] [--after SEQ] ID")
-	}
-	if _, err := a.stream(ctx, pos[0], *after, *follow); err != nil {
+func (a *app) logs(ctx context.Context, c *call) (int, error) {
+	if _, err := a.stream(ctx, c.args[0], c.int64("after"), c.bool("follow"), c.bool("raw")); err != nil {
 		return ExitError, err
 	}
 	return 0, nil
 }
 
 // stream copies a run's events to stdout/stderr until the end event and
-// returns the final run.
-func (a *app) stream(ctx context.Context, id string, after int64, follow bool) (*api.Run, error) {
+// returns the final run. Unless raw, output bound for a terminal is
+// escaped (escape.go).
+func (a *app) stream(ctx context.Context, id string, after int64, follow, raw bool) (*api.Run, error) {
 	var evs *client.Events
 	var err error
 	if follow {
@@ -442,6 +396,17 @@ func (a *app) stream(ctx context.Context, id string, after int64, follow bool) (
 		return nil, err
 	}
 	defer evs.Close() //nolint:errcheck // closing a read stream
+	stdout, stderr := a.stdout, a.stderr
+	if !raw && a.stdoutTTY {
+		e := newEscaper(a.stdout)
+		defer e.Flush() //nolint:errcheck // a failed write was already reported by the write itself
+		stdout = e
+	}
+	if !raw && a.stderrTTY {
+		e := newEscaper(a.stderr)
+		defer e.Flush() //nolint:errcheck // as above
+		stderr = e
+	}
 	for {
 		ev, err := evs.Next()
 		if !follow && errors.Is(err, io.EOF) {
@@ -464,11 +429,11 @@ func (a *app) stream(ctx context.Context, id string, after int64, follow bool) (
 		}
 		switch ev.Type {
 		case api.EventStdout:
-			_, err = a.stdout.Write(ev.Bytes())
+			_, err = stdout.Write(ev.Bytes())
 		case api.EventStderr:
-			_, err = a.stderr.Write(ev.Bytes())
+			_, err = stderr.Write(ev.Bytes())
 		case api.EventTruncated:
-			_, err = fmt.Fprintf(a.stderr, "\n[idexctl: %s]\n", ev.Data)
+			_, err = fmt.Fprintf(a.stderr, "\n[idexctl: %s]\n", escapeString(ev.Data))
 		case api.EventEnd:
 			return ev.Run, nil
 		}
@@ -478,35 +443,19 @@ func (a *app) stream(ctx context.Context, id string, after int64, follow bool) (
 	}
 }
 
-func (a *app) run(ctx context.Context, args []string) (int, error) {
-	fs := a.flags("run")
-	student := fs.String("student", "", "the student whose script runs (required)")
-	repl := fs.Bool("repl", false, "keep the interpreter open after the script (python3 -i)")
-	memory := fs.String("memory", "", "memory limit, e.g. 256MiB")
-	timeout := fs.Duration("timeout", 0, "wall-clock limit, e.g. 30s")
-	cpu := fs.Duration("cpu", 0, "CPU-time limit, e.g. 30s")
-	// Flags stop at the script: what follows is the script's own args.
-	pos, err := parse(fs, args, false)
-	if err != nil {
-		return ExitError, err
-	}
-	if *student == "" || len(pos) == 0 {
-		return ExitError, errors.New("usage: idexctl run --student NAME [--repl] [--memory 256MiB] [--timeout 30s] SCRIPT [ARGS...]")
-	}
-	req := api.RunRequest{Student: *student, Script: pos[0], Args: pos[1:], Mode: api.ModeScript}
-	if *repl {
+func (a *app) run(ctx context.Context, c *call) (int, error) {
+	req := api.RunRequest{Student: c.str("student"), Script: c.args[0], Args: c.args[1:], Mode: api.ModeScript}
+	if c.bool("repl") {
 		req.Mode = api.ModeRepl
 	}
-	if *memory != "" {
-		mb, err := ParseMiB(*memory)
-		if err != nil {
-			return ExitError, err
-		}
-		req.Limits.MemoryMB = mb
+	req.Limits = api.Limits{
+		MemoryMB:    c.int64("memory"),
+		Pids:        c.int64("pids"),
+		CPUPercent:  c.int64("cpu-percent"),
+		WallSeconds: ceilSeconds(c.duration("timeout")),
+		CPUSeconds:  ceilSeconds(c.duration("cpu")),
+		OutputKB:    c.int64("output"),
 	}
-	req.Limits.WallSeconds = ceilSeconds(*timeout)
-	req.Limits.CPUSeconds = ceilSeconds(*cpu)
-
 	r, err := a.c.StartRun(ctx, req)
 	if err != nil {
 		return ExitError, err
@@ -523,7 +472,7 @@ func (a *app) run(ctx context.Context, args []string) (int, error) {
 		}
 	}()
 	go a.forwardStdin(r.ID)
-	final, err := a.stream(ctx, r.ID, 0, true)
+	final, err := a.stream(ctx, r.ID, 0, true, c.bool("raw"))
 	if err != nil {
 		return ExitError, err
 	}
@@ -596,26 +545,6 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64(math.Ceil(d.Seconds()))
-}
-
-// ParseMiB reads sizes like 256MiB, 256M, 1GiB, 1G or 512 (MiB).
-func ParseMiB(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1024}, {"GB", 1024}, {"G", 1024}, {"MiB", 1}, {"MB", 1}, {"M", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("size %q: want a positive size like 256MiB or 1GiB", s)
-	}
-	return v * mult, nil
 }
 
 // stickyWriter keeps the first write error, which Main turns into a

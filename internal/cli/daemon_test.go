@@ -1,0 +1,244 @@
+package cli_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+// served is a real engine and server (real cgroups, real processes) for
+// idexctl to talk to.
+func served(t *testing.T) (*testutil.Env, string) {
+	t.Helper()
+	env := testutil.NewEnv(t)
+	return env, env.Serve(t).Socket
+}
+
+// endOf returns the run object of the end event in idexctl run --json
+// output.
+func endOf(t *testing.T, out string) api.Run {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev api.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("--json line %q: %v", line, err)
+		}
+		if ev.Type == api.EventEnd {
+			return *ev.Run
+		}
+	}
+	t.Fatalf("no end event in:\n%s", out)
+	return api.Run{}
+}
+
+// TestRunArgsAndLimits: "--" ends idexctl's flags and is not the script's
+// argument; flags after the script and global flags after the command
+// work; every limit has a flag that reaches idexd.
+func TestRunArgsAndLimits(t *testing.T) {
+	env, sock := served(t)
+	env.WriteScript(t, "alice", "argv.py", "import sys\nprint(sys.argv)\n")
+
+	out, errOut, code := ctl(t, nil, "--socket", sock, "run", "--student", "alice", "argv.py", "plain", "--", "--n", "3", "--", "-v")
+	if code != 0 || out != "['argv.py', 'plain', '--n', '3', '--', '-v']\n" {
+		t.Fatalf("run with --: exit %d, stdout %q, stderr %q; want argv ['argv.py', 'plain', '--n', '3', '--', '-v']", code, out, errOut)
+	}
+	out, errOut, code = ctl(t, nil, "run", "argv.py", "a", "--student", "alice", "--socket", sock, "--", "b")
+	if code != 0 || out != "['argv.py', 'a', 'b']\n" {
+		t.Fatalf("run with flags after the script: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+
+	out, errOut, code = ctl(t, nil, "run", "--socket", sock, "--json", "--student=alice", "--memory", "100MiB", "--timeout", "1m30s",
+		"--cpu", "1500ms", "--pids", "17", "--cpu-percent", "50", "--output", "2MiB", "argv.py")
+	if code != 0 {
+		t.Fatalf("run with limits: exit %d, stderr %s", code, errOut)
+	}
+	got := endOf(t, out).Limits
+	want := api.Limits{MemoryMB: 100, WallSeconds: 90, CPUSeconds: 2, Pids: 17, CPUPercent: 50, OutputKB: 2048}
+	if got != want {
+		t.Fatalf("limits of the run: %+v, want %+v", got, want)
+	}
+}
+
+// TestPsShowsStartDate: the STARTED column has a date, not only a time;
+// completion offers the running run and its student.
+func TestPsShowsStartDate(t *testing.T) {
+	env, sock := served(t)
+	env.WriteScript(t, "alice", "sleep.py", "import time\ntime.sleep(300)\n")
+	start := exec.Command(filepath.Join(binDir, "idexctl"), "--socket", sock, "run", "--student", "alice", "sleep.py")
+	if err := start.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = start.Process.Kill()
+		_ = start.Wait()
+	})
+	var id string
+	deadline := time.Now().Add(30 * time.Second)
+	for id == "" {
+		out, _, _ := ctl(t, nil, "--socket", sock, "ps", "--json")
+		if out != "" {
+			var r api.Run
+			if err := json.Unmarshal([]byte(strings.Split(out, "\n")[0]), &r); err != nil {
+				t.Fatalf("ps --json: %v: %q", err, out)
+			}
+			id = r.ID
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the run never showed in ps")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, errOut, code := ctl(t, []string{"TZ=UTC"}, "ps", "--socket", sock)
+	row := regexp.MustCompile(`(?m)^` + id + `\s+alice\s+sleep\.py\s+running\s+-\s+-\s+\S+\s+(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2}$`).FindStringSubmatch(out)
+	if code != 0 || row == nil {
+		t.Fatalf("ps: exit %d, stderr %q, stdout:\n%s\nwant run %s with a start date and time", code, errOut, out, id)
+	}
+	if today := time.Now().UTC().Format("2006-01-02"); row[1] != today && row[1] != time.Now().Add(-time.Hour).UTC().Format("2006-01-02") {
+		t.Fatalf("ps shows start date %s, want %s", row[1], today)
+	}
+	// Completion asks idexd for students and runs.
+	if got := complete(t, "bash", "--socket", sock, "stop", ""); len(got) != 2 || got[1] != id {
+		t.Errorf("completion of stop: %q, want the running run %s", got, id)
+	}
+	if got := complete(t, "zsh", "run", "--socket="+sock, "--student", "al"); len(got) != 2 || !strings.HasPrefix(got[1], "alice:uid ") {
+		t.Errorf("completion of --student: %q, want alice", got)
+	}
+	if out, errOut, code := ctl(t, nil, "--socket", sock, "stop", id); code != 0 {
+		t.Fatalf("stop: %d %s %s", code, out, errOut)
+	}
+}
+
+// hostile prints what a program could use to drive an admin's terminal,
+// on stdout and on stderr, around plain text, tabs and newlines.
+const hostile = `import sys
+out = sys.stdout.buffer
+out.write(b"copy\x1b]52;c;ZXZpbA==\x07 title\x1b]0;pwned\x07 clear\x1b[2J\x1b[H\ttab\r\n")
+out.write(b"bell\x07 bs\x08 del\x7f c1\xc2\x9b31m bidi\xe2\x80\xae bad\xff ok \xc3\xa9\n")
+out.flush()
+sys.stderr.buffer.write(b"err\x1b[31mred\x1bc\n")
+`
+
+const hostileEscaped = `copy\x1b]52;c;ZXZpbA==\a title\x1b]0;pwned\a clear\x1b[2J\x1b[H` + "\ttab\\r\n" +
+	`bell\a bs\b del\x7f c1\u009b31m bidi\u202e bad\xff ok ` + "\u00e9\n"
+
+const hostileStderrEscaped = `err\x1b[31mred\x1bc` + "\n"
+
+// pty opens a pseudo-terminal without output processing (no \n -> \r\n),
+// so that what idexctl writes arrives as it is.
+func pty(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open /dev/ptmx: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatalf("unlock pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatalf("pty number: %v", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open pty slave: %v", err)
+	}
+	tio, err := unix.IoctlGetTermios(int(s.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tio.Oflag &^= unix.OPOST
+	if err := unix.IoctlSetTermios(int(s.Fd()), unix.TCSETS, tio); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(); _ = s.Close() })
+	return m, s
+}
+
+// onTerminal runs idexctl with stdout on one terminal and stderr on
+// another, as an admin's shell would, and returns what each showed.
+func onTerminal(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	om, os1 := pty(t)
+	em, es := pty(t)
+	cmd := exec.Command(filepath.Join(binDir, "idexctl"), args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os1, es
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Only the child holds the terminals now: reading the masters ends
+	// (EIO) once it exits.
+	_ = os1.Close()
+	_ = es.Close()
+	read := func(m *os.File, into *bytes.Buffer, done chan<- struct{}) {
+		_, err := io.Copy(into, m)
+		if err != nil && !errors.Is(err, syscall.EIO) {
+			t.Errorf("read terminal: %v", err)
+		}
+		close(done)
+	}
+	var o, e bytes.Buffer
+	od, ed := make(chan struct{}), make(chan struct{})
+	go read(om, &o, od)
+	go read(em, &e, ed)
+	err := cmd.Wait()
+	<-od
+	<-ed
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+// TestTerminalOutputEscaped: on a terminal, run and logs show a program's
+// control characters escaped (newlines and tabs kept); --raw and a pipe
+// get the bytes as they are.
+func TestTerminalOutputEscaped(t *testing.T) {
+	env, sock := served(t)
+	env.WriteScript(t, "alice", "hostile.py", hostile)
+
+	out, errOut, code := onTerminal(t, "--socket", sock, "run", "--student", "alice", "hostile.py")
+	if code != 0 || out != hostileEscaped || errOut != hostileStderrEscaped {
+		t.Fatalf("run on a terminal: exit %d\nstdout %q\nwant   %q\nstderr %q\nwant   %q", code, out, hostileEscaped, errOut, hostileStderrEscaped)
+	}
+
+	cmd := exec.Command(filepath.Join(binDir, "idexctl"), "--socket", sock, "run", "--student", "alice", "--json", "hostile.py")
+	raw, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := endOf(t, string(raw)).ID
+
+	out, errOut, code = onTerminal(t, "--socket", sock, "logs", id)
+	if code != 0 || out != hostileEscaped || errOut != hostileStderrEscaped {
+		t.Fatalf("logs on a terminal: exit %d\nstdout %q\nwant   %q\nstderr %q", code, out, hostileEscaped, errOut)
+	}
+
+	wantRaw := "copy\x1b]52;c;ZXZpbA==\x07 title\x1b]0;pwned\x07 clear\x1b[2J\x1b[H\ttab\r\n" +
+		"bell\x07 bs\x08 del\x7f c1\xc2\x9b31m bidi\xe2\x80\xae bad\xff ok \xc3\xa9\n"
+	out, _, code = onTerminal(t, "--socket", sock, "logs", "--raw", id)
+	if code != 0 || out != wantRaw {
+		t.Fatalf("logs --raw on a terminal: exit %d, %q, want %q", code, out, wantRaw)
+	}
+	out, _, code = ctl(t, nil, "--socket", sock, "logs", id)
+	if code != 0 || out != wantRaw {
+		t.Fatalf("logs into a pipe: exit %d, %q, want the bytes as they are: %q", code, out, wantRaw)
+	}
+}
