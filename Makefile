@@ -8,15 +8,34 @@ RUNDIR        := $(CURDIR)/.run
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X github.com/idexd/idexd/internal/version.Version=$(VERSION)
 
-.PHONY: all build test vet lint lint-install run bench fuzz soak clean
+.PHONY: all build go-check test vet lint lint-install run bench fuzz soak clean man completion copyright
 FUZZTIME      ?= 60s
 
 all: build
 
-build:
+# Go is not on a fresh machine's PATH even where it is installed: say how.
+go-check:
+	@command -v $(GO) >/dev/null 2>&1 || { echo "make: '$(GO)' not found: Go 1.26 must be on PATH, e.g. export PATH=\$$PATH:/usr/local/go/bin (or make GO=/usr/local/go/bin/go)" >&2; exit 1; }
+
+build: go-check
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexd ./cmd/idexd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexctl ./cmd/idexctl
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/idexd-sandbox ./cmd/idexd-sandbox
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexd-sandbox ./cmd/idexd-sandbox
+
+# idexctl(1) and the shell completions, printed by idexctl from its command
+# table (internal/cli/commands.go); packaged by make package.
+man: build
+	$(BIN)/idexctl __man > $(BIN)/idexctl.1
+	gzip -9nf $(BIN)/idexctl.1
+
+completion: build
+	$(BIN)/idexctl completion bash > $(BIN)/idexctl.bash
+	$(BIN)/idexctl completion zsh > $(BIN)/_idexctl
+
+# /usr/share/doc/idexd/copyright: idexd's terms and the license of every
+# module linked into the binaries (packaging/copyright.sh).
+copyright: go-check
+	GO=$(GO) packaging/copyright.sh > $(BIN)/copyright
 
 vet:
 	$(GO) vet ./...
@@ -35,8 +54,9 @@ test: vet lint build
 
 # The dev config names root's group as client and admin group, so that
 # make run needs no change to the host's groups.
-run: build
-	@if [ "$$(id -u)" != 0 ]; then echo "make run needs root: idexd creates cgroups and runs scripts as per-student uids. Try: sudo make run" >&2; exit 1; fi
+run:
+	@if [ "$$(id -u)" != 0 ]; then echo "make run needs root: idexd creates cgroups and runs scripts as per-student uids. Try: sudo env PATH=\"\$$PATH\" make run (sudo resets PATH, and Go must be on it)" >&2; exit 1; fi
+	@$(MAKE) --no-print-directory build
 	@mkdir -p $(RUNDIR)
 	@printf 'client_group = "root"\nadmin_group = "root"\n' > $(RUNDIR)/idexd.toml
 	@echo "idexd on $(RUNDIR)/idexd.sock; in another shell try:"
@@ -70,7 +90,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 
 clean:
-	rm -rf $(BIN)/idexd $(BIN)/idexctl $(BIN)/idexd-sandbox $(RUNDIR) dist
+	rm -rf $(BIN)/idexd $(BIN)/idexctl $(BIN)/idexd-sandbox $(BIN)/idexctl.1.gz $(BIN)/idexctl.bash $(BIN)/_idexctl $(BIN)/copyright $(RUNDIR) dist
 
 # --- packaging and systemd (owned by packaging) ---
 # make package: dist/*.deb and dist/*.rpm (nfpm, pinned below).
@@ -93,7 +113,7 @@ $(NFPM):
 
 nfpm-install: $(NFPM)
 
-package: build $(NFPM)
+package: build man completion copyright $(NFPM)
 	@mkdir -p $(DIST)
 	rm -f $(DIST)/idexd_*.deb $(DIST)/idexd-*.rpm
 	PKG_VERSION=$(PKG_VERSION) $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DIST)/
