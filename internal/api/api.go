@@ -49,6 +49,13 @@ const (
 	ReasonLockLost Reason = "lock_lost"
 )
 
+// Reasons lists every Reason, for clients that check or complete one
+// (idexctl history --reason); TestReasonsListsEveryReason keeps it whole.
+var Reasons = []Reason{
+	ReasonExited, ReasonSignaled, ReasonOOMKilled, ReasonTimedOut, ReasonOutputLimit,
+	ReasonStopped, ReasonShutdown, ReasonStartFailed, ReasonLost, ReasonLockLost,
+}
+
 // Limits bound one run. A zero field means "the configured default".
 type Limits struct {
 	MemoryMB    int64 `json:"memory_mb,omitempty" toml:"memory_mb"`

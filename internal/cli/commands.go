@@ -52,6 +52,11 @@ func (c *command) synopsis() string {
 	return b.String()
 }
 
+// exitCodes are run's exit codes, for its help and the man page.
+const exitCodes = `the script's own; 128+N when killed by signal N; 124
+timed_out, 125 output_limit, 126 start_failed, 127 lost or lock_lost,
+130 stopped, 137 oom_killed, 143 shutdown; 1 when idexctl itself fails`
+
 var commands []*command
 
 // The table is built in init: help reads it, and a variable whose
@@ -82,9 +87,7 @@ bidirectional-text overrides (\u202e) and bytes that are not UTF-8
 (\xff). Newlines and tabs are kept. --raw writes the output as it is;
 so does a pipe or a file, byte for byte.
 
-Exit codes: the script's own; 128+N when killed by signal N; 124
-timed_out, 125 output_limit, 126 start_failed, 127 lost, 130 stopped,
-137 oom_killed, 143 shutdown; 1 when idexctl itself fails.`,
+Exit codes: ` + exitCodes + `.`,
 			flags: []*flagDef{
 				{name: "student", arg: "NAME", usage: "the student whose script runs (required)",
 					parse: parseStudent, complete: compStudents, required: true},

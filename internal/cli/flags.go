@@ -285,22 +285,16 @@ func parseSeq(s string) (any, error) {
 	return n, nil
 }
 
-// reasons are the ends a run can have, in the order the README gives them.
-var reasons = []api.Reason{
-	api.ReasonExited, api.ReasonSignaled, api.ReasonOOMKilled, api.ReasonTimedOut,
-	api.ReasonOutputLimit, api.ReasonStopped, api.ReasonShutdown, api.ReasonStartFailed, api.ReasonLost,
-}
-
 func reasonWords() string {
-	w := make([]string, len(reasons))
-	for i, r := range reasons {
+	w := make([]string, len(api.Reasons))
+	for i, r := range api.Reasons {
 		w[i] = string(r)
 	}
 	return strings.Join(w, " ")
 }
 
 func parseReason(s string) (any, error) {
-	for _, r := range reasons {
+	for _, r := range api.Reasons {
 		if string(r) == s {
 			return r, nil
 		}

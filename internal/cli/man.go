@@ -39,10 +39,7 @@ func writeMan(w io.Writer) error {
 	}
 	b.WriteString(`.SH EXIT STATUS
 .B idexctl run
-exits with the script's exit code; 128+N when the script was killed by signal N;
-124 timed_out, 125 output_limit, 126 start_failed, 127 lost, 130 stopped,
-137 oom_killed, 143 shutdown.
-.B idexctl health
+exits with` + "\n" + roffLine(exitCodes) + ".\n" + `.B idexctl health
 exits 0 when idexd is ok, 1 when degraded or draining, 2 when unreachable.
 Every command exits 1 when idexctl itself fails (bad usage, a refusal, no connection)
 and 0 on success.
