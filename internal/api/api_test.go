@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,10 @@ func TestErrorsIsByCode(t *testing.T) {
 	e := AsError(err)
 	if e.Code != CodeLocked || e.RunID != "r1" || e.Message != "start run x: held" {
 		t.Fatalf("AsError kept %+v", e)
+	}
+	w := fmt.Errorf("ensure student x: %w", Wrap(CodeStoreUnavailable, context.Canceled, "list runs"))
+	if !errors.Is(w, context.Canceled) || !errors.Is(w, ErrStoreUnavailable) || AsError(w).Message != "ensure student x: list runs: context canceled" {
+		t.Fatalf("Wrap lost its cause or code: %v", w)
 	}
 	if AsError(errors.New("boom")).Code != CodeInternal {
 		t.Fatal("an uncoded error must be internal")

@@ -43,6 +43,23 @@ type Error struct {
 	// RunID names the run an error is about: the running run for
 	// `locked`, the failed run for `start_failed`.
 	RunID string `json:"run_id,omitempty"`
+	// Cause is the error underneath, on this side of the wire only: the
+	// daemon's logs and errors.Is/As see it; clients get its text in
+	// Message.
+	Cause error `json:"-"`
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Wrap builds an *Error with code whose message is the formatted text
+// followed by the cause's, keeping the cause for errors.Is/As.
+func Wrap(code Code, cause error, format string, args ...any) *Error {
+	msg := fmt.Sprintf(format, args...)
+	if cause != nil {
+		msg += ": " + cause.Error()
+	}
+	return &Error{Code: code, Message: msg, Cause: cause}
 }
 
 func (e *Error) Error() string {
@@ -126,7 +143,7 @@ func AsError(err error) *Error {
 
 		return e
 	}
-	return &Error{Code: e.Code, Message: trimCode(err, e), RunID: e.RunID}
+	return &Error{Code: e.Code, Message: trimCode(err, e), RunID: e.RunID, Cause: e.Cause}
 }
 
 // trimCode returns err's text without the " (code)" suffix that the inner

@@ -122,8 +122,7 @@ func (l *Lazy) get() (*Store, *Locker, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.st == nil {
-		return nil, nil, &api.Error{Code: api.CodeStoreUnavailable,
-			Message: fmt.Sprintf("PostgreSQL is unreachable: %v", l.lastErr)}
+		return nil, nil, api.Wrap(api.CodeStoreUnavailable, l.lastErr, "PostgreSQL is unreachable")
 	}
 	return l.st, l.lk, nil
 }

@@ -246,12 +246,9 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	id := newID()
 	lease, err := e.cfg.Locks.Acquire(ctx, lock.Key{Student: req.Student, Script: script.Canonical}, id)
 	if err != nil {
-		if errors.Is(err, api.ErrLocked) || errors.Is(err, api.ErrStoreUnavailable) {
-			return nil, err
-		}
 		// A lock that cannot be checked (a shared lock in an unreachable
 		// database) cannot be promised: refuse rather than risk two runs.
-		return nil, &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("take the lock of %s for %s: %v", script.Canonical, req.Student, err)}
+		return nil, storeError(ctx, err, "take the lock of %s for %s", script.Canonical, req.Student)
 	}
 	r := newRun(e, id, lim, lease)
 	r.info = api.Run{
@@ -265,9 +262,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	}
 	if err != nil {
 		e.log.Error("record run start", "run", id, "student", st.Name, "err", err)
-		return nil, errors.Join(
-			&api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("start run %s: cannot record it: %v", id, err)},
-			releaseLease(lease, e.log, id))
+		return nil, errors.Join(storeError(ctx, err, "start run %s: cannot record it", id), releaseLease(lease, e.log, id))
 	}
 	admitted = false // from here on, finish gives the slot back
 	e.live.Add(1)
@@ -279,6 +274,24 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// storeError says what failed in the store (or the shared locks) and
+// keeps the cause. An error that already has a code (locked, a store that
+// is known to be down) says enough and passes as it is; a caller that hung
+// up or ran out of time gets that back, not a store failure.
+func storeError(ctx context.Context, err error, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae):
+		return err
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: the caller went away: %w", what, err)
+	case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+		return api.Wrap(api.CodeTimeout, err, "%s: the request's time ran out", what)
+	}
+	return api.Wrap(api.CodeStoreUnavailable, err, "%s", what)
 }
 
 func releaseLease(l lock.Lease, log *slog.Logger, id string) error {
@@ -331,7 +344,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 	default:
 		st, err = e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
 		if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
-			err = &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("ensure student %s: %v", name, err)}
+			err = storeError(ctx, err, "ensure student %s", name)
 		}
 	}
 	if err != nil {
@@ -350,7 +363,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
-		return store.Student{}, api.Errorf(api.CodeStudentNotFound, "student %s has no system account (uid_source = passwd): %v", name, err)
+		return store.Student{}, api.Wrap(api.CodeStudentNotFound, err, "student %s has no system account (uid_source = passwd)", name)
 	}
 	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
 	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
@@ -359,7 +372,7 @@ func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student,
 	}
 	st := store.Student{Name: name, UID: uint32(uid), GID: uint32(gid)}
 	if err := e.cfg.Store.PutStudent(ctx, st); err != nil {
-		return store.Student{}, &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("record student %s: %v", name, err)}
+		return store.Student{}, storeError(ctx, err, "record student %s", name)
 	}
 	return st, nil
 }

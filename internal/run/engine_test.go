@@ -644,3 +644,54 @@ func TestTimeoutsAndLimits(t *testing.T) {
 	}
 	assertClean(t, env)
 }
+
+var errInjected = errors.New("disk I/O error (injected)")
+
+// TestErrorsKeepTheirCause: a store failure reaches the caller coded
+// store_unavailable with its cause still testable, and a caller that hung
+// up gets its own context.Canceled back, which the store's health does
+// not count as a failed write.
+func TestErrorsKeepTheirCause(t *testing.T) {
+	var q *store.Queued
+	failRecord := false
+	env := testutil.NewEnv(t, func(c *run.Config) {
+		var err error
+		q, err = store.NewQueued(c.Store, filepath.Join(t.TempDir(), "spill"), 10, c.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Store = q
+		c.FailAt = func(step string) error {
+			if step == run.StepRecord && failRecord {
+				return errInjected
+			}
+			return nil
+		}
+	})
+	t.Cleanup(func() {
+		if err := q.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	env.WriteScript(t, "alice", "main.py", "print(1)\n")
+	failRecord = true
+	_, err := env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: "main.py"})
+	failRecord = false
+	if !errors.Is(err, api.ErrStoreUnavailable) || !errors.Is(err, errInjected) {
+		t.Fatalf("start with a failing record: %v; want store_unavailable whose cause is the store's error", err)
+	}
+	assertClean(t, env)
+
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = env.Engine.EnsureStudent(gone, "zed")
+	if !errors.Is(err, context.Canceled) || errors.Is(err, api.ErrStoreUnavailable) {
+		t.Fatalf("ensure student for a caller that hung up: %v; want context.Canceled, not store_unavailable", err)
+	}
+	if n := q.Errors(); n != 0 {
+		t.Fatalf("the store counted %d failed writes for a caller that hung up", n)
+	}
+	if err := q.Ping(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("health after a hang-up: %v", err)
+	}
+}

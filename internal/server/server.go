@@ -166,6 +166,12 @@ func (s *Server) handle(rt route) http.Handler {
 			r = r.WithContext(ctx)
 		}
 		if err := rt.h(w, r); err != nil {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				// The client hung up: nobody reads an answer, and it is
+				// no refusal to count.
+				s.log.Info("client went away before the answer", "method", r.Method, "path", r.URL.Path, "peer_uid", p.UID, "err", err)
+				return
+			}
 			e := api.AsError(err)
 			if s.cfg.OnError != nil {
 				s.cfg.OnError(e.Code)
@@ -284,7 +290,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 		runs, err = s.liveRuns(f), nil
 	}
 	if err != nil {
-		return &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("list runs: %v", err)}
+		return api.Wrap(api.CodeStoreUnavailable, err, "list runs")
 	}
 	// The engine knows more of a live run than its start record.
 	for i := range runs {
@@ -464,7 +470,7 @@ func (s *Server) getStudent(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) listStudents(w http.ResponseWriter, r *http.Request) error {
 	sts, err := s.cfg.Store.ListStudents(r.Context())
 	if err != nil {
-		return &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("list students: %v", err)}
+		return api.Wrap(api.CodeStoreUnavailable, err, "list students")
 	}
 	out := api.StudentList{Students: make([]api.Student, 0, len(sts))}
 	for _, st := range sts {

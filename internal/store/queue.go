@@ -87,7 +87,7 @@ func NewQueued(st Store, spillPath string, max int, log *slog.Logger) (*Queued, 
 
 // RecordStart implements Store; a failure is remembered for health.
 func (q *Queued) RecordStart(ctx context.Context, r *api.Run) error {
-	return q.noteWrite(q.Store.RecordStart(ctx, r))
+	return q.noteWrite(ctx, q.Store.RecordStart(ctx, r))
 }
 
 // EnsureStudent implements Store; a failure is remembered for health.
@@ -96,10 +96,16 @@ func (q *Queued) EnsureStudent(ctx context.Context, name string, min, max uint32
 	if errors.Is(err, ErrUIDRangeExhausted) {
 		return st, err
 	}
-	return st, q.noteWrite(err)
+	return st, q.noteWrite(ctx, err)
 }
 
-func (q *Queued) noteWrite(err error) error {
+// noteWrite remembers a failed write for health and metrics, unless the
+// caller's context ended it (a client that hung up): that says nothing of
+// the store.
+func (q *Queued) noteWrite(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
 	if err != nil {
 		q.errs.Add(1)
 		q.writeErr.Store(&err)
