@@ -247,6 +247,30 @@ check_install() {
 		"$(ce 10 stat -c '%a %U %G %F' /run/idexd/idexd.sock)"
 }
 
+# What the package gives a sysadmin besides the daemon: the docs, the man
+# page, the completion, the version of every binary, a config that shows
+# every key.
+check_package_files() {
+	expect "files: README.md, protocol.md, copyright in /usr/share/doc/idexd" "3" \
+		"$(csh 10 'ls /usr/share/doc/idexd/README.md /usr/share/doc/idexd/protocol.md /usr/share/doc/idexd/copyright | wc -l')"
+	expect "files: idexctl(1) is a gzipped man page" "gzip .TH IDEXCTL 1" \
+		"$(csh 10 'f=/usr/share/man/man1/idexctl.1.gz; printf "%s " "$(od -An -tx1 -N2 $f | tr -d " " | sed s/1f8b/gzip/)"; zcat $f | head -1 | cut -d" " -f1-3')"
+	expect "files: bash completion for idexctl is registered" "complete -F _idexctl idexctl" \
+		"$(ce 10 bash -c '. /usr/share/bash-completion/completions/idexctl && complete -p idexctl')"
+	expect "files: zsh completion installed" "#compdef idexctl" \
+		"$(ce 10 head -1 /usr/share/zsh/vendor-completions/_idexctl)"
+	local v
+	v=$(ce 10 idexctl --version)
+	expect "files: idexd-sandbox --version is stamped like idexctl ($v)" "idexd-sandbox ${v#idexctl }" \
+		"$(ce 10 idexd-sandbox --version)"
+	[[ $v != "idexctl dev" ]] || fail "files: idexctl --version is unstamped ($v)"
+	expect "files: /etc/idexd/idexd.toml shows keep_ended_mb" "#keep_ended_mb = 256" \
+		"$(ce 10 grep '^#keep_ended_mb' /etc/idexd/idexd.toml)"
+	local rc=0
+	ce 10 idexctl --help >/dev/null 2>&1 || rc=$?
+	expect "files: idexctl --help exits 0" 0 "$rc"
+}
+
 # allow_unlimited: nspawn delegates no memory/pids/cpu controllers
 # (platform.md), and idexd refuses to start where it cannot limit runs
 # unless told so. The limits themselves are shown in a VM.
@@ -554,6 +578,7 @@ main() {
 	local t
 	t=$SECONDS
 	check_install || die "install failed; nothing else can be checked"
+	run_check check_package_files
 	allow_unlimited
 	run_check check_socket_activation
 	run_check check_notify
