@@ -76,7 +76,8 @@ bench: build
 
 # The long form of the load test (docs/load.md): 500 runs at once and a
 # 5000-run mix, then 100,000 start/stop cycles with flat RSS, fds and
-# goroutines. Each prints its checks and exits non-zero on any leftover.
+# goroutines and no namespace or mount left, sampled at rest. Each prints
+# its checks and exits non-zero on any leftover.
 soak: build
 	$(GO) build -o $(BIN)/idexload ./cmd/idexload
 	$(BIN)/idexload --spawn $(BIN)/idexd --hold 500 --runs 5000 --concurrency 64

@@ -26,7 +26,8 @@ func run(args []string) int {
 	socket := fs.String("socket", "/run/idexd/idexd.sock", "idexd's socket")
 	spawn := fs.String("spawn", "", "start a throwaway idexd from this binary (temporary directories and cgroup parent) instead of using --socket")
 	maxRuns := fs.Int("max-runs", 0, "with --spawn: max_runs (default: enough for --hold and --concurrency)")
-	keepEnded := fs.String("keep-ended", "30s", "with --spawn: keep_ended (5s with --cycles: kept runs are memory that follows the cycle rate, not a leak)")
+	warmRuns := fs.Int("warm-runs", 0, "the daemon's warm_runs (with --spawn, set to it): samples wait until that many warm helpers are ready; 0 the daemon's default, -1 none")
+	keepEnded := fs.String("keep-ended", "30s", "with --spawn: keep_ended (1s with --cycles: kept runs are memory that follows the cycle rate, not a leak)")
 	pid := fs.Int("pid", 0, "the daemon's pid (default: found from the socket)")
 	students := fs.Int("students", 60, "simulated students")
 	prefix := fs.String("prefix", "", "student name prefix (default load, or cycle with --cycles)")
@@ -66,13 +67,13 @@ func run(args []string) int {
 
 	if *spawn != "" {
 		if *cycles > 0 && !set["keep-ended"] {
-			*keepEnded = "5s"
+			*keepEnded = "1s"
 		}
 		mr := *maxRuns
 		if mr == 0 {
 			mr = max(256, *hold+*conc+16)
 		}
-		d, err := load.StartDaemon(ctx, load.DaemonConfig{Idexd: *spawn, MaxRuns: mr, KeepEnded: *keepEnded})
+		d, err := load.StartDaemon(ctx, load.DaemonConfig{Idexd: *spawn, MaxRuns: mr, KeepEnded: *keepEnded, WarmRuns: *warmRuns})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "idexload: start idexd:", err)
 			return 2
@@ -82,7 +83,8 @@ func run(args []string) int {
 				fmt.Fprintln(os.Stderr, "idexload: clean up idexd:", err)
 			}
 		}()
-		fmt.Printf("idexload: started idexd pid %d on %s (max_runs %d, keep_ended %s, cgroup parent %s)\n", d.PID(), d.Socket, mr, *keepEnded, d.CgroupParent)
+		fmt.Printf("idexload: started idexd pid %d on %s (max_runs %d, warm_runs %d, keep_ended %s, cgroup parent %s)\n",
+			d.PID(), d.Socket, mr, load.WarmHelpers(*warmRuns), *keepEnded, d.CgroupParent)
 		*socket, *pid = d.Socket, d.PID()
 	}
 
@@ -113,7 +115,7 @@ func run(args []string) int {
 		}
 		fmt.Printf("idexload: %d cycles, %d workers, sampling every %d\n", *cycles, c, *sampleEvery)
 		rep, err := load.Cycles(ctx, load.CycleOptions{Socket: *socket, PID: *pid, Cycles: *cycles, SampleEvery: *sampleEvery,
-			Concurrency: c, Prefix: p, Out: os.Stdout})
+			Concurrency: c, Prefix: p, WarmRuns: *warmRuns, Out: os.Stdout})
 		if rep != nil {
 			rep.Print(os.Stdout)
 		}
@@ -130,7 +132,7 @@ func run(args []string) int {
 	fmt.Printf("idexload: %d students, %d runs at concurrency %d, hold %d, seed %d\n", *students, *runs, *conc, *hold, *seed)
 	rep, err := load.Run(ctx, load.Options{Socket: *socket, PID: *pid, Students: *students, Prefix: *prefix, Runs: *runs,
 		Concurrency: *conc, Duration: *dur, Hold: *hold, Mix: mix, StopRate: *stopRate, ReattachRate: *reattach,
-		Seed: *seed, AllUIDs: *allUIDs, Out: os.Stdout})
+		Seed: *seed, AllUIDs: *allUIDs, WarmRuns: *warmRuns, Out: os.Stdout})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "idexload:", err)
 		return 2

@@ -15,9 +15,9 @@ import (
 )
 
 // check runs every end-of-load check into the report.
-func (m *mix) check(ctx context.Context, pid int, rootBefore map[string]bool) {
+func (m *mix) check(ctx context.Context, rootBefore map[string]bool) {
 	rep := m.rep
-	after, err := m.settle(ctx, pid)
+	after, err := m.settle(ctx)
 	if err != nil {
 		rep.problem(&rep.Left.Errors, "daemon state after the load: %v", err)
 	}
@@ -31,9 +31,17 @@ func (m *mix) check(ctx context.Context, pid int, rootBefore map[string]bool) {
 	}
 	over(&rep.Left.Cgroups, "run cgroups", b.Cgroups, a.Cgroups)
 	over(&rep.Left.FDs, "fds", b.FDs, a.FDs)
+	if a.FDs > b.FDs {
+		rep.problem(nil, "daemon fds by kind, after against before: %s", after.Census.FDs.Diff(rep.Before.Census.FDs))
+	}
 	over(&rep.Left.Goroutines, "goroutines", b.Goroutines, a.Goroutines)
 	over(&rep.Left.Locks, "locks held", b.LocksHeld, a.LocksHeld)
 	over(&rep.Left.RunsActive, "active runs", b.RunsActive, a.RunsActive)
+	g := compareCensus(rep.Before.Census, after.Census, DefaultThresholds)
+	rep.Left.Namespaces, rep.Left.Mounts, rep.Left.Host = g.OwnNS, g.OwnMounts, g.HostOver
+	for _, p := range g.Problems {
+		rep.problem(nil, "%s", p)
+	}
 
 	running, err := m.c.ListRuns(ctx, api.StateRunning, 10000)
 	if err != nil {
@@ -57,22 +65,25 @@ func (m *mix) check(ctx context.Context, pid int, rootBefore map[string]bool) {
 	}
 }
 
-// settle closes the load's idle connections and waits, up to Settle,
-// until the daemon's counts are back to (or below) the baseline.
-func (m *mix) settle(ctx context.Context, pid int) (DaemonState, error) {
+// settle waits, up to Settle, until the daemon is at rest (rest.go) with
+// its counts back to (or below) the baseline, and returns that sample, or
+// the last look when that does not happen in time.
+func (m *mix) settle(ctx context.Context) (DaemonState, error) {
 	b := m.rep.Before.Debug
 	deadline := time.Now().Add(m.o.Settle)
 	for {
-		m.c.CloseIdle()
-		s, err := daemonState(ctx, m.c, pid)
+		s, rest, err := m.rs.sample(ctx, max(time.Until(deadline), 0))
 		if err != nil {
 			return s, err
 		}
 		d := s.Debug
-		if d.FDs <= b.FDs && d.Goroutines <= b.Goroutines && d.Cgroups <= b.Cgroups && d.LocksHeld <= b.LocksHeld && d.RunsActive <= b.RunsActive {
+		if rest && d.FDs <= b.FDs && d.Goroutines <= b.Goroutines && d.Cgroups <= b.Cgroups && d.LocksHeld <= b.LocksHeld {
 			return s, nil
 		}
 		if time.Now().After(deadline) {
+			if !rest {
+				m.rep.problem(nil, "the daemon did not come to rest within %s after the load: %s", m.o.Settle, m.rs.unrest(s))
+			}
 			return s, nil
 		}
 		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
@@ -91,18 +102,23 @@ func (m *mix) checkProcs() {
 	for _, s := range m.students {
 		uids[int(s.uid)] = true
 	}
-	n, zombies, err := StudentsAlive(m.o.UIDMin, m.o.UIDMax, func(p Proc) bool {
-		if m.o.AllUIDs {
-			return true
-		}
-		return uids[p.UID] && (p.Cwd == m.root || strings.HasPrefix(p.Cwd, m.root+"/"))
-	})
+	match := studentsMatch(uids, m.root)
+	n, zombies, err := StudentsAlive(m.o.UIDMin, m.o.UIDMax, func(p Proc) bool { return m.o.AllUIDs || match(p) })
 	m.rep.Zombies = len(zombies)
 	if err != nil {
 		m.rep.problem(&m.rep.Left.Errors, "list processes: %v", err)
 	}
 	for _, p := range n {
 		m.rep.problem(&m.rep.Left.Processes, "process %d (%s, uid %d, state %s, cwd %s, cgroup %s) is alive after every run ended", p.PID, p.Comm, p.UID, p.State, p.Cwd, p.Cgroup)
+	}
+}
+
+// studentsMatch picks the processes of the load's students: their uid,
+// and a cwd under this daemon's students' root (other idexd instances on
+// the host hand out the same uids).
+func studentsMatch(uids map[int]bool, root string) func(Proc) bool {
+	return func(p Proc) bool {
+		return uids[p.UID] && (p.Cwd == root || strings.HasPrefix(p.Cwd, root+"/"))
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,27 +15,39 @@ import (
 	"github.com/idexd/idexd/internal/api"
 )
 
-// Thresholds say how flat "flat" is for the cycles. The defaults:
+// Thresholds say how flat "flat" is for the cycles. Every sample is taken
+// at rest (no run active, the warm pool full: rest.go), so fds and
+// goroutines are exact there. The defaults:
 //
 //   - RSS: a least-squares slope of at most 1 MiB per 10,000 cycles
 //     (102.4 KiB per 1000) after warm-up. A leak of one 100-byte object per
 //     run is ~1 MiB per 10k cycles, so this catches per-run leaks of that
 //     size and up, while the Go heap's own steps (GC pacing, the kept runs
 //     reaching their plateau at keep_ended) are taken by the warm-up.
-//   - fds and goroutines: samples are taken with no run in flight and the
-//     warm pool full, so they are exact; the slope must be at most 0.05
-//     per 1000 cycles (one fd or goroutine per 20,000 cycles), and the last
-//     sample may exceed the first (before any cycle) by at most
+//   - fds and goroutines: the slope must be at most 0.05 per 1000 cycles
+//     (one fd or goroutine per 20,000 cycles), and the last sample may
+//     exceed the first (before any cycle, at rest too) by at most
 //     FinalTolerance.
+//   - idexd's namespaces and mounts (Census.OwnNS, OwnMounts): none more
+//     in the last sample than in the first.
+//   - the host's: per namespace type at most HostNamespaces more, and at
+//     most HostMounts more lines in the daemon's mount table, HostNSFS
+//     more nsfs mounts. Other work on a shared host moves these (a test's
+//     live runs each in namespaces of their own, a test's tmpfs); a leak
+//     per run moves them by thousands over a soak (docs/load.md).
 type Thresholds struct {
 	RSSKiBPer1000     float64
 	FDsPer1000        float64
 	GoroutinesPer1000 float64
 	FinalTolerance    int
+	HostNamespaces    int
+	HostMounts        int
+	HostNSFS          int
 }
 
 // DefaultThresholds are the documented ones (docs/load.md).
-var DefaultThresholds = Thresholds{RSSKiBPer1000: 102.4, FDsPer1000: 0.05, GoroutinesPer1000: 0.05, FinalTolerance: 2}
+var DefaultThresholds = Thresholds{RSSKiBPer1000: 102.4, FDsPer1000: 0.05, GoroutinesPer1000: 0.05, FinalTolerance: 2,
+	HostNamespaces: 128, HostMounts: 16, HostNSFS: 4}
 
 // CycleOptions configure the start/stop cycles.
 type CycleOptions struct {
@@ -47,15 +61,20 @@ type CycleOptions struct {
 	// (default 4).
 	Concurrency int
 	Prefix      string // default "cycle"
-	// Warmup is the share of cycles left out of the slopes (default 0.1).
+	// Warmup is the share of cycles left out of the slopes (default 0.1;
+	// see fit for the floor).
 	Warmup float64
+	// WarmRuns is the daemon's warm_runs, as in DaemonConfig (0: the
+	// daemon's default, < 0: none): samples wait until that many warm
+	// helpers are ready.
+	WarmRuns int
 	// Duration bounds the whole thing (default 4h).
 	Duration   time.Duration
 	Thresholds Thresholds
 	Out        io.Writer
 }
 
-// Sample is the daemon at one quiet moment.
+// Sample is the daemon at one moment at rest.
 type Sample struct {
 	Cycles     int
 	At         time.Duration
@@ -64,6 +83,10 @@ type Sample struct {
 	Goroutines int
 	Threads    int
 	RunsKept   int
+	// Rest is false when the daemon did not come to rest in time: the
+	// sample is not comparable and the check fails.
+	Rest   bool
+	Census Census
 }
 
 // CycleReport is what the cycles found.
@@ -123,6 +146,8 @@ func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
 	}
 	rep := &CycleReport{PID: pid, Reasons: map[api.Reason]int{}, Thresholds: o.Thresholds}
 	names := make([]string, o.Concurrency)
+	uids := map[int]bool{}
+	root := ""
 	for i := range names {
 		names[i] = fmt.Sprintf("%s%02d", o.Prefix, i)
 		st, err := c.EnsureStudent(ctx, names[i])
@@ -132,26 +157,39 @@ func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
 		if err := writeScript(st.Workdir, sleeperSpec.kind.File(), sleeperSpec.src); err != nil {
 			return nil, err
 		}
+		uids[int(st.UID)], root = true, filepath.Dir(st.Workdir)
 	}
+	rs := newRestSampler(o.Socket, c, censusScope{pid: pid, dirs: ownDirs(root, filepath.Dir(o.Socket)), match: studentsMatch(uids, root)}, o.WarmRuns)
+	defer rs.close()
 	t0 := time.Now()
 	sample := func(done int) error {
-		s, err := quietSample(ctx, c, pid)
+		ds, rest, err := rs.sample(ctx, restTimeout)
 		if err != nil {
 			return err
 		}
-		s.Cycles, s.At = done, time.Since(t0)
+		s := Sample{Cycles: done, At: time.Since(t0), RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines,
+			Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept, Rest: rest, Census: ds.Census}
 		rep.Samples = append(rep.Samples, s)
 		rate := 0.0
 		if s.At > 0 {
 			rate = float64(done) / s.At.Seconds()
 		}
-		fmt.Fprintf(o.Out, "idexload: cycles %d: RSS %.1f MiB, fds %d, goroutines %d, threads %d, runs_kept %d (%.1f cycles/s)\n",
-			done, float64(s.RSSKiB)/1024, s.FDs, s.Goroutines, s.Threads, s.RunsKept, rate)
+		cs := s.Census
+		fmt.Fprintf(o.Out, "idexload: cycles %d: RSS %.1f MiB, fds %d, goroutines %d, threads %d, runs_kept %d, warm helpers %d; "+
+			"namespaces idexd %d host %d, mounts %d (idexd %d, nsfs %d) (%.1f cycles/s)\n",
+			done, float64(s.RSSKiB)/1024, s.FDs, s.Goroutines, s.Threads, s.RunsKept, cs.Children,
+			cs.OwnNS.total(), cs.HostNS.total(), cs.Mounts, cs.OwnMounts, cs.NSFS, rate)
+		if !rest {
+			fmt.Fprintf(o.Out, "idexload: cycles %d: the daemon did not come to rest within %s: %s\n", done, restTimeout, rs.unrest(ds))
+		}
 		return nil
 	}
 	if err := sample(0); err != nil {
 		return nil, err
 	}
+	first := rep.Samples[0]
+	fmt.Fprintf(o.Out, "idexload: at rest before the cycles: daemon fds by kind: %s; namespaces of idexd: %s; host namespaces: %s\n",
+		first.Census.FDs, first.Census.OwnNS, first.Census.HostNS)
 	var mu sync.Mutex
 	problem := func(counter *int, format string, args ...any) {
 		mu.Lock()
@@ -231,40 +269,6 @@ func cycle(ctx context.Context, c *Conn, student string, waitOutput bool) (api.R
 	return final.Reason, nil
 }
 
-// quietSample drops the load's idle connections, waits (at most 10 s)
-// until no run is active, and then takes three looks 200 ms apart, keeping
-// the smallest fd and goroutine counts: a connection being torn down or a
-// warm slot being refilled at one look is gone at another, while a leak
-// is in every look.
-func quietSample(ctx context.Context, c *Conn, pid int) (Sample, error) {
-	deadline := time.Now().Add(10 * time.Second)
-	var s Sample
-	looks := 0
-	for looks < 3 {
-		c.CloseIdle()
-		ds, err := daemonState(ctx, c, pid)
-		if err != nil {
-			return s, err
-		}
-		if ds.Debug.RunsActive == 0 || time.Now().After(deadline) {
-			cur := Sample{RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines, Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept}
-			if looks == 0 {
-				s = cur
-			} else {
-				s.RSSKiB, s.Threads, s.RunsKept = cur.RSSKiB, cur.Threads, cur.RunsKept
-				s.FDs, s.Goroutines = min(s.FDs, cur.FDs), min(s.Goroutines, cur.Goroutines)
-			}
-			looks++
-		}
-		if looks < 3 {
-			if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
-				return s, err
-			}
-		}
-	}
-	return s, nil
-}
-
 // slope is the least-squares slope of ys over xs.
 func slope(xs, ys []float64) float64 {
 	n := float64(len(xs))
@@ -285,10 +289,20 @@ func slope(xs, ys []float64) float64 {
 	return (n*sxy - sx*sy) / d
 }
 
-// fit computes the slopes over the samples past the warm-up (at least the
-// last three) and decides.
+// minWarmup is the floor of the warm-up. A fresh daemon's RSS climbs for
+// its first few thousand runs and then levels (here: 25.5 MiB at cycle
+// 2000, 28.1 at 5000, 27.8 to 30.5 afterwards), likely SQLite's page
+// cache (2000 KiB by default) filling until the run table outgrows it,
+// at ~4500 runs, and the kept runs reaching their high-water mark. With
+// 10 % of 20,000 cycles as warm-up, that climb was in the fit and read
+// +89 to +94 KiB per 1000 cycles on a flat daemon (docs/load.md).
+const minWarmup = 5000
+
+// fit computes the slopes over the samples past the warm-up (the share
+// warmup of the cycles, at least minWarmup but at most half of them; at
+// least the last three samples) and decides.
 func (r *CycleReport) fit(total int, warmup float64) {
-	r.Warmup = int(math.Round(float64(total) * warmup))
+	r.Warmup = min(max(int(math.Round(float64(total)*warmup)), minWarmup), total/2)
 	var fitted []Sample
 	for _, s := range r.Samples {
 		if s.Cycles >= r.Warmup {
@@ -312,6 +326,15 @@ func (r *CycleReport) fit(total int, warmup float64) {
 	if r.Errors > 0 || r.Wrong > 0 {
 		r.Failed = append(r.Failed, fmt.Sprintf("%d failed cycles, %d wrong reasons", r.Errors, r.Wrong))
 	}
+	var restless []string
+	for _, s := range r.Samples {
+		if !s.Rest {
+			restless = append(restless, fmt.Sprintf("cycle %d (%d live children)", s.Cycles, s.Census.Children))
+		}
+	}
+	if len(restless) > 0 {
+		r.Failed = append(r.Failed, fmt.Sprintf("%d samples not at rest, not comparable: %s", len(restless), strings.Join(restless, ", ")))
+	}
 	if len(fitted) < 3 {
 		r.Failed = append(r.Failed, fmt.Sprintf("only %d samples to fit: run more cycles or sample more often", len(fitted)))
 		return
@@ -320,18 +343,22 @@ func (r *CycleReport) fit(total int, warmup float64) {
 		r.Failed = append(r.Failed, fmt.Sprintf("RSS grows %.1f KiB per 1000 cycles (limit %.1f)", r.RSSKiBSlope, t.RSSKiBPer1000))
 	}
 	if r.FDSlope > t.FDsPer1000 {
-		r.Failed = append(r.Failed, fmt.Sprintf("fds grow %.3f per 1000 cycles (limit %.3f)", r.FDSlope, t.FDsPer1000))
+		r.Failed = append(r.Failed, fmt.Sprintf("fds grow %.3f per 1000 cycles (limit %.3f); by kind, last fitted sample against the first: %s",
+			r.FDSlope, t.FDsPer1000, fitted[len(fitted)-1].Census.FDs.Diff(fitted[0].Census.FDs)))
 	}
 	if r.GoroutineSlope > t.GoroutinesPer1000 {
 		r.Failed = append(r.Failed, fmt.Sprintf("goroutines grow %.3f per 1000 cycles (limit %.3f)", r.GoroutineSlope, t.GoroutinesPer1000))
 	}
 	first, last := r.Samples[0], r.Samples[len(r.Samples)-1]
 	if last.FDs > first.FDs+t.FinalTolerance {
-		r.Failed = append(r.Failed, fmt.Sprintf("fds %d before the cycles, %d after (tolerance %d)", first.FDs, last.FDs, t.FinalTolerance))
+		r.Failed = append(r.Failed, fmt.Sprintf("fds %d before the cycles, %d after (tolerance %d); by kind: %s",
+			first.FDs, last.FDs, t.FinalTolerance, last.Census.FDs.Diff(first.Census.FDs)))
 	}
 	if last.Goroutines > first.Goroutines+t.FinalTolerance {
 		r.Failed = append(r.Failed, fmt.Sprintf("goroutines %d before the cycles, %d after (tolerance %d)", first.Goroutines, last.Goroutines, t.FinalTolerance))
 	}
+	g := compareCensus(first.Census, last.Census, t)
+	r.Failed = append(r.Failed, g.Problems...)
 }
 
 // Pass reports whether the cycles stayed flat.
@@ -346,6 +373,10 @@ func (r *CycleReport) Print(w io.Writer) {
 		fmt.Fprintf(w, "  daemon: RSS %.1f -> %.1f MiB, fds %d -> %d, goroutines %d -> %d, threads %d -> %d, in %s\n",
 			float64(first.RSSKiB)/1024, float64(last.RSSKiB)/1024, first.FDs, last.FDs, first.Goroutines, last.Goroutines,
 			first.Threads, last.Threads, last.At.Round(time.Second))
+		b, a := first.Census, last.Census
+		fmt.Fprintf(w, "  at rest, first -> last sample: namespaces of idexd %d -> %d, its mounts %d -> %d; host: namespaces %d -> %d (%s), mount table %d -> %d lines, nsfs mounts %d -> %d\n",
+			b.OwnNS.total(), a.OwnNS.total(), b.OwnMounts, a.OwnMounts, b.HostNS.total(), a.HostNS.total(), a.HostNS.Diff(b.HostNS),
+			b.Mounts, a.Mounts, b.NSFS, a.NSFS)
 	}
 	t := r.Thresholds
 	fmt.Fprintf(w, "  slopes per 1000 cycles over %d samples after %d warm-up cycles: RSS %+.1f KiB (limit %.1f), fds %+.3f (limit %.3f), goroutines %+.3f (limit %.3f)\n",
@@ -360,5 +391,5 @@ func (r *CycleReport) Print(w io.Writer) {
 		fmt.Fprintf(w, "FAIL: the daemon is not flat over %d cycles\n", r.Cycles)
 		return
 	}
-	fmt.Fprintf(w, "PASS: %d cycles, RSS, fds and goroutines flat\n", r.Cycles)
+	fmt.Fprintf(w, "PASS: %d cycles, RSS, fds and goroutines flat, no namespace or mount left\n", r.Cycles)
 }

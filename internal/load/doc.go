@@ -12,13 +12,19 @@
 //     reattaches with after=SEQ. Optionally a number of runs is first held
 //     alive at the same time (Options.Hold: 500 concurrent runs).
 //   - the cycles (Cycles): N start/stop cycles of a sleeping script, with
-//     the daemon's RSS, fds and goroutines sampled at quiet moments, and the
-//     least-squares slope of each checked against a documented threshold.
+//     the daemon's RSS, fds and goroutines sampled at rest, the
+//     least-squares slope of each checked against a documented threshold,
+//     and the namespaces and mounts of the last sample against the first.
 //   - a throwaway daemon (StartDaemon) for the tests and `make soak`.
 //
-// At the end of a mix, every count below must be zero, or the report
-// fails: cgroups, fds, goroutines, locks and active runs of the daemon
-// above what they were before the load (GET /v1/debug/state and /proc);
+// The daemon is compared with itself only at rest (rest.go): no run active
+// and its warm pool full, three looks in a row. At the end of a mix, every
+// count below must be zero, or the report fails: cgroups, fds,
+// goroutines, locks and active runs of the daemon above what they were
+// before the load (GET /v1/debug/state and /proc); namespaces held by the
+// daemon, its processes or its mounts, and mounts under its directories,
+// above the same baseline, and the host's namespaces and mount table
+// beyond a tolerance for other work (census.go);
 // run cgroup directories left in any hierarchy; records still "running";
 // processes of the load's students alive (zombies count as dead: PID 1
 // reaps orphans late on these machines); files outside their student's

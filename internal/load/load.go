@@ -53,6 +53,10 @@ type Options struct {
 	// Settle bounds how long the checks wait for the daemon's counts to
 	// come back to what they were before the load.
 	Settle time.Duration
+	// WarmRuns is the daemon's warm_runs, as in DaemonConfig (0: the
+	// daemon's default, < 0: none): the daemon is at rest, and compared,
+	// only with that many warm helpers ready.
+	WarmRuns int
 	// Out receives progress and the summary; nil discards them.
 	Out io.Writer
 }
@@ -89,8 +93,9 @@ func (o *Options) defaults() {
 
 // DaemonState is one look at the daemon.
 type DaemonState struct {
-	Debug server.DebugState
-	Proc  ProcSample
+	Debug  server.DebugState
+	Proc   ProcSample
+	Census Census // empty in a look taken under load
 }
 
 // Leftovers are the failure counts of a mix: each must be zero.
@@ -102,6 +107,9 @@ type Leftovers struct {
 	Locks          int // locks held above the baseline
 	RunsActive     int // active runs above the baseline
 	RunningRecords int // records of the load's students still "running"
+	Namespaces     int // namespaces held by idexd, its runs or its mounts above the baseline
+	Mounts         int // mounts under the daemon's directories (or nsfs of its namespaces) above the baseline
+	Host           int // host namespaces, mount lines, nsfs mounts above the baseline by more than their tolerance
 	Processes      int // processes of the load's students alive (zombies excluded)
 	FilesOutside   int // files where a run should not have written
 	MissingMarkers int // runs that ended normally without their marker file
@@ -113,7 +121,7 @@ type Leftovers struct {
 
 func (l Leftovers) total() int {
 	return l.Cgroups + l.CgroupDirs + l.FDs + l.Goroutines + l.Locks + l.RunsActive + l.RunningRecords +
-		l.Processes + l.FilesOutside + l.MissingMarkers + l.EventsLost + l.EventsDup + l.WrongOutcomes + l.Errors
+		l.Namespaces + l.Mounts + l.Host + l.Processes + l.FilesOutside + l.MissingMarkers + l.EventsLost + l.EventsDup + l.WrongOutcomes + l.Errors
 }
 
 // Report is what a mix did and found.
@@ -178,6 +186,7 @@ type mix struct {
 	students []student
 	byName   map[string]*student
 	root     string
+	rs       *restSampler
 	kinds    []kindSpec // with weight > 0
 	weights  int
 	seq      atomic.Int64
@@ -215,9 +224,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := m.setup(ctx); err != nil {
 		return nil, err
 	}
-	before, err := m.quietState(ctx, pid)
+	uids := map[int]bool{}
+	for _, s := range m.students {
+		uids[int(s.uid)] = true
+	}
+	m.rs = newRestSampler(o.Socket, m.c, censusScope{pid: pid, dirs: ownDirs(m.root, filepath.Dir(o.Socket)), match: studentsMatch(uids, m.root)}, o.WarmRuns)
+	defer m.rs.close()
+	before, rest, err := m.rs.sample(ctx, restTimeout)
 	if err != nil {
 		return nil, err
+	}
+	if !rest {
+		m.rep.problem(&m.rep.Left.Errors, "the daemon did not come to rest before the load within %s (%s): counts after it are not comparable",
+			restTimeout, m.rs.unrest(before))
 	}
 	m.rep.Before = before
 	rootBefore, err := listNames(m.root)
@@ -232,7 +251,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		m.runMix(ctx)
 	}
 	m.rep.Elapsed = time.Since(start)
-	m.check(ctx, pid, rootBefore)
+	m.check(ctx, rootBefore)
 	return m.rep, nil
 }
 
@@ -286,31 +305,6 @@ func writeScript(dir, name, src string) error {
 		return fmt.Errorf("chmod script %s: %w", p, err)
 	}
 	return nil
-}
-
-// quietState waits until two looks at the daemon, 300 ms apart, agree on
-// fds and goroutines (a warm pool refilling settles first), for at most
-// 10 s, and returns the last.
-func (m *mix) quietState(ctx context.Context, pid int) (DaemonState, error) {
-	var last DaemonState
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
-		m.c.CloseIdle()
-		s, err := daemonState(ctx, m.c, pid)
-		if err != nil {
-			return s, err
-		}
-		if i > 0 && s.Debug.FDs == last.Debug.FDs && s.Debug.Goroutines == last.Debug.Goroutines && s.Debug.RunsActive == last.Debug.RunsActive {
-			return s, nil
-		}
-		last = s
-		if time.Now().After(deadline) {
-			return s, nil
-		}
-		if err := sleepCtx(ctx, 300*time.Millisecond); err != nil {
-			return s, err
-		}
-	}
 }
 
 func daemonState(ctx context.Context, c *Conn, pid int) (DaemonState, error) {
@@ -914,11 +908,16 @@ func (r *Report) Print(w io.Writer) {
 		r.PID, b.Debug.FDs, a.Debug.FDs, b.Proc.FDs, a.Proc.FDs, b.Debug.Goroutines, a.Debug.Goroutines, b.Proc.Threads, a.Proc.Threads,
 		float64(b.Proc.RSSKiB)/1024, float64(a.Proc.RSSKiB)/1024, b.Debug.Cgroups, a.Debug.Cgroups,
 		b.Debug.LocksHeld, a.Debug.LocksHeld, b.Debug.RunsActive, a.Debug.RunsActive, b.Debug.RunsKept, a.Debug.RunsKept)
+	bc, ac := b.Census, a.Census
+	fmt.Fprintf(w, "  at rest before -> after: warm helpers %d -> %d, namespaces of idexd %d -> %d, its mounts %d -> %d; host: namespaces %d -> %d (%s), mount table %d -> %d lines, nsfs mounts %d -> %d\n",
+		bc.Children, ac.Children, bc.OwnNS.total(), ac.OwnNS.total(), bc.OwnMounts, ac.OwnMounts, bc.HostNS.total(), ac.HostNS.total(),
+		ac.HostNS.Diff(bc.HostNS), bc.Mounts, ac.Mounts, bc.NSFS, ac.NSFS)
 	l := r.Left
 	fmt.Fprintf(w, "  leftovers: cgroups %d, cgroup dirs %d, fds %d, goroutines %d, locks %d, runs_active %d, running records %d, "+
+		"namespaces %d, mounts %d, host over tolerance %d, "+
 		"student processes %d (zombies, counted dead: %d), files outside %d, missing markers %d, events lost %d, events duplicated %d, wrong outcomes %d, errors %d\n",
-		l.Cgroups, l.CgroupDirs, l.FDs, l.Goroutines, l.Locks, l.RunsActive, l.RunningRecords, l.Processes, r.Zombies,
-		l.FilesOutside, l.MissingMarkers, l.EventsLost, l.EventsDup, l.WrongOutcomes, l.Errors)
+		l.Cgroups, l.CgroupDirs, l.FDs, l.Goroutines, l.Locks, l.RunsActive, l.RunningRecords, l.Namespaces, l.Mounts, l.Host,
+		l.Processes, r.Zombies, l.FilesOutside, l.MissingMarkers, l.EventsLost, l.EventsDup, l.WrongOutcomes, l.Errors)
 	for _, p := range r.Problems {
 		fmt.Fprintf(w, "  problem: %s\n", p)
 	}

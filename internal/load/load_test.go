@@ -48,33 +48,44 @@ func TestLoadShort(t *testing.T) {
 	}
 }
 
-// TestCyclesShort runs the cycles form briefly: every cycle ends stopped,
-// and the daemon's fds and goroutines come back exactly. The RSS slope
+// TestCyclesShort runs the cycles form briefly against a daemon with its
+// default warm pool: every cycle ends stopped, and at rest the daemon's
+// fds, goroutines, namespaces and mounts come back exactly. The RSS slope
 // needs tens of thousands of cycles to mean anything (make soak).
 func TestCyclesShort(t *testing.T) {
-	// No warm pool: a fresh daemon fills it after its first sample, which
-	// would read as fds and goroutines that grew. The pool's own flatness
-	// is TestWarmPoolStaysFlat in internal/run.
-	d := startDaemon(t, DaemonConfig{KeepEnded: "5s", WarmRuns: -1})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	d := startDaemon(t, DaemonConfig{KeepEnded: "1s"})
+	rep := shortCycles(t, d)
+	if !rep.Pass() || rep.Cycles != 240 {
+		t.Fatalf("cycles: %d done, failed: %v", rep.Cycles, rep.Failed)
+	}
+	first, last := rep.Samples[0], rep.Samples[len(rep.Samples)-1]
+	if last.FDs != first.FDs || last.Goroutines != first.Goroutines {
+		t.Errorf("fds %d -> %d, goroutines %d -> %d: want them back exactly at rest", first.FDs, last.FDs, first.Goroutines, last.Goroutines)
+	}
+	if first.Census.Children != WarmHelpers(0) {
+		t.Errorf("the first sample has %d warm helpers, want the pool full (%d)", first.Census.Children, WarmHelpers(0))
+	}
+	if first.Census.FDs["warm cgroup"] != WarmHelpers(0) || first.Census.FDs.Diff(last.Census.FDs) != "same kinds" {
+		t.Errorf("fds by kind %v -> %v: want one warm cgroup per helper and the same kinds", first.Census.FDs, last.Census.FDs)
+	}
+}
+
+// shortCycles runs 240 cycles sampled every 60, RSS left unchecked.
+func shortCycles(t *testing.T, d *Daemon) *CycleReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	th := DefaultThresholds
 	th.RSSKiBPer1000 = 1 << 30
 	rep, err := Cycles(ctx, CycleOptions{Socket: d.Socket, PID: d.PID(), Cycles: 240, SampleEvery: 60, Concurrency: 4,
-		Duration: 90 * time.Second, Thresholds: th, Out: &tWriter{t: t}})
+		Duration: 150 * time.Second, Thresholds: th, Out: &tWriter{t: t}})
 	if err != nil {
 		t.Fatalf("cycles: %v", err)
 	}
 	var sb strings.Builder
 	rep.Print(&sb)
 	t.Log(sb.String())
-	if !rep.Pass() || rep.Cycles != 240 {
-		t.Fatalf("cycles: %d done, failed: %v", rep.Cycles, rep.Failed)
-	}
-	first, last := rep.Samples[0], rep.Samples[len(rep.Samples)-1]
-	if last.FDs != first.FDs || last.Goroutines != first.Goroutines {
-		t.Errorf("fds %d -> %d, goroutines %d -> %d: want them back exactly at a quiet moment", first.FDs, last.FDs, first.Goroutines, last.Goroutines)
-	}
+	return rep
 }
 
 func TestSlope(t *testing.T) {

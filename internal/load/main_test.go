@@ -41,12 +41,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startDaemon starts a throwaway idexd for the test and cleans it up
-// (stop, cgroups swept and removed, directory) when the test ends.
+// startDaemon starts a throwaway idexd (c.Idexd, or the one built for the
+// package) for the test and cleans it up (stop, cgroups swept and
+// removed, directory) when the test ends.
 func startDaemon(t *testing.T, c DaemonConfig) *Daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
-	c.Idexd = filepath.Join(binDir, "idexd")
+	if c.Idexd == "" {
+		c.Idexd = filepath.Join(binDir, "idexd")
+	}
 	if c.Dir == "" {
 		c.Dir = testutil.TraversableDir(t)
 	}

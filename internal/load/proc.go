@@ -167,6 +167,7 @@ func holders(target string) ([]int, error) {
 // Proc is a process seen in /proc.
 type Proc struct {
 	PID    int
+	PPID   int
 	UID    int
 	State  string // R, S, Z...
 	Cwd    string
@@ -220,6 +221,10 @@ func readProc(pid int) (Proc, bool) {
 			p.Comm = f[0]
 		case "State":
 			p.State = f[0]
+		case "PPid":
+			if pp, err := strconv.Atoi(f[0]); err == nil {
+				p.PPID = pp
+			}
 		case "Uid":
 			if u, err := strconv.Atoi(f[0]); err == nil {
 				p.UID = u

@@ -1,0 +1,141 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/idexd/idexd/internal/config"
+)
+
+// The daemon is compared with itself only at rest: no run active and its
+// warm pool full, that is as many live children as warm helpers. Each
+// ready helper holds 7 of the daemon's fds (docs/load.md), and the pool
+// refills one helper at a time: a fresh daemon is still filling it when
+// it first answers, and after a burst of runs the first quiet look finds
+// it nearly empty. Looks taken then differ by whole helpers, which is how
+// a fresh machine's first sample read 24 fds and later ones 31 to 45.
+
+// restLooks is how many looks in a row, restGap apart, must find the
+// daemon at rest before a sample counts.
+const (
+	restLooks = 3
+	restGap   = 200 * time.Millisecond
+	// restTimeout bounds the wait for rest; a daemon that does not come
+	// to rest in it fails the check rather than be compared half-full.
+	restTimeout = 30 * time.Second
+)
+
+// WarmHelpers is the number of warm helpers a daemon configured with
+// warm (DaemonConfig.WarmRuns' convention: 0 the daemon's default, < 0
+// none) keeps ready.
+func WarmHelpers(warm int) int {
+	switch {
+	case warm < 0:
+		return 0
+	case warm == 0:
+		return config.Default().WarmRuns
+	}
+	return warm
+}
+
+// restSampler looks at one daemon.
+type restSampler struct {
+	// c is the sampler's own connection, kept open from look to look:
+	// one closed just before a look may still be open on the daemon's
+	// side (it notices the close when it is next scheduled), and on a
+	// busy host that was seen in every look of a sample.
+	c *Conn
+	// load is the load's client: its idle connections are closed when a
+	// sample begins, a gap before the first look.
+	load  *Conn
+	scope censusScope
+	warm  int // live children expected at rest (WarmHelpers)
+}
+
+func newRestSampler(socket string, load *Conn, scope censusScope, warm int) *restSampler {
+	return &restSampler{c: Dial(socket, 1), load: load, scope: scope, warm: WarmHelpers(warm)}
+}
+
+// close drops the sampler's connection.
+func (r *restSampler) close() { r.c.CloseIdle() }
+
+// look is one look at the daemon: its debug state, /proc and the census.
+func (r *restSampler) look(ctx context.Context) (DaemonState, error) {
+	s, err := daemonState(ctx, r.c, r.scope.pid)
+	if err != nil {
+		return s, err
+	}
+	if s.Census, err = takeCensus(r.scope); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+func (r *restSampler) atRest(s DaemonState) bool {
+	return s.Debug.RunsActive == 0 && s.Census.Children == r.warm
+}
+
+// unrest says why a look is not at rest.
+func (r *restSampler) unrest(s DaemonState) string {
+	return fmt.Sprintf("runs_active %d, %d live children of the daemon where %d warm helpers are expected (--warm-runs)",
+		s.Debug.RunsActive, s.Census.Children, r.warm)
+}
+
+// sample waits, at most timeout, for restLooks looks in a row at rest and
+// folds them: the least of each count (a connection still being torn
+// down, another process's short-lived namespace, is in one look, a leak
+// in all), the fds by kind of the look with the least fds, and RSS,
+// threads and kept runs of the last. rest is false when the daemon did
+// not come to rest in time; the last look is returned then.
+func (r *restSampler) sample(ctx context.Context, timeout time.Duration) (s DaemonState, rest bool, err error) {
+	deadline := time.Now().Add(timeout)
+	r.load.CloseIdle()
+	if err := sleepCtx(ctx, restGap); err != nil {
+		return s, false, err
+	}
+	var folded DaemonState
+	n := 0
+	for {
+		cur, err := r.look(ctx)
+		if err != nil {
+			return cur, false, err
+		}
+		switch {
+		case !r.atRest(cur):
+			n = 0
+			if time.Now().After(deadline) {
+				return cur, false, nil
+			}
+		case n == 0:
+			folded, n = cur, 1
+		default:
+			folded = fold(folded, cur)
+			n++
+		}
+		if n == restLooks {
+			return folded, true, nil
+		}
+		if err := sleepCtx(ctx, restGap); err != nil {
+			return cur, false, err
+		}
+	}
+}
+
+// fold keeps the least of each count of two looks at rest, and the rest
+// of the later one.
+func fold(a, b DaemonState) DaemonState {
+	out := b
+	out.Debug.FDs, out.Debug.Goroutines = min(a.Debug.FDs, b.Debug.FDs), min(a.Debug.Goroutines, b.Debug.Goroutines)
+	if a.Debug.FDs < b.Debug.FDs {
+		out.Census.FDs = a.Census.FDs
+	}
+	ca, cb := a.Census, b.Census
+	out.Census.OwnNS, out.Census.HostNS = NSCounts{}, NSCounts{}
+	for _, t := range nsTypes {
+		out.Census.OwnNS[t], out.Census.HostNS[t] = min(ca.OwnNS[t], cb.OwnNS[t]), min(ca.HostNS[t], cb.HostNS[t])
+	}
+	out.Census.OwnMounts, out.Census.Mounts, out.Census.NSFS = min(ca.OwnMounts, cb.OwnMounts), min(ca.Mounts, cb.Mounts), min(ca.NSFS, cb.NSFS)
+	out.Census.OwnProcs = min(ca.OwnProcs, cb.OwnProcs)
+	return out
+}
