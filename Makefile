@@ -54,6 +54,10 @@ test: vet lint build
 
 # The dev config names root's group as client and admin group, so that
 # make run needs no change to the host's groups.
+# One cgroup parent per checkout, so that two clones on one host can both
+# make run (idexd allows one instance per parent).
+DEV_CGROUP    := idexd-dev-$(shell printf '%s' '$(CURDIR)' | cksum | cut -d' ' -f1)
+
 run:
 	@if [ "$$(id -u)" != 0 ]; then echo "make run needs root: idexd creates cgroups and runs scripts as per-student uids. Try: sudo env PATH=\"\$$PATH\" make run (sudo resets PATH, and Go must be on it)" >&2; exit 1; fi
 	@$(MAKE) --no-print-directory build
@@ -65,7 +69,7 @@ run:
 	@echo "  echo 'print(\"hello\", input(\"name? \"))' > $(RUNDIR)/students/alice/hello.py"
 	@echo "  $(BIN)/idexctl run --student alice hello.py"
 	$(BIN)/idexd --config $(RUNDIR)/idexd.toml --socket $(RUNDIR)/idexd.sock \
-		--workdir-root $(RUNDIR)/students --state-dir $(RUNDIR)/state --cgroup-parent idexd-dev
+		--workdir-root $(RUNDIR)/students --state-dir $(RUNDIR)/state --cgroup-parent $(DEV_CGROUP)
 
 # Benchmarks, never timed tests: go test -bench of a run against a bare
 # spawn, then idexbench's side-by-side table (bench/README.md).

@@ -5,6 +5,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,7 +88,7 @@ func newDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	}
 	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock"), students: o.students}
 	d.args = []string{"--config", cfg, "--socket", d.sock, "--workdir-root", o.students,
-		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", "idexd-e2e/" + filepath.Base(dir)}
+		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", "idexd-e2e/" + randomName(t)}
 	d.startWait(!o.degraded)
 	t.Cleanup(func() {
 		if d.cmd != nil {
@@ -233,6 +235,7 @@ sys.exit(7)
 		t.Fatal(err)
 	}
 	var seen []api.Event
+	var text string // print writes its pieces apart: one line may be two events
 	sc := bufio.NewScanner(lp)
 	for sc.Scan() {
 		var ev api.Event
@@ -240,7 +243,8 @@ sys.exit(7)
 			t.Fatal(err)
 		}
 		seen = append(seen, ev)
-		if strings.Contains(ev.Data, "tick 3\n") {
+		text += ev.Data
+		if strings.Contains(text, "tick 3\n") {
 			break
 		}
 	}
@@ -352,6 +356,16 @@ func TestCrashRecovery(t *testing.T) {
 	if out, code := d.ctl("run", "--student", "bob", "sleepy.py"); code != 0 || out != "again\n" {
 		t.Fatalf("same script after restart: %d %q (lock not free?)", code, out)
 	}
+}
+
+// randomName names a test's own cgroup parent: test directories end in
+// 001, 002, ... in every test binary, so their names would collide.
+func randomName(t *testing.T) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // alive treats a zombie as dead: PID 1 here reaps orphans late.

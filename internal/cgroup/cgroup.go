@@ -446,25 +446,50 @@ func moveSelfToLeaf(own string) (string, error) {
 	return own, nil
 }
 
-// RemoveParent removes the parent group and the student groups in it,
-// which must hold no runs, and closes the manager. Tests use it; the
-// daemon keeps its parent.
+// RemoveParent removes the parent group and every group under it, which
+// must hold no process, in every hierarchy, and closes the manager: the
+// daemon after a clean stop, and tests. Groups a crash left in one
+// hierarchy only (v1 after their v2 twin went) go too. The parent stays
+// locked until it is gone, so no other idexd takes it meanwhile.
 func (m *Manager) RemoveParent() error {
-	if err := m.Close(); err != nil {
-		return err
-	}
-	dir := filepath.Join(m.v2Mount, m.v2Parent)
-	students, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("read cgroup parent %s: %w", dir, err)
-	}
+	dirs := []string{filepath.Join(m.v2Mount, m.v2Parent)}
 	var errs []error
-	for _, s := range students {
-		if s.IsDir() {
-			errs = append(errs, m.removeGroup(s.Name()))
+	if m.mode == ModeHybrid {
+		for _, n := range v1Controllers {
+			p, err := m.v1Parent(n)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("find v1 %s parent: %w", n, err))
+				continue
+			}
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", string(n), p))
 		}
 	}
-	errs = append(errs, m.removeGroup(""))
+	for _, d := range dirs {
+		errs = append(errs, removeTree(d))
+	}
+	return errors.Join(append(errs, m.Close())...)
+}
+
+// removeTree removes the group dir and those under it, deepest first. A
+// cgroup's rmdir removes only a group without processes, so nothing that
+// runs is touched: such a group is an error.
+func removeTree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read cgroup %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.IsDir() {
+			errs = append(errs, removeTree(filepath.Join(dir, e.Name())))
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
+	}
 	return errors.Join(errs...)
 }
 

@@ -33,8 +33,9 @@ type Metrics struct {
 	stopLatency  prometheus.Histogram
 }
 
-// New registers every metric.
-func New(src Sources) *Metrics {
+// New registers every metric that the engine and the server feed; Watch
+// adds those read from the engine, which needs New's hooks first.
+func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		reg: reg,
@@ -53,6 +54,13 @@ func New(src Sources) *Metrics {
 	}
 	reg.MustRegister(m.started, m.ended, m.refused, m.startLatency, m.stopLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Watch registers the metrics read from src at scrape time; nil fields
+// are left out.
+func (m *Metrics) Watch(src Sources) {
+	reg := m.reg
 	if src.Active != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "idexd_runs_active", Help: "Runs admitted and not yet ended."},
@@ -75,7 +83,6 @@ func New(src Sources) *Metrics {
 			Name: "idexd_runs_warm_started_total", Help: "Runs started on a warm helper (no cgroup move on the start path)."},
 			func() float64 { return float64(src.WarmStarts()) }))
 	}
-	return m
 }
 
 // Hooks feeds run events into the metrics.

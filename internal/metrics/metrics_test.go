@@ -11,7 +11,8 @@ import (
 )
 
 func TestScrape(t *testing.T) {
-	m := New(Sources{
+	m := New()
+	m.Watch(Sources{
 		Active:     func() int { return 3 },
 		LockCounts: func() (int64, int64) { return 10, 7 },
 		WarmStarts: func() int64 { return 5 },

@@ -1,13 +1,9 @@
 package server_test
 
 import (
-	"os"
 	"testing"
 
-	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/testutil"
 )
 
-func TestMain(m *testing.M) {
-	sandbox.Helper()
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testutil.Main(m) }

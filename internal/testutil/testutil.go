@@ -24,6 +24,7 @@ import (
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
@@ -34,6 +35,14 @@ const ClientGID = 4242
 
 // Interpreter is the python every test uses: an absolute path, not a shim.
 const Interpreter = "/usr/bin/python3"
+
+// Main is the TestMain of a package whose tests start runs: the test
+// binary is then also a run's child (without idexd-sandbox beside it, the
+// engine re-executes its own binary in helper mode).
+func Main(m *testing.M) {
+	sandbox.Helper()
+	os.Exit(m.Run())
+}
 
 // RequireRoot fails the test under CI=true when not root, else skips it.
 func RequireRoot(t testing.TB) {

@@ -1,0 +1,306 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/client"
+	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// testConfig is a daemon of the test's own: directories, socket and
+// cgroup parent.
+func testConfig(t *testing.T) config.Config {
+	t.Helper()
+	testutil.RequireRoot(t)
+	dir := testutil.TraversableDir(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	cfg := config.Default()
+	cfg.Socket = filepath.Join(dir, "idexd.sock")
+	cfg.WorkdirRoot = filepath.Join(dir, "students")
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.CgroupParent = "idexd-test/daemon-" + hex.EncodeToString(b[:])
+	cfg.ClientGroup, cfg.AdminGroup = "root", "root"
+	cfg.Interpreter = testutil.Interpreter
+	cfg.Host = "test"
+	cfg.WarmRuns = 0
+	cfg.ShutdownGrace = config.Duration{Duration: time.Second}
+	return cfg
+}
+
+// parentFree checks that the cgroup parent is not held (another manager
+// may take it), then removes it.
+func parentFree(t *testing.T, parent string) {
+	t.Helper()
+	m, err := cgroup.New(parent)
+	if err != nil {
+		t.Fatalf("cgroup parent still held after the daemon gave up: %v", err)
+	}
+	if err := m.RemoveParent(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func noFile(t *testing.T, path, what string) {
+	t.Helper()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s %s is still there (%v)", what, path, err)
+	}
+}
+
+func TestNewStoreFailsToOpen(t *testing.T) {
+	cfg := testConfig(t)
+	// A file where the state directory should be.
+	if err := os.WriteFile(cfg.StateDir, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(context.Background(), cfg, Options{Log: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), "state dir") {
+		t.Fatalf("New with a state dir that is a file: %v", err)
+	}
+	noFile(t, cfg.Socket, "socket")
+	parentFree(t, cfg.CgroupParent)
+}
+
+func TestNewSocketInUse(t *testing.T) {
+	cfg := testConfig(t)
+	ln, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close() // answering is enough
+		}
+	}()
+	_, err = New(context.Background(), cfg, Options{Log: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), "another idexd answers") {
+		t.Fatalf("New on a socket in use: %v", err)
+	}
+	// Refused before the sweep and the store: nothing of the live one's.
+	noFile(t, filepath.Join(cfg.StateDir, "idexd.db"), "store")
+	parentFree(t, cfg.CgroupParent)
+}
+
+// TestStopDuringStartUp: SIGTERM before start-up ends is a clean exit
+// that leaves nothing held.
+func TestStopDuringStartUp(t *testing.T) {
+	cfg := testConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := New(ctx, cfg, Options{Log: testutil.Logger(t)})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("New after SIGTERM: %v, want context.Canceled", err)
+	}
+	noFile(t, cfg.Socket, "socket")
+	parentFree(t, cfg.CgroupParent)
+	// Main says it is a clean exit.
+	path := filepath.Join(t.TempDir(), "idexd.toml")
+	conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nwarm_runs = 0\nhost = \"test\"\ninterpreter = %q\n", cfg.Interpreter)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--config", path, "--socket", cfg.Socket, "--workdir-root", cfg.WorkdirRoot,
+		"--state-dir", cfg.StateDir, "--cgroup-parent", cfg.CgroupParent}
+	var log strings.Builder
+	if err := Main(ctx, args, &log); err != nil {
+		t.Fatalf("Main after SIGTERM during start-up: %v\n%s", err, log.String())
+	}
+	parentFree(t, cfg.CgroupParent)
+}
+
+// started is a daemon whose Run is going.
+type started struct {
+	d      *Daemon
+	c      *client.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t *testing.T, cfg config.Config, opts Options) *started {
+	t.Helper()
+	if opts.Log == nil {
+		opts.Log = testutil.Logger(t)
+	}
+	d, err := New(context.Background(), cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &started{d: d, c: client.New(cfg.Socket), cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- d.Run(ctx) }()
+	hctx, hcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer hcancel()
+	for {
+		if _, err := s.c.Health(hctx); err == nil {
+			return s
+		}
+		if hctx.Err() != nil {
+			t.Fatal("the daemon did not answer health")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// wait returns Run's error (60 s at most).
+func (s *started) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+// sleeper starts a run that sleeps and waits for its first line.
+func (s *started) sleeper(t *testing.T, cfg config.Config) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := s.c.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(st.Workdir, "sleep.py"), []byte("import time\nprint('up', flush=True)\ntime.sleep(300)\n"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "sleep.py", Limits: api.Limits{WallSeconds: 600}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evs.Close()
+	if ev, err := evs.Next(); err != nil || !strings.HasPrefix(ev.Data, "up") {
+		t.Fatalf("first event %+v %v", ev, err)
+	}
+	return r.ID
+}
+
+// brokenListener fails its Accept once the test breaks it, as a listener
+// whose socket went bad would.
+type brokenListener struct {
+	net.Listener
+	broken chan struct{}
+}
+
+func (l *brokenListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	select {
+	case <-l.broken:
+		if c != nil {
+			_ = c.Close() // the listener is broken: nobody serves this one
+		}
+		return nil, errors.New("accept: injected failure")
+	default:
+	}
+	return c, err
+}
+
+// TestServeErrorDrains: when serving fails, the live runs are still ended
+// (shutdown) and recorded, not left to die with the daemon and be found
+// lost at the next start.
+func TestServeErrorDrains(t *testing.T) {
+	cfg := testConfig(t)
+	inner, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &brokenListener{Listener: inner, broken: make(chan struct{})}
+	s := start(t, cfg, Options{Listener: ln})
+	id := s.sleeper(t, cfg)
+	close(ln.broken)
+	// One more connection wakes Accept up to fail.
+	if c, err := net.Dial("unix", cfg.Socket); err == nil {
+		_, _ = bufio.NewReader(c).ReadByte() // until the daemon closes it
+		_ = c.Close()
+	}
+	err = s.wait(t)
+	if err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("Run after a Serve error: %v", err)
+	}
+	rec, err := s.d.st.GetRun(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != api.StateEnded || rec.Reason != api.ReasonShutdown {
+		t.Fatalf("the live run after a Serve error is %s/%s, want ended/shutdown", rec.State, rec.Reason)
+	}
+	if err := s.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCleanStopRemovesCgroups: SIGTERM drains, and the cgroup parent goes
+// with the daemon, in every hierarchy: a clean stop leaves no empty group.
+func TestCleanStopRemovesCgroups(t *testing.T) {
+	cfg := testConfig(t)
+	s := start(t, cfg, Options{})
+	id := s.sleeper(t, cfg)
+	dirs := parentDirs(t, s.d.cg, cfg.CgroupParent)
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err != nil {
+			t.Fatalf("cgroup parent %s while running: %v", d, err)
+		}
+	}
+	s.cancel()
+	if err := s.wait(t); err != nil {
+		t.Fatalf("Run after SIGTERM: %v", err)
+	}
+	rec, err := s.d.st.GetRun(context.Background(), id)
+	if err != nil || rec.Reason != api.ReasonShutdown {
+		t.Fatalf("run after SIGTERM: %+v %v, want shutdown", rec, err)
+	}
+	if err := s.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		noFile(t, d, "cgroup")
+	}
+}
+
+// parentDirs are the directories of m's (relative) parent: v2, and on a
+// hybrid host the v1 memory and pids ones, under this process's own groups.
+func parentDirs(t *testing.T, m *cgroup.Manager, rel string) []string {
+	t.Helper()
+	if m.Mode() == cgroup.ModeUnified {
+		return []string{filepath.Join("/sys/fs/cgroup", m.Parent())}
+	}
+	out := []string{filepath.Join("/sys/fs/cgroup/unified", m.Parent())}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(own), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 && (f[1] == "memory" || f[1] == "pids") {
+			out = append(out, filepath.Join("/sys/fs/cgroup", f[1], f[2], rel))
+		}
+	}
+	return out
+}
