@@ -66,7 +66,7 @@ run:
 	@echo "idexd on $(RUNDIR)/idexd.sock; in another shell try:"
 	@echo "  export IDEX_SOCKET=$(RUNDIR)/idexd.sock"
 	@echo "  $(BIN)/idexctl student alice"
-	@echo "  echo 'print(\"hello\", input(\"name? \"))' > $(RUNDIR)/students/alice/hello.py"
+	@echo "  echo 'print(\"hello\", input(\"name? \"))' | $(BIN)/idexctl files put --student alice hello.py"
 	@echo "  $(BIN)/idexctl run --student alice hello.py"
 	$(BIN)/idexd --config $(RUNDIR)/idexd.toml --socket $(RUNDIR)/idexd.sock \
 		--workdir-root $(RUNDIR)/students --state-dir $(RUNDIR)/state --cgroup-parent $(DEV_CGROUP)

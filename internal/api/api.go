@@ -149,6 +149,8 @@ type Student struct {
 	UID     uint32 `json:"uid"`
 	GID     uint32 `json:"gid"`
 	Workdir string `json:"workdir"`
+	// Disk is the student's disk usage (GET and PUT /v1/students/{name}).
+	Disk Disk `json:"disk,omitzero"`
 }
 
 // Check is one self-check of the health report.

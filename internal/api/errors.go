@@ -32,6 +32,16 @@ const (
 	CodeStdinClosed      Code = "stdin_closed"
 	CodeTimeout          Code = "timeout"
 	CodeInternal         Code = "internal"
+	// Codes of the file routes (/v1/students/{name}/files).
+	CodeFileNotFound      Code = "file_not_found"
+	CodeNotRegular        Code = "not_regular"
+	CodeNotDirectory      Code = "not_directory"
+	CodeFileExists        Code = "file_exists"
+	CodeDirectoryNotEmpty Code = "directory_not_empty"
+	CodePermissionDenied  Code = "permission_denied"
+	CodeFileTooLarge      Code = "file_too_large"
+	CodeQuotaExceeded     Code = "quota_exceeded"
+	CodeDiskFull          Code = "disk_full"
 )
 
 // Error is the one error type of the protocol. The server writes it as
@@ -100,6 +110,16 @@ var (
 	ErrForbidden        = &Error{Code: CodeForbidden}
 	ErrRunEnded         = &Error{Code: CodeRunEnded}
 	ErrStdinClosed      = &Error{Code: CodeStdinClosed}
+
+	ErrFileNotFound      = &Error{Code: CodeFileNotFound}
+	ErrNotRegular        = &Error{Code: CodeNotRegular}
+	ErrNotDirectory      = &Error{Code: CodeNotDirectory}
+	ErrFileExists        = &Error{Code: CodeFileExists}
+	ErrDirectoryNotEmpty = &Error{Code: CodeDirectoryNotEmpty}
+	ErrPermissionDenied  = &Error{Code: CodePermissionDenied}
+	ErrFileTooLarge      = &Error{Code: CodeFileTooLarge}
+	ErrQuotaExceeded     = &Error{Code: CodeQuotaExceeded}
+	ErrDiskFull          = &Error{Code: CodeDiskFull}
 )
 
 // Errorf builds an *Error with a formatted message.
@@ -110,18 +130,21 @@ func Errorf(code Code, format string, args ...any) *Error {
 // HTTPStatus maps a code to its HTTP status, in this one place.
 func HTTPStatus(code Code) int {
 	switch code {
-	case CodeInvalidRequest, CodeInvalidStudent, CodeInvalidPath, CodeLimitTooHigh:
+	case CodeInvalidRequest, CodeInvalidStudent, CodeInvalidPath, CodeLimitTooHigh,
+		CodeNotRegular, CodeNotDirectory:
 		return http.StatusBadRequest
-	case CodeForbidden:
+	case CodeForbidden, CodePermissionDenied:
 		return http.StatusForbidden
-	case CodeScriptNotFound, CodeNotFound, CodeStudentNotFound:
+	case CodeScriptNotFound, CodeNotFound, CodeStudentNotFound, CodeFileNotFound:
 		return http.StatusNotFound
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case CodeLocked, CodeRunEnded, CodeStdinClosed:
+	case CodeLocked, CodeRunEnded, CodeStdinClosed, CodeFileExists, CodeDirectoryNotEmpty:
 		return http.StatusConflict
-	case CodeBodyTooLarge:
+	case CodeBodyTooLarge, CodeFileTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case CodeQuotaExceeded, CodeDiskFull:
+		return http.StatusInsufficientStorage
 	case CodeDraining, CodeAtCapacity, CodeStoreUnavailable:
 		return http.StatusServiceUnavailable
 	case CodeTimeout:

@@ -171,7 +171,7 @@ func (a *app) student(ctx context.Context, c *call) (int, error) {
 	if a.json {
 		return 0, a.printJSON(st)
 	}
-	fmt.Fprintf(a.stdout, "student %s\nuid     %d\ngid     %d\nworkdir %s\n", st.Name, st.UID, st.GID, st.Workdir)
+	fmt.Fprintf(a.stdout, "student %s\nuid     %d\ngid     %d\nworkdir %s\n%s", st.Name, st.UID, st.GID, st.Workdir, diskLine(st.Disk))
 	return 0, nil
 }
 

@@ -112,6 +112,34 @@ directory, then shows them. Student names are lower-case Unix names
 			run: (*app).student,
 		},
 		{
+			name: "files", args: "ls [DIR] | cat PATH | put PATH [LOCAL|-] | rm PATH... | mv FROM TO", minArgs: 1, maxArgs: -1,
+			argComplete: strings.Join(fileVerbs, " "),
+			summary:     "a student's files through idexd: ls, cat, put, rm, mv",
+			help: `Reads and writes a student's files through idexd, which resolves every
+path inside the student's directory without following a symlink, refuses
+FIFOs, sockets and devices, and writes as the student (so the student's
+disk quota applies). Paths are relative to the student's directory.
+
+  idexctl files ls --student alice [DIR]        list a directory
+  idexctl files cat --student alice main.py     print a file's bytes
+  idexctl files put --student alice main.py ./main.py
+                                                save a local file (or stdin: -)
+  idexctl files rm --student alice old.py       remove a file or empty directory
+  idexctl files mv --student alice a.py b/a.py --parents
+                                                rename; never replaces
+
+put replaces the file atomically; --parents (put, mv) creates missing
+directories. File names, and what cat prints, are escaped on a terminal
+as a run's output is (a student's program chose them), unless --raw.`,
+			flags: []*flagDef{
+				{name: "student", arg: "NAME", usage: "the student whose files these are (required)",
+					parse: parseStudent, complete: compStudents, required: true},
+				{name: "parents", short: "p", usage: "create missing directories (put, mv)"},
+				flagRaw,
+			},
+			run: (*app).files,
+		},
+		{
 			name: "students", maxArgs: 0,
 			summary: "list every known student",
 			run:     (*app).students,

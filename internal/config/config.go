@@ -85,7 +85,22 @@ type Config struct {
 	// DebugEndpoints enables POST /v1/debug/hang, which makes the watchdog
 	// self-check fail: for testing systemd's watchdog, never in production.
 	DebugEndpoints bool `toml:"debug_endpoints"`
+	// WorkdirLayout is "private" (each student's directory 0700, the web
+	// tier goes through the file routes) or "shared" (the client group may
+	// read and write every directory: see package students for the risk).
+	WorkdirLayout string `toml:"workdir_layout"`
+	// QuotaMB and QuotaFiles are each student's disk limits; 0 turns one off.
+	QuotaMB    int64 `toml:"quota_mb"`
+	QuotaFiles int64 `toml:"quota_files"`
+	// FileMaxMB caps one read or write through the file routes.
+	FileMaxMB int64 `toml:"file_max_mb"`
 }
+
+// Workdir layouts.
+const (
+	LayoutPrivate = "private"
+	LayoutShared  = "shared"
+)
 
 // Default returns the production defaults.
 func Default() Config {
@@ -119,7 +134,11 @@ func Default() Config {
 			MemoryMB: 1024, Pids: 256, CPUPercent: 200,
 			WallSeconds: 600, CPUSeconds: 600, OutputKB: 16 * 1024,
 		},
-		LogLevel: "info",
+		LogLevel:      "info",
+		WorkdirLayout: LayoutPrivate,
+		QuotaMB:       100,
+		QuotaFiles:    10000,
+		FileMaxMB:     16,
 	}
 }
 
@@ -233,6 +252,20 @@ func (c *Config) Validate() error {
 	errs = append(errs, checkLimits("max", c.Max)...)
 	if err := FitLimits(c.Defaults, c.Max); err != nil {
 		errs = append(errs, fmt.Errorf("defaults exceed max: %w", err))
+	}
+	switch c.WorkdirLayout {
+	case LayoutPrivate, LayoutShared:
+	default:
+		errs = append(errs, fmt.Errorf("workdir_layout must be %q or %q, got %q", LayoutPrivate, LayoutShared, c.WorkdirLayout))
+	}
+	if c.QuotaMB < 0 || c.QuotaFiles < 0 {
+		errs = append(errs, fmt.Errorf("quota_mb and quota_files must be 0 (off) or positive, got %d and %d", c.QuotaMB, c.QuotaFiles))
+	}
+	if c.QuotaMB > 1<<30 {
+		errs = append(errs, fmt.Errorf("quota_mb must be at most %d, got %d", 1<<30, c.QuotaMB))
+	}
+	if c.FileMaxMB < 1 || c.FileMaxMB > 1024 {
+		errs = append(errs, fmt.Errorf("file_max_mb must be 1..1024, got %d", c.FileMaxMB))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

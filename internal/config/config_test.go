@@ -34,6 +34,9 @@ func TestLoadRefusesBadConfig(t *testing.T) {
 		"bad duration":  "shutdown_grace = \"soon\"\n",
 		"bad uid range": "uid_min = 10\n",
 		"bad log level": "log_level = \"loud\"\n",
+		"bad layout":    "workdir_layout = \"open\"\n",
+		"neg quota":     "quota_mb = -1\n",
+		"zero file max": "file_max_mb = 0\n",
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {

@@ -28,9 +28,11 @@ import (
 
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/files"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/logging"
 	"github.com/idexd/idexd/internal/metrics"
+	"github.com/idexd/idexd/internal/quota"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
@@ -154,10 +156,21 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		}
 		log.Warn("runs are NOT limited by these cgroup controllers (allow_unlimited = true)", "missing", missing)
 	}
-	dirs := &students.Dirs{Root: cfg.WorkdirRoot, ClientGroup: clientGID}
+	dirs := &students.Dirs{Root: cfg.WorkdirRoot, ClientGroup: clientGID, Layout: students.Layout(cfg.WorkdirLayout)}
 	if err := dirs.EnsureRoot(); err != nil {
 		return nil, err
 	}
+	quotas, err := quota.New(quota.Config{Root: cfg.WorkdirRoot, Log: log,
+		Limits: quota.Limits{Bytes: cfg.QuotaMB << 20, Files: cfg.QuotaFiles}})
+	if err != nil {
+		return nil, err
+	}
+	// Closed after the engine: it waits for the measurements that the
+	// last runs' ends started.
+	d.closers = append(d.closers, quotas.Close)
+	dirs.Quota = quotas
+	log.Info("disk quotas", "quota_mb", cfg.QuotaMB, "quota_files", cfg.QuotaFiles, "enforced_by", quotas.EnforcedBy(),
+		"status", quotas.Status(), "workdir_layout", cfg.WorkdirLayout)
 	// The socket first: it proves no other idexd is live here, before the
 	// sweep below kills what it takes for a dead instance's runs.
 	if d.ln, err = d.listen(clientGID); err != nil {
@@ -197,13 +210,15 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	d.closers = append(d.closers, helper.Close)
 
 	d.met = metrics.New()
+	hooks := d.met.Hooks()
+	hooks.Ended = quotas.AfterRuns(hooks.Ended, dirs.Workdir)
 	d.eng, err = run.New(run.Config{
 		Host: cfg.Host, Interpreter: cfg.Interpreter,
 		Defaults: cfg.Defaults, Max: cfg.Max, MaxRuns: cfg.MaxRuns,
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		Helper: helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
-		Hooks: d.met.Hooks(),
+		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit,
 	})
 	if err != nil {
 		return nil, err
@@ -219,10 +234,17 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		src.StoreErrors = c.Errors
 	}
 	d.met.Watch(src)
+	fileSvc, err := files.New(files.Config{Students: d.st, Dirs: dirs, MaxBytes: cfg.FileMaxMB << 20, Quota: quotas, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	// Closed first: Run has shut the API server down, no request is left.
+	d.closers = append(d.closers, func() error { fileSvc.Close(); return nil })
 	srvCfg := server.Config{
 		Engine: d.eng, Store: d.st, Cgroups: d.cg, Log: log,
 		ClientGID: clientGID, AdminGID: adminGID, Interpreter: cfg.Interpreter,
 		Metrics: d.met.Handler(), Debug: cfg.DebugEndpoints, OnError: d.met.Refused,
+		Files: fileSvc,
 	}
 	if stats != nil {
 		srvCfg.Locks = stats
@@ -343,6 +365,14 @@ func (d *Daemon) Close() error {
 	}
 	d.closers = nil
 	return errors.Join(errs...)
+}
+
+// runUmask is what the layout needs of runs (see run.Config.Umask).
+func runUmask(dirs *students.Dirs) uint32 {
+	if dirs.Shared() {
+		return 0o007
+	}
+	return 0o077
 }
 
 func (d *Daemon) closeCgroups() error {

@@ -74,6 +74,16 @@ type Config struct {
 	// Helper is the binary each run's child starts as (the zero value:
 	// this binary, re-executed).
 	Helper sandbox.Binary
+	// Umask is what the layout of students' directories needs runs to use:
+	// 077 for the private layout, 007 for the shared one, where the web
+	// tier (the directory's group) must read what runs write. Not applied
+	// yet: the sandbox still sets 007, which is safe in both layouts (in
+	// the private one the group is the student's own).
+	Umask uint32
+	// AdmitStudent, when set, may refuse a student's new run before it is
+	// locked (quota_exceeded while the student is over a disk limit that
+	// idexd measures).
+	AdmitStudent func(ctx context.Context, st api.Student) error
 
 	Log     *slog.Logger
 	Cgroups *cgroup.Manager
@@ -239,6 +249,11 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e.cfg.AdmitStudent != nil {
+		if err := e.cfg.AdmitStudent(ctx, st); err != nil {
+			return nil, err
+		}
+	}
 	script, err := students.ResolveScript(st.Workdir, req.Script)
 	if err != nil {
 		return nil, err
@@ -353,7 +368,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 	if st.UID == 0 || st.UID < e.cfg.UIDMin || st.GID == 0 {
 		return api.Student{}, api.Errorf(api.CodeInvalidStudent, "student %s has uid %d gid %d: below the floor %d", name, st.UID, st.GID, e.cfg.UIDMin)
 	}
-	wd, err := e.cfg.Dirs.Ensure(name, st.UID)
+	wd, err := e.cfg.Dirs.Ensure(name, st.UID, st.GID)
 	if err != nil {
 		return api.Student{}, fmt.Errorf("ensure directory of student %s: %w", name, err)
 	}

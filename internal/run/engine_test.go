@@ -114,7 +114,7 @@ print("sid", os.getsid(0) == os.getpid())
 // every student's out.csv must land in that student's directory, owned by
 // that student, and nowhere else.
 func TestSixtyFourStudentsWriteOwnFiles(t *testing.T) {
-	env := testutil.NewEnv(t)
+	env := testutil.NewEnv(t, testutil.SharedLayout)
 	const n = 64
 	for i := range n {
 		env.WriteScript(t, fmt.Sprintf("s%02d", i), "main.py",
@@ -333,11 +333,11 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestWebTierAndRunShareFiles shows the directory scheme: a process of the
+// TestWebTierAndRunShareFiles shows the shared layout: a process of the
 // client group saves a file, the student's run reads and rewrites it, the
 // web tier reads the result, and another student's run cannot open it.
 func TestWebTierAndRunShareFiles(t *testing.T) {
-	env := testutil.NewEnv(t)
+	env := testutil.NewEnv(t, testutil.SharedLayout)
 	st, err := env.Engine.EnsureStudent(ctxT(t, 5*time.Second), "alice")
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/files"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/version"
@@ -65,6 +66,9 @@ type Config struct {
 	// not cut event streams: net/http clears the read deadline once the
 	// request body is read (TestStreamOutlivesReadTimeout).
 	ReadTimeout time.Duration
+	// Files serves the file routes and students' disk usage; nil turns
+	// them off.
+	Files *files.Service
 }
 
 // Server is the control API.
@@ -73,6 +77,7 @@ type Server struct {
 	log     *slog.Logger
 	started time.Time
 	mux     *http.ServeMux
+	root    http.Handler // mux behind the path check
 	// hung is set by /v1/debug/hang: the watchdog self-check then fails.
 	hung atomic.Bool
 }
@@ -92,16 +97,17 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.log, api.Errorf(api.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
+	s.root = s.cleanPaths(s.mux)
 	return s
 }
 
 // Handler is the root handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.root }
 
 // HTTPServer returns an http.Server that reads peer credentials.
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{
-		Handler:           s.mux,
+		Handler:           s.root,
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Whole requests are small (1 MiB at most); event streams write and
@@ -144,6 +150,11 @@ func (s *Server) routes() []route {
 		{method: "GET", path: "/v1/students", role: RoleAdmin, h: s.listStudents},
 		{method: "GET", path: "/v1/students/{name}", role: RoleClient, h: s.getStudent},
 		{method: "PUT", path: "/v1/students/{name}", role: RoleClient, h: s.putStudent},
+		{method: "GET", path: "/v1/students/{name}/files", role: RoleClient, h: s.withFiles(s.listFiles)},
+		{method: "DELETE", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.deleteFile)},
+		{method: "GET", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.getFile)},
+		{method: "POST", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.moveFile)},
+		{method: "PUT", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.putFile)},
 		{method: "GET", path: "/v1/version", role: RoleClient, h: s.version},
 	}
 }
@@ -453,6 +464,7 @@ func (s *Server) putStudent(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	s.withDisk(r, &st)
 	writeJSON(w, s.log, http.StatusOK, st)
 	return nil
 }
@@ -463,7 +475,9 @@ func (s *Server) getStudent(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, s.log, http.StatusOK, api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)})
+	out := api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)}
+	s.withDisk(r, &out)
+	writeJSON(w, s.log, http.StatusOK, out)
 	return nil
 }
 
@@ -504,6 +518,10 @@ func (s *Server) Health(ctx context.Context) api.Health {
 			Message: fmt.Sprintf("not enforced: no %s controller (allow_unlimited = true)", strings.Join(missing, ", "))})
 	}
 	check("interpreter", run.CheckInterpreter(s.cfg.Interpreter))
+	if s.cfg.Files != nil && s.cfg.Files.Quota() != nil {
+		// Said, not degraded: measuring is the documented way on NFS.
+		h.Checks = append(h.Checks, api.Check{Name: "disk_quota", OK: true, Message: s.cfg.Files.Quota().Status()})
+	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	check("store", s.cfg.Store.Ping(pctx))

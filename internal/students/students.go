@@ -3,19 +3,30 @@
 // and mode, and resolves a script path so that nothing outside that
 // directory can be named, not even through a symlink swapped in meanwhile.
 //
-// The directory scheme works with plain modes, as shared storage without
-// POSIX ACLs (EFS) requires:
+// Two layouts, with plain modes only, as shared storage without POSIX ACLs
+// (EFS) requires. The default, private, is for a web tier that reaches
+// students' files only through idexd's file routes:
+//
+//	<workdir_root>               root:root 0711
+//	<workdir_root>/<student>     <student uid>:<student gid> 0700
+//
+// Nobody but the student's runs (and root) can enter the directory, so no
+// other process ever follows a path a run planted there.
+//
+// The shared layout keeps the older scheme for a web tier that still reads
+// and writes the directories itself:
 //
 //	<workdir_root>               root:<client group> 0751
 //	<workdir_root>/<student>     <student uid>:<client group> 2770
 //
-// Only the student's runs (owner) and the web tier (group) can enter a
-// student's directory; other students cannot even traverse it. The setgid
-// bit gives every new file the client group, and runs use umask 007, so the
-// web tier can read and rewrite what a run wrote. The web tier saves files
-// with mode 0666 (umask 000) so that runs, which are "other" to a file the
-// web tier owns, can rewrite them in place; the 2770 directory is what keeps
-// every other student out.
+// The setgid bit gives every new file the client group, and runs use umask
+// 007, so the web tier can read and rewrite what a run wrote. The web tier
+// saves files with mode 0666 (umask 000) so that runs, which are "other" to
+// a file the web tier owns, can rewrite them in place; the 2770 directory
+// is what keeps every other student out. Its risk: the web tier follows
+// whatever a run left there (a symlink to another student's file or to
+// /proc/self/environ, a FIFO that never answers), as a process with access
+// to every student's directory.
 package students
 
 import (
@@ -44,38 +55,88 @@ func ValidName(name string) error {
 	return nil
 }
 
+// Layout is how students' directories are owned and shared.
+type Layout string
+
+const (
+	// LayoutPrivate (the default, also the zero value): each directory is
+	// the student's own, 0700.
+	LayoutPrivate Layout = "private"
+	// LayoutShared: the client group may read and write every directory.
+	LayoutShared Layout = "shared"
+)
+
+// QuotaSetter applies a student's disk limits (kernel quotas).
+type QuotaSetter interface {
+	Apply(uid uint32) error
+}
+
 // Dirs manages the students' directories under one root.
 type Dirs struct {
 	Root        string
 	ClientGroup uint32 // gid of the web tier's group
+	Layout      Layout
+	// Quota, when set, is applied to each student's uid by Ensure.
+	Quota QuotaSetter
 }
 
 const (
-	rootMode    = 0o751
-	studentMode = 0o2770
+	sharedRootMode     = 0o751
+	sharedStudentMode  = 0o2770
+	privateRootMode    = 0o711
+	privateStudentMode = 0o700
 )
+
+// Shared reports whether the web tier shares the directories (LayoutShared).
+func (d *Dirs) Shared() bool { return d.Layout == LayoutShared }
+
+// owner is who owns the root and a student's directory, and their modes.
+func (d *Dirs) owner(gid uint32) (rootGID uint32, rootMode uint32, studentGID uint32, studentMode uint32) {
+	if d.Shared() {
+		return d.ClientGroup, sharedRootMode, d.ClientGroup, sharedStudentMode
+	}
+	return 0, privateRootMode, gid, privateStudentMode
+}
+
+// FileModes are the modes of files and directories created on a
+// student's behalf (the file routes): private to the student, or shared
+// with the client group as runs' umask 007 makes them.
+func (d *Dirs) FileModes() (file, dir uint32) {
+	if d.Shared() {
+		return 0o660, 0o770
+	}
+	return 0o600, 0o700
+}
 
 // Workdir is the student's directory (not checked).
 func (d *Dirs) Workdir(student string) string { return filepath.Join(d.Root, student) }
 
 // EnsureRoot creates the root with its mode if missing.
 func (d *Dirs) EnsureRoot() error {
-	if err := os.MkdirAll(d.Root, rootMode); err != nil {
+	switch d.Layout {
+	case "", LayoutPrivate, LayoutShared:
+	default:
+		return fmt.Errorf("workdir layout must be %q or %q, got %q", LayoutPrivate, LayoutShared, d.Layout)
+	}
+	rootGID, rootMode, _, _ := d.owner(0)
+	if err := os.MkdirAll(d.Root, os.FileMode(rootMode)); err != nil {
 		return fmt.Errorf("create workdir root %s: %w", d.Root, err)
 	}
-	if err := os.Chown(d.Root, 0, int(d.ClientGroup)); err != nil {
+	if err := os.Chown(d.Root, 0, int(rootGID)); err != nil {
 		return fmt.Errorf("chown workdir root %s: %w", d.Root, err)
 	}
-	if err := os.Chmod(d.Root, rootMode); err != nil {
+	if err := os.Chmod(d.Root, os.FileMode(rootMode)); err != nil {
 		return fmt.Errorf("chmod workdir root %s: %w", d.Root, err)
 	}
 	return nil
 }
 
-// Ensure creates the student's directory if missing and fixes its owner,
-// group and mode. It works on an fd opened without following symlinks, so
-// a symlink planted at the student's name is refused, not followed.
-func (d *Dirs) Ensure(student string, uid uint32) (string, error) {
+// Ensure creates the student's directory if missing, fixes its owner,
+// group and mode for the layout, and applies the student's disk quota. It
+// works on an fd opened without following symlinks, so a symlink planted
+// at the student's name is refused, not followed. gid is the student's own
+// group (the directory's group in the private layout).
+func (d *Dirs) Ensure(student string, uid, gid uint32) (string, error) {
 	if err := ValidName(student); err != nil {
 		return "", err
 	}
@@ -96,15 +157,21 @@ func (d *Dirs) Ensure(student string, uid uint32) (string, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return "", fmt.Errorf("stat workdir of %s: %w", student, err)
 	}
-	if st.Uid != uid || st.Gid != d.ClientGroup {
-		if err := unix.Fchown(fd, int(uid), int(d.ClientGroup)); err != nil {
-			return "", fmt.Errorf("chown workdir of %s to %d:%d: %w", student, uid, d.ClientGroup, err)
+	_, _, group, mode := d.owner(gid)
+	if st.Uid != uid || st.Gid != group {
+		if err := unix.Fchown(fd, int(uid), int(group)); err != nil {
+			return "", fmt.Errorf("chown workdir of %s to %d:%d: %w", student, uid, group, err)
 		}
 	}
 	// chown clears the setgid bit, so the mode is set after it.
-	if st.Mode&0o7777 != studentMode || st.Uid != uid || st.Gid != d.ClientGroup {
-		if err := unix.Fchmod(fd, studentMode); err != nil {
+	if st.Mode&0o7777 != mode || st.Uid != uid || st.Gid != group {
+		if err := unix.Fchmod(fd, mode); err != nil {
 			return "", fmt.Errorf("chmod workdir of %s: %w", student, err)
+		}
+	}
+	if d.Quota != nil {
+		if err := d.Quota.Apply(uid); err != nil {
+			return "", fmt.Errorf("disk quota of %s (uid %d): %w", student, uid, err)
 		}
 	}
 	return d.Workdir(student), nil

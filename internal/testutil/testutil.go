@@ -22,7 +22,9 @@ import (
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/files"
 	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/quota"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/server"
@@ -106,10 +108,18 @@ type Env struct {
 	Dirs    *students.Dirs
 	Root    string
 	Config  run.Config
+	// Files serves the file routes, with Quota (the default limits,
+	// measured or kernel as the test's filesystem allows).
+	Files *files.Service
+	Quota *quota.Manager
 }
 
 // Option changes the engine's configuration before it is built.
 type Option func(*run.Config)
+
+// SharedLayout gives the students' directories the shared layout (the
+// client group may enter them) instead of the private default.
+func SharedLayout(c *run.Config) { c.Dirs.Layout = students.LayoutShared }
 
 // NewEnv builds an engine on real cgroups under a parent unique to this test.
 func NewEnv(t testing.TB, opts ...Option) *Env {
@@ -129,20 +139,37 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 		t.Fatalf("cgroups: %v", err)
 	}
 	dirs := &students.Dirs{Root: filepath.Join(root, "students"), ClientGroup: ClientGID}
-	if err := dirs.EnsureRoot(); err != nil {
-		t.Fatalf("workdir root: %v", err)
-	}
 	def := config.Default()
 	locks := lock.NewTable()
+	log := Logger(t)
 	cfg := run.Config{
 		Host: "test", Interpreter: Interpreter,
 		Defaults: def.Defaults, Max: def.Max, MaxRuns: 1000,
 		UIDSource: config.UIDSourceRange, UIDMin: def.UIDMin, UIDMax: def.UIDMax,
 		KeepEnded: time.Minute,
-		Log:       Logger(t), Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
+		Log:       log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
 	}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if err := dirs.EnsureRoot(); err != nil {
+		t.Fatalf("workdir root: %v", err)
+	}
+	qm, err := quota.New(quota.Config{Root: dirs.Root, Log: log,
+		Limits: quota.Limits{Bytes: def.QuotaMB << 20, Files: def.QuotaFiles}})
+	if err != nil {
+		t.Fatalf("quotas: %v", err)
+	}
+	if dirs.Quota == nil {
+		dirs.Quota = qm
+	}
+	if cfg.AdmitStudent == nil {
+		cfg.AdmitStudent = qm.Admit
+	}
+	cfg.Hooks.Ended = qm.AfterRuns(cfg.Hooks.Ended, dirs.Workdir)
+	fsvc, err := files.New(files.Config{Students: st, Dirs: dirs, MaxBytes: def.FileMaxMB << 20, Quota: qm, Log: log})
+	if err != nil {
+		t.Fatalf("files: %v", err)
 	}
 	eng, err := run.New(cfg)
 	if err != nil {
@@ -153,6 +180,10 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 		defer cancel()
 		if err := eng.Shutdown(ctx, 0); err != nil {
 			t.Errorf("shutdown engine: %v", err)
+		}
+		fsvc.Close()
+		if err := qm.Close(); err != nil {
+			t.Errorf("close quotas: %v", err)
 		}
 		if err := st.Close(); err != nil {
 			t.Errorf("close store: %v", err)
@@ -174,7 +205,7 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 			t.Errorf("remove test cgroup parent: %v", err)
 		}
 	})
-	return &Env{Engine: eng, Store: st, Locks: locks, Cgroups: cg, Dirs: dirs, Root: root, Config: cfg}
+	return &Env{Engine: eng, Store: st, Locks: locks, Cgroups: cg, Dirs: dirs, Root: root, Config: cfg, Files: fsvc, Quota: qm}
 }
 
 func cgroupV2Mount(m *cgroup.Manager) string {
@@ -258,6 +289,7 @@ func (e *Env) Serve(t testing.TB, opts ...func(*server.Config)) *Served {
 	cfg := server.Config{
 		Engine: e.Engine, Store: e.Store, Cgroups: e.Cgroups, Log: e.Config.Log,
 		ClientGID: ClientGID, AdminGID: AdminGID, Interpreter: Interpreter, Locks: e.Locks,
+		Files: e.Files,
 	}
 	for _, o := range opts {
 		o(&cfg)
