@@ -62,6 +62,11 @@ func kernelState(fd int) (enforced bool, why string) {
 	var buf [160]byte
 	buf[0] = fsQStatVVersion1
 	err := quotactlFD(fd, qcmd(qXGetQStat, usrQuota), 0, unsafe.Pointer(&buf[0]))
+	if errors.Is(err, unix.EPERM) {
+		// systemd's @system-service filter leaves quotactl_fd out, and
+		// setting another uid's quota needs CAP_SYS_ADMIN.
+		return false, "quotactl_fd is not permitted (under systemd: docs/systemd.md, \"Kernel disk quotas\")"
+	}
 	if err != nil {
 		return false, fmt.Sprintf("user quotas are not on (quotactl: %v)", err)
 	}
