@@ -89,22 +89,24 @@ func TestKernelQuota(t *testing.T) {
 	testutil.RequireRoot(t)
 	mnt := loopExt4(t)
 	root := filepath.Join(mnt, "students")
-	f := newFixtureAt(t, root, quota.Limits{Bytes: 1 << 20, Files: 20}, students.LayoutPrivate)
+	f := newFixtureAt(t, root, quota.Limits{Bytes: 200 << 10, Files: 20}, students.LayoutPrivate)
 	if f.quota.EnforcedBy() != api.EnforcedByKernel {
 		t.Fatalf("quotas on an ext4 mounted with usrquota: %s", f.quota.Status())
 	}
 	alice := f.student(t, "alice")
-	chunk := strings.Repeat("k", 400<<10)
-	f.put(t, "alice", "a.bin", chunk)
-	f.put(t, "alice", "b.bin", chunk)
-	_, err := f.svc.Write(ctxT(t), "alice", "c.bin", strings.NewReader(chunk), false)
-	wantCode(t, "a third 400 KiB file under a 1 MiB kernel quota", err, api.CodeQuotaExceeded)
+	chunk := strings.Repeat("k", 60<<10)
+	for _, n := range []string{"a.bin", "b.bin", "c.bin"} {
+		f.put(t, "alice", n, chunk)
+	}
+	_, err := f.svc.Write(ctxT(t), "alice", "d.bin", strings.NewReader(chunk), false)
+	wantCode(t, "a fourth 60 KiB file under a 200 KiB kernel quota", err, api.CodeQuotaExceeded)
 	if left := leftovers(t, alice.Workdir); len(left) > 0 {
 		t.Fatalf("temporary files left: %v", left)
 	}
 	d := f.svc.Disk(ctxT(t), alice)
-	if d.EnforcedBy != api.EnforcedByKernel || d.LimitBytes != 1<<20 || d.LimitFiles != 20 || d.UsedBytes < 800<<10 || d.UsedBytes > 1<<20 || d.UsedFiles != 3 {
-		t.Fatalf("disk %+v: want ~800 KiB of 1 MiB and 3 inodes (the directory and two files), from the kernel", d)
+	if d.EnforcedBy != api.EnforcedByKernel || d.LimitBytes != 200<<10 || d.LimitFiles != 20 ||
+		d.UsedBytes < 180<<10 || d.UsedBytes > 200<<10 || d.UsedFiles != 4 {
+		t.Fatalf("disk %+v: want 180-200 KiB of 200 KiB and 4 inodes (the directory, three files), from the kernel", d)
 	}
 	// The student's own program: the kernel refuses it too.
 	cmd := exec.Command(testutil.Interpreter, "-c", "open('run.bin', 'wb').write(b'r' * (1 << 20))")
@@ -128,13 +130,13 @@ func TestKernelQuota(t *testing.T) {
 	if d := f.svc.Disk(ctxT(t), alice); d.UsedBytes <= 1<<20 {
 		t.Fatalf("root's write was not charged to the student: %+v", d)
 	}
-	for _, n := range []string{"root.bin", "run.bin", "b.bin"} {
+	for _, n := range []string{"root.bin", "run.bin", "c.bin"} {
 		if err := f.svc.Remove(ctxT(t), "alice", n); err != nil && !errors.Is(err, api.ErrFileNotFound) {
 			t.Fatal(err)
 		}
 	}
 	f.put(t, "alice", "c.bin", chunk)
-	// Inodes: the directory and a.bin, c.bin so far; 20 at most.
+	// Inodes: the directory, a.bin, b.bin and c.bin so far; 20 at most.
 	var i int
 	for i = 0; i < 30; i++ {
 		if _, err = f.svc.Write(ctxT(t), "alice", fmt.Sprintf("n%02d", i), strings.NewReader(""), false); err != nil {
@@ -142,7 +144,7 @@ func TestKernelQuota(t *testing.T) {
 		}
 	}
 	wantCode(t, "the 21st inode", err, api.CodeQuotaExceeded)
-	if i != 17 {
-		t.Errorf("%d empty files fitted beside 3 inodes under quota_files 20, want 17", i)
+	if i != 16 {
+		t.Errorf("%d empty files fitted beside 4 inodes under quota_files 20, want 16", i)
 	}
 }
