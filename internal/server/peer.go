@@ -1,14 +1,11 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"strconv"
-	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,49 +64,43 @@ func readPeer(c net.Conn) Peer {
 	if err != nil {
 		return Peer{Err: fmt.Errorf("peer credentials: %w", err)}
 	}
-	var cred *unix.Ucred
-	var serr error
+	var p Peer
 	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil {
+			p.Err = fmt.Errorf("peer credentials: %w", err)
+			return
+		}
+		p.UID, p.GID, p.PID = cred.Uid, cred.Gid, cred.Pid
+		// The groups the peer had when it connected, kept with the
+		// socket: its /proc entry may be gone, or another process's.
+		if p.Groups, err = peerGroups(int(fd)); err != nil {
+			p.Err = fmt.Errorf("peer groups: %w", err)
+		}
 	}); err != nil {
 		return Peer{Err: fmt.Errorf("peer credentials: %w", err)}
 	}
-	if serr != nil {
-		return Peer{Err: fmt.Errorf("peer credentials: %w", serr)}
-	}
-	p := Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
-	// SO_PEERCRED has no supplementary groups; the peer's own /proc entry
-	// has the groups it holds now. If it is gone, only its gid counts.
-	p.Groups, p.Err = procGroups(cred.Pid)
 	return p
 }
 
-func procGroups(pid int32) ([]uint32, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, fmt.Errorf("read groups of pid %d: %w", pid, err)
-	}
-	defer f.Close() //nolint:errcheck // read-only file
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
-		if !ok {
-			continue
+// peerGroups reads SO_PEERGROUPS (Linux 4.13): the supplementary groups
+// of the process that connected, as they were when it did.
+func peerGroups(fd int) ([]uint32, error) {
+	n := 64
+	for {
+		buf := make([]uint32, n)
+		size := uint32(4 * n)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		switch {
+		case errno == 0:
+			return buf[:size/4], nil
+		case errno == unix.ERANGE && int(size/4) > n:
+			n = int(size / 4) // the kernel said how many there are
+		default:
+			return nil, errno
 		}
-		var gs []uint32
-		for _, g := range strings.Fields(rest) {
-			v, err := strconv.ParseUint(g, 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("parse groups of pid %d: %w", pid, err)
-			}
-			gs = append(gs, uint32(v))
-		}
-		return gs, nil
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read groups of pid %d: %w", pid, err)
-	}
-	return nil, nil
 }
 
 // roleOf decides a peer's role from its uid and groups.

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,11 +12,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/client"
@@ -487,5 +491,83 @@ func TestEventStreamEdges(t *testing.T) {
 	defer again.Close()
 	if ev, err := again.Next(); !errors.Is(err, io.EOF) {
 		t.Fatalf("events after the end: %+v %v, want io.EOF at once", ev, err)
+	}
+}
+
+// TestRoleFromGroupsAtConnect: a peer's role comes from the groups it had
+// when it connected, read with the connection (SO_PEERGROUPS), not from
+// /proc/<pid> afterwards, which may be gone or another process's by then.
+// A client (client group as a supplementary group only) connects, hands
+// its end of the connection over and exits before the server accepts.
+func TestRoleFromGroupsAtConnect(t *testing.T) {
+	env := testutil.NewEnv(t)
+	sock := filepath.Join(testutil.TraversableDir(t), "idexd.sock")
+	srv := server.New(server.Config{Engine: env.Engine, Store: env.Store, Cgroups: env.Cgroups, Log: env.Config.Log,
+		ClientGID: testutil.ClientGID, AdminGID: testutil.AdminGID, Interpreter: testutil.Interpreter})
+	ln, err := server.Listen(sock, testutil.ClientGID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := os.NewFile(uintptr(pair[0]), "mine"), os.NewFile(uintptr(pair[1]), "theirs")
+	defer mine.Close()
+	cmd := exec.Command(testutil.Interpreter, "-c", fmt.Sprintf(`
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(%q)
+socket.send_fds(socket.socket(fileno=3), [b"x"], [s.fileno()])
+`, sock))
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 5000, Gid: 5000, Groups: []uint32{testutil.ClientGID}}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("peer: %v: %s", err, out)
+	}
+	if err := theirs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The peer is gone (reaped); only now does the server accept.
+	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(int(mine.Fd()), buf, oob, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("control message: %v %d", err, len(msgs))
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("passed fd: %v %v", err, fds)
+	}
+	cf := os.NewFile(uintptr(fds[0]), "peer")
+	conn, err := net.FileConn(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := cf.Close(); err != nil {
+		t.Fatal(err)
+	}
+	hs := srv.HTTPServer()
+	go func() { _ = hs.Serve(ln) }() // ends with Close below
+	defer hs.Close()
+	if _, err := fmt.Fprint(conn, "GET /v1/health HTTP/1.1\r\nHost: idexd\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("a client whose process is gone got %d %s: its role must come from the connection", resp.StatusCode, body)
 	}
 }
