@@ -245,7 +245,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 			e.unadmit()
 		}
 	}()
-	st, err := e.EnsureStudent(ctx, req.Student)
+	st, err := e.runStudent(ctx, req.Student)
 	if err != nil {
 		return nil, err
 	}
@@ -365,14 +365,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 	if err != nil {
 		return api.Student{}, err
 	}
-	if st.UID == 0 || st.UID < e.cfg.UIDMin || st.GID == 0 {
-		return api.Student{}, api.Errorf(api.CodeInvalidStudent, "student %s has uid %d gid %d: below the floor %d", name, st.UID, st.GID, e.cfg.UIDMin)
-	}
-	wd, err := e.cfg.Dirs.Ensure(name, st.UID, st.GID)
-	if err != nil {
-		return api.Student{}, fmt.Errorf("ensure directory of student %s: %w", name, err)
-	}
-	return api.Student{Name: name, UID: st.UID, GID: st.GID, Workdir: wd}, nil
+	return e.studentDir(e.apiStudent(st))
 }
 
 func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student, error) {

@@ -695,3 +695,25 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 		t.Fatalf("health after a hang-up: %v", err)
 	}
 }
+
+// TestRunCreatesNoStudent: a run for a student nobody created (a typo) is
+// refused with student_not_found and leaves no uid and no directory; the
+// student's creation is its own request.
+func TestRunCreatesNoStudent(t *testing.T) {
+	env := testutil.NewEnv(t)
+	_, err := env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "bobb", Script: "main.py"})
+	if !errors.Is(err, api.ErrStudentNotFound) || !strings.Contains(err.Error(), "create it first") {
+		t.Fatalf("run for an unknown student: %v, want student_not_found saying how to create it", err)
+	}
+	if _, err := env.Store.GetStudent(ctxT(t, 5*time.Second), "bobb"); !errors.Is(err, api.ErrStudentNotFound) {
+		t.Fatalf("the refused run created the student: %v", err)
+	}
+	if _, err := os.Stat(env.Dirs.Workdir("bobb")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the refused run created a directory: %v", err)
+	}
+	assertClean(t, env)
+	env.WriteScript(t, "bobb", "main.py", "print('now')\n") // creates the student
+	if res := runToEnd(t, env, api.RunRequest{Student: "bobb", Script: "main.py"}); res.Stdout != "now\n" {
+		t.Fatalf("run once the student exists printed %q (%s)", res.Stdout, res.Run.Reason)
+	}
+}

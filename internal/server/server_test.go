@@ -268,6 +268,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad state", "GET", "/v1/runs?state=zombie", "", 400, api.CodeInvalidRequest},
 		{"bad limit", "GET", "/v1/runs?limit=0", "", 400, api.CodeInvalidRequest},
 		{"unknown student", "GET", "/v1/students/nobody", "", 404, api.CodeStudentNotFound},
+		{"run of an unknown student", "POST", "/v1/runs", `{"student":"nobody","script":"ok.py"}`, 404, api.CodeStudentNotFound},
 		{"bad student put", "PUT", "/v1/students/Bad", "", 400, api.CodeInvalidStudent},
 		{"unknown route", "GET", "/v2/runs", "", 404, api.CodeNotFound},
 		{"wrong method", "DELETE", "/v1/runs", "", 404, api.CodeNotFound},
@@ -298,6 +299,9 @@ func TestBadRequests(t *testing.T) {
 	}
 	if n := env.Locks.Held(); n != 0 {
 		t.Fatalf("locks held after bad input: %d", n)
+	}
+	if _, err := os.Stat(env.Dirs.Workdir("nobody")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused run made the directory of a student nobody created: %v", err)
 	}
 }
 
