@@ -26,6 +26,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 
+	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/files"
@@ -419,5 +420,5 @@ func (d *Daemon) reload() {
 	if next.Socket != d.cfg.Socket || next.DatabaseURL != d.cfg.DatabaseURL || next.CgroupParent != d.cfg.CgroupParent {
 		d.log.Warn("reload: only limits are reloaded; restart idexd for socket, database or cgroup changes")
 	}
-	d.log.Info("reloaded limits", "defaults", next.Defaults, "max", next.Max)
+	d.log.Info("reloaded limits", "defaults", string(api.MustJSON(next.Defaults)), "max", string(api.MustJSON(next.Max)))
 }

@@ -304,3 +304,26 @@ func parentDirs(t *testing.T, m *cgroup.Manager, rel string) []string {
 	}
 	return out
 }
+
+// TestReloadLogsLimitsAsJSON: SIGHUP's line shows the new limits as JSON,
+// the form they have in the protocol, not as Go struct text.
+func TestReloadLogsLimitsAsJSON(t *testing.T) {
+	cfg := testConfig(t)
+	path := filepath.Join(t.TempDir(), "idexd.toml")
+	if err := os.WriteFile(path, []byte("client_group = \"root\"\nadmin_group = \"root\"\n[defaults]\nmemory_mb = 128\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testutil.LogBuffer{}
+	d, err := New(context.Background(), cfg, Options{Log: logs.Logger(), Args: []string{"--config", path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.reload()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := logs.Lines("reloaded limits")
+	if len(got) != 1 || !strings.Contains(got[0], `defaults="{\"memory_mb\":128,`) || !strings.Contains(got[0], `max="{\"memory_mb\":1024,`) {
+		t.Fatalf("reload lines %q, want the limits as JSON", got)
+	}
+}

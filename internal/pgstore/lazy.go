@@ -166,8 +166,16 @@ func (l *Lazy) Ping(ctx context.Context) error {
 }
 
 // EnsureStudent implements store.Store.
-func (l *Lazy) EnsureStudent(ctx context.Context, name string, lo, hi uint32) (store.Student, error) {
-	return with(l, func(s *Store) (store.Student, error) { return s.EnsureStudent(ctx, name, lo, hi) })
+func (l *Lazy) EnsureStudent(ctx context.Context, name string, lo, hi uint32) (store.Student, bool, error) {
+	type ensured struct {
+		st      store.Student
+		created bool
+	}
+	r, err := with(l, func(s *Store) (ensured, error) {
+		st, created, err := s.EnsureStudent(ctx, name, lo, hi)
+		return ensured{st, created}, err
+	})
+	return r.st, r.created, err
 }
 
 // GetStudent implements store.Store.

@@ -278,26 +278,26 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // EnsureStudent implements store.Store.
-func (s *Store) EnsureStudent(ctx context.Context, name string, lo, hi uint32) (store.Student, error) {
+func (s *Store) EnsureStudent(ctx context.Context, name string, lo, hi uint32) (store.Student, bool, error) {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	st, err := s.getStudent(ctx, name)
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
-		return st, err
+		return st, false, err
 	}
 	// Two tries: the first can lose a race with another host allocating
 	// for the same name, and then the second finds that student.
 	for range 2 {
 		st, inserted, err := s.allocate(ctx, name, lo, hi)
 		if err != nil || inserted {
-			return st, err
+			return st, inserted, err
 		}
 		st, err = s.getStudent(ctx, name)
 		if err == nil || !errors.Is(err, pgx.ErrNoRows) {
-			return st, err
+			return st, false, err
 		}
 	}
-	return store.Student{}, s.fail(errors.New("student was created and removed concurrently"), "ensure student %s", name)
+	return store.Student{}, false, s.fail(errors.New("student was created and removed concurrently"), "ensure student %s", name)
 }
 
 // allocate gives name the next uid in one transaction. The counter row is

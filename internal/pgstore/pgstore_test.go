@@ -407,7 +407,7 @@ func TestUIDsUniqueAcrossHosts(t *testing.T) {
 		for i := range per {
 			idx := h*per + i
 			wg.Go(func() {
-				st, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("st%03d", idx), lo, hi)
+				st, _, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("st%03d", idx), lo, hi)
 				out[idx] = res{st, err}
 			})
 		}
@@ -437,7 +437,7 @@ func TestUIDsUniqueAcrossHosts(t *testing.T) {
 	for h, s := range []*Store{a, b} {
 		for i := range per {
 			wg.Go(func() {
-				st, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("both%03d", i), lo, hi)
+				st, _, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("both%03d", i), lo, hi)
 				if err != nil {
 					t.Errorf("EnsureStudent(both%03d) on host %d: %v", i, h, err)
 				}
@@ -472,7 +472,7 @@ func TestCloseLeavesNoConnections(t *testing.T) {
 		var wg sync.WaitGroup
 		for j := range 8 {
 			wg.Go(func() {
-				if _, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("s%d-%d", i, j), 60000, 69999); err != nil {
+				if _, _, err := s.EnsureStudent(ctxT(t), fmt.Sprintf("s%d-%d", i, j), 60000, 69999); err != nil {
 					t.Error(err)
 				}
 			})
@@ -527,7 +527,7 @@ func everyOperation(t *testing.T, s *Store, le *Lease, limit time.Duration) {
 		f    func() error
 	}{
 		{"Ping", func() error { return s.Ping(bg) }},
-		{"EnsureStudent", func() error { _, err := s.EnsureStudent(bg, "zed", 60000, 69999); return err }},
+		{"EnsureStudent", func() error { _, _, err := s.EnsureStudent(bg, "zed", 60000, 69999); return err }},
 		{"GetStudent", func() error { _, err := s.GetStudent(bg, "alice"); return err }},
 		{"PutStudent", func() error { return s.PutStudent(bg, store.Student{Name: "p", UID: 1, GID: 1}) }},
 		{"ListStudents", func() error { _, err := s.ListStudents(bg); return err }},
@@ -559,7 +559,7 @@ func TestDatabaseStoppedFailsFast(t *testing.T) {
 	c := pgtest.NewCluster(t)
 	s := openStore(t, c.URL("postgres"), "host-a")
 	s.timeout = 2 * time.Second
-	if _, err := s.EnsureStudent(ctxT(t), "alice", 60000, 69999); err != nil {
+	if _, _, err := s.EnsureStudent(ctxT(t), "alice", 60000, 69999); err != nil {
 		t.Fatal(err)
 	}
 	le := mustAcquire(t, s.Locker(testTTL), key, "run-a")
@@ -586,7 +586,7 @@ func TestDatabaseHungTimesOut(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 4 { // several pooled connections to the soon frozen server
 		wg.Go(func() {
-			if _, err := s.EnsureStudent(ctxT(t), fmt.Sprint("s", i), 60000, 69999); err != nil {
+			if _, _, err := s.EnsureStudent(ctxT(t), fmt.Sprint("s", i), 60000, 69999); err != nil {
 				t.Error(err)
 			}
 		})

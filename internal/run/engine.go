@@ -15,9 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/user"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -343,46 +341,6 @@ func (e *Engine) unadmit() {
 	e.mu.Lock()
 	e.active--
 	e.mu.Unlock()
-}
-
-// EnsureStudent returns the student's uid, gid and directory, creating
-// what is missing.
-func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, error) {
-	if err := students.ValidName(name); err != nil {
-		return api.Student{}, err
-	}
-	var st store.Student
-	var err error
-	switch e.cfg.UIDSource {
-	case config.UIDSourcePasswd:
-		st, err = e.passwdStudent(ctx, name)
-	default:
-		st, err = e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
-		if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
-			err = storeError(ctx, err, "ensure student %s", name)
-		}
-	}
-	if err != nil {
-		return api.Student{}, err
-	}
-	return e.studentDir(e.apiStudent(st))
-}
-
-func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return store.Student{}, api.Wrap(api.CodeStudentNotFound, err, "student %s has no system account (uid_source = passwd)", name)
-	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return store.Student{}, fmt.Errorf("parse ids of account %s: %w", name, err)
-	}
-	st := store.Student{Name: name, UID: uint32(uid), GID: uint32(gid)}
-	if err := e.cfg.Store.PutStudent(ctx, st); err != nil {
-		return store.Student{}, storeError(ctx, err, "record student %s", name)
-	}
-	return st, nil
 }
 
 // SetLimits replaces the default and maximum limits for new runs (SIGHUP);

@@ -4,11 +4,69 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/user"
+	"strconv"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
+
+// EnsureStudent returns the student's uid, gid and directory, creating
+// what is missing (PUT /v1/students/{name}); a new student is logged with
+// its uid.
+func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, error) {
+	if err := students.ValidName(name); err != nil {
+		return api.Student{}, err
+	}
+	var st store.Student
+	var created bool
+	var err error
+	switch e.cfg.UIDSource {
+	case config.UIDSourcePasswd:
+		st, created, err = e.passwdStudent(ctx, name)
+	default:
+		st, created, err = e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
+		if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
+			err = storeError(ctx, err, "ensure student %s", name)
+		}
+	}
+	if err != nil {
+		return api.Student{}, err
+	}
+	out, err := e.studentDir(e.apiStudent(st))
+	if err == nil && created {
+		e.log.Info("student created", "student", name, "uid", st.UID, "gid", st.GID, "uid_source", e.cfg.UIDSource, "workdir", out.Workdir)
+	}
+	return out, err
+}
+
+// passwdStudent takes the ids of the student's system account and records
+// them when the store does not have them yet (created).
+func (e *Engine) passwdStudent(ctx context.Context, name string) (store.Student, bool, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return store.Student{}, false, api.Wrap(api.CodeStudentNotFound, err, "student %s has no system account (uid_source = passwd)", name)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return store.Student{}, false, fmt.Errorf("parse ids of account %s: %w", name, err)
+	}
+	st := store.Student{Name: name, UID: uint32(uid), GID: uint32(gid)}
+	known, err := e.cfg.Store.GetStudent(ctx, name)
+	switch {
+	case err == nil && known == st:
+		return st, false, nil
+	case err != nil && !errors.Is(err, api.ErrStudentNotFound):
+		return store.Student{}, false, storeError(ctx, err, "read student %s", name)
+	}
+	if err := e.cfg.Store.PutStudent(ctx, st); err != nil {
+		return store.Student{}, false, storeError(ctx, err, "record student %s", name)
+	}
+	return st, true, nil
+}
 
 // GetStudent returns a known student; student_not_found for any other. It
 // creates nothing.

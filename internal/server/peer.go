@@ -40,6 +40,15 @@ type Peer struct {
 	Err      error
 }
 
+// attrs name the peer in a log line; the error only when there is one.
+func (p Peer) attrs() []any {
+	a := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID}
+	if p.Err != nil {
+		a = append(a, "peer_err", p.Err)
+	}
+	return a
+}
+
 type peerKey struct{}
 
 // connContext reads SO_PEERCRED of a new connection into its context.

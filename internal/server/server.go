@@ -166,8 +166,8 @@ func (s *Server) handle(rt route) http.Handler {
 		p := peerFrom(r.Context())
 		role := roleOf(p, s.cfg.ClientGID, s.cfg.AdminGID)
 		if role < rt.role {
-			s.log.Warn("request refused", "method", r.Method, "path", r.URL.Path,
-				"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "role", role, "needs", rt.role, "peer_err", p.Err)
+			s.log.Warn("request refused", append([]any{"method", r.Method, "path", r.URL.Path,
+				"role", role, "needs", rt.role}, p.attrs()...)...)
 			writeError(w, s.log, api.Errorf(api.CodeForbidden, "%s %s needs role %s; uid %d has role %s", r.Method, rt.path, rt.role, p.UID, role))
 			return
 		}
@@ -443,6 +443,7 @@ func (s *Server) stdin(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
+	s.log.Info("stop requested", append([]any{"run", id}, peerFrom(r.Context()).attrs()...)...)
 	info, err := s.cfg.Engine.Stop(r.Context(), id)
 	if errors.Is(err, api.ErrNotFound) {
 		// Ended long ago: stopping it again is a no-op that returns it.
@@ -543,14 +544,14 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) drain(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(true)
-	s.log.Info("draining: new runs refused", "runs_active", s.cfg.Engine.Active())
+	s.log.Info("draining: new runs refused", append([]any{"runs_active", s.cfg.Engine.Active()}, peerFrom(r.Context()).attrs()...)...)
 	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
 	return nil
 }
 
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(false)
-	s.log.Info("resumed: accepting runs")
+	s.log.Info("resumed: accepting runs", peerFrom(r.Context()).attrs()...)
 	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/client"
+	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/testutil"
 )
@@ -573,5 +574,59 @@ socket.send_fds(socket.socket(fileno=3), [b"x"], [s.fileno()])
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(resp.Body)
 		t.Fatalf("a client whose process is gone got %d %s: its role must come from the connection", resp.StatusCode, body)
+	}
+}
+
+// TestLogSaysWho: the daemon's log says when a student and its uid are
+// created (once), and which peer stopped a run, drained or resumed; a
+// refusal names the peer without an empty error.
+func TestLogSaysWho(t *testing.T) {
+	logs := &testutil.LogBuffer{}
+	env := testutil.NewEnv(t, func(c *run.Config) { c.Log = logs.Logger() })
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	for range 2 {
+		if _, err := c.EnsureStudent(ctx, "alice"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	created := logs.Lines("student created")
+	if len(created) != 1 || !strings.Contains(created[0], "student=alice uid=200000") {
+		t.Fatalf("student created lines: %q, want one naming alice and uid 200000", created)
+	}
+	env.WriteScript(t, "alice", "s.py", "import time\ntime.sleep(60)\n")
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "s.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StopRun(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for msg, want := range map[string]string{
+		"stop requested":             "run=" + r.ID,
+		"draining: new runs refused": "peer_uid=0",
+		"resumed: accepting runs":    "peer_uid=0",
+	} {
+		got := logs.Lines(msg)
+		if len(got) != 1 || !strings.Contains(got[0], want) || !strings.Contains(got[0], "peer_uid=0") || !strings.Contains(got[0], "peer_pid=") {
+			t.Errorf("%q lines: %q, want one naming the peer (uid 0, its pid) and %s", msg, got, want)
+		}
+	}
+	if err := os.Chmod(srv.Socket, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if got := asUID(t, srv.Socket, 5002, 5002, nil, "GET", "/v1/health"); got != "403 forbidden" {
+		t.Fatalf("outsider: %q", got)
+	}
+	refused := logs.Lines("request refused")
+	if len(refused) != 1 || !strings.Contains(refused[0], "peer_uid=5002") || strings.Contains(refused[0], "peer_err") {
+		t.Fatalf("refusal lines: %q, want one naming uid 5002 and no peer_err", refused)
 	}
 }

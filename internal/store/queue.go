@@ -91,12 +91,12 @@ func (q *Queued) RecordStart(ctx context.Context, r *api.Run) error {
 }
 
 // EnsureStudent implements Store; a failure is remembered for health.
-func (q *Queued) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, error) {
-	st, err := q.Store.EnsureStudent(ctx, name, min, max)
+func (q *Queued) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, bool, error) {
+	st, created, err := q.Store.EnsureStudent(ctx, name, min, max)
 	if errors.Is(err, ErrUIDRangeExhausted) {
-		return st, err
+		return st, false, err
 	}
-	return st, q.noteWrite(ctx, err)
+	return st, created, q.noteWrite(ctx, err)
 }
 
 // noteWrite remembers a failed write for health and metrics, unless the

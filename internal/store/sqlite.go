@@ -143,44 +143,44 @@ func (s *SQLite) ProbeWrite(ctx context.Context) error {
 }
 
 // EnsureStudent implements Store.
-func (s *SQLite) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, error) {
+func (s *SQLite) EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return Student{}, fmt.Errorf("ensure student %s: begin: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: begin: %w", name, err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
 	st := Student{Name: name}
 	err = tx.QueryRowContext(ctx, `SELECT uid, gid FROM students WHERE name = ?`, name).Scan(&st.UID, &st.GID)
 	if err == nil {
-		return st, nil
+		return st, false, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
-		return Student{}, fmt.Errorf("ensure student %s: read: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: read: %w", name, err)
 	}
 	var next int64
 	err = tx.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'uid_next'`).Scan(&next)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return Student{}, fmt.Errorf("ensure student %s: read uid counter: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: read uid counter: %w", name, err)
 	}
 	// The counter only grows, so a uid is never handed out twice, even
 	// after its student is gone; raising uid_min skips ahead.
 	next = max64(next, int64(min))
 	if next > int64(max) {
-		return Student{}, fmt.Errorf("ensure student %s: %w (%d-%d)", name, ErrUIDRangeExhausted, min, max)
+		return Student{}, false, fmt.Errorf("ensure student %s: %w (%d-%d)", name, ErrUIDRangeExhausted, min, max)
 	}
 	st.UID, st.GID = uint32(next), uint32(next)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO students(name, uid, gid, created_at) VALUES (?, ?, ?, ?)`,
 		name, st.UID, st.GID, time.Now().UnixMilli()); err != nil {
-		return Student{}, fmt.Errorf("ensure student %s: insert: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: insert: %w", name, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO counters(name, value) VALUES ('uid_next', ?)
 		ON CONFLICT(name) DO UPDATE SET value = excluded.value`, next+1); err != nil {
-		return Student{}, fmt.Errorf("ensure student %s: bump uid counter: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: bump uid counter: %w", name, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return Student{}, fmt.Errorf("ensure student %s: commit: %w", name, err)
+		return Student{}, false, fmt.Errorf("ensure student %s: commit: %w", name, err)
 	}
-	return st, nil
+	return st, true, nil
 }
 
 func max64(a, b int64) int64 {

@@ -38,8 +38,9 @@ type Store interface {
 	// Kind names the backend for health ("sqlite", "postgres").
 	Kind() string
 	// EnsureStudent returns the student's uid, allocating the next one of
-	// [min, max] the first time. A uid is never given to a second student.
-	EnsureStudent(ctx context.Context, name string, min, max uint32) (Student, error)
+	// [min, max] the first time (created is true then). A uid is never
+	// given to a second student.
+	EnsureStudent(ctx context.Context, name string, min, max uint32) (st Student, created bool, err error)
 	// GetStudent returns api.ErrStudentNotFound for an unknown student.
 	GetStudent(ctx context.Context, name string) (Student, error)
 	// PutStudent records a student whose uid came from elsewhere (passwd).

@@ -86,6 +86,37 @@ func (w *tWriter) stop() {
 	w.mu.Unlock()
 }
 
+// LogBuffer keeps a logger's lines, for tests that check what the daemon
+// tells its operator.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+// Logger returns a text logger (every level) that writes into l.
+func (l *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Lines returns the lines whose message is msg.
+func (l *LogBuffer) Lines(msg string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, "msg=\""+msg+"\"") || strings.Contains(line, "msg="+msg+" ") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 // TraversableDir returns a new temporary directory that students' uids can
 // traverse (t.TempDir makes 0700 directories).
 func TraversableDir(t testing.TB) string {

@@ -54,7 +54,7 @@ func ctx(t *testing.T) context.Context {
 
 func mustEnsure(t *testing.T, s store.Store, name string, lo, hi uint32) store.Student {
 	t.Helper()
-	st, err := s.EnsureStudent(ctx(t), name, lo, hi)
+	st, _, err := s.EnsureStudent(ctx(t), name, lo, hi)
 	if err != nil {
 		t.Fatalf("EnsureStudent(%s, %d, %d): %v", name, lo, hi, err)
 	}
@@ -65,16 +65,16 @@ func mustEnsure(t *testing.T, s store.Store, name string, lo, hi uint32) store.S
 }
 
 func testEnsureIdempotent(t *testing.T, s store.Store) {
-	a := mustEnsure(t, s, "alice", 60000, 60100)
-	if a.UID != 60000 {
-		t.Errorf("first uid of an empty store = %d, want the range's start 60000", a.UID)
+	a, created, err := s.EnsureStudent(ctx(t), "alice", 60000, 60100)
+	if err != nil || !created || a.UID != 60000 {
+		t.Errorf("first EnsureStudent(alice) of an empty store = %+v created %v, %v; want uid 60000, created", a, created, err)
 	}
-	again := mustEnsure(t, s, "alice", 60000, 60100)
-	if again != a {
-		t.Errorf("second EnsureStudent(alice) = %+v, want %+v", again, a)
+	again, created, err := s.EnsureStudent(ctx(t), "alice", 60000, 60100)
+	if err != nil || created || again != a {
+		t.Errorf("second EnsureStudent(alice) = %+v created %v, %v; want %+v, not created", again, created, err, a)
 	}
 	// A later call with another range does not move an existing student.
-	moved, err := s.EnsureStudent(ctx(t), "alice", 70000, 70100)
+	moved, _, err := s.EnsureStudent(ctx(t), "alice", 70000, 70100)
 	if err != nil || moved != a {
 		t.Errorf("EnsureStudent(alice) with another range = %+v, %v; want %+v", moved, err, a)
 	}
@@ -96,7 +96,7 @@ func testEnsureConcurrent(t *testing.T, s store.Store) {
 	c := ctx(t)
 	for i := range n {
 		wg.Go(func() {
-			st, err := s.EnsureStudent(c, fmt.Sprintf("s%03d", i), lo, hi)
+			st, _, err := s.EnsureStudent(c, fmt.Sprintf("s%03d", i), lo, hi)
 			uids[i], errs[i] = st.UID, err
 		})
 	}
@@ -133,7 +133,7 @@ func testEnsureSameName(t *testing.T, s store.Store) {
 	var wg sync.WaitGroup
 	c := ctx(t)
 	for i := range n {
-		wg.Go(func() { got[i], errs[i] = s.EnsureStudent(c, "bob", 62000, 62999) })
+		wg.Go(func() { got[i], _, errs[i] = s.EnsureStudent(c, "bob", 62000, 62999) })
 	}
 	wg.Wait()
 	for i := range n {
@@ -156,7 +156,7 @@ func testRangeExhausted(t *testing.T, s store.Store) {
 	if a.UID != 63000 || b.UID != 63001 {
 		t.Errorf("uids %d, %d; want 63000, 63001", a.UID, b.UID)
 	}
-	_, err := s.EnsureStudent(ctx(t), "c", 63000, 63001)
+	_, _, err := s.EnsureStudent(ctx(t), "c", 63000, 63001)
 	if !errors.Is(err, store.ErrUIDRangeExhausted) {
 		t.Fatalf("EnsureStudent with the range used up: %v, want ErrUIDRangeExhausted", err)
 	}
