@@ -17,7 +17,7 @@ func main() {
 	sandbox.Helper() // a run's child is this binary in helper mode
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := daemon.Main(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := daemon.Main(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "idexd:", err)
 		os.Exit(1)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,12 +143,37 @@ func Default() Config {
 	}
 }
 
+// Action is what idexd was asked to do.
+type Action int
+
+const (
+	// ActionRun runs the daemon.
+	ActionRun Action = iota
+	// ActionVersion prints the version (--version); nothing else is read.
+	ActionVersion
+	// ActionCheckConfig checks the configuration and the host, prints what
+	// it found and exits (--check-config).
+	ActionCheckConfig
+	// ActionHelp: the usage was printed (-h, --help).
+	ActionHelp
+)
+
 // Load builds the configuration from args (without the program name):
 // defaults, then --config's file, then explicitly set flags.
 func Load(args []string) (Config, error) {
+	cfg, _, err := LoadAction(args, io.Discard)
+	return cfg, err
+}
+
+// LoadAction is Load that also reads what idexd is asked to do; usage
+// goes to usage. With --version or -h nothing else is read or checked.
+func LoadAction(args []string, usage io.Writer) (Config, Action, error) {
 	cfg := Default()
 	fs := flag.NewFlagSet("idexd", flag.ContinueOnError)
+	fs.SetOutput(usage)
 	path := fs.String("config", "", "TOML configuration file")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	check := fs.Bool("check-config", false, "check the configuration against this host (groups, interpreter, uid range, database), print what was found, and exit: 0 when idexd would start")
 	var flagCfg Config
 	fs.StringVar(&flagCfg.Socket, "socket", cfg.Socket, "Unix socket to listen on")
 	fs.StringVar(&flagCfg.WorkdirRoot, "workdir-root", cfg.WorkdirRoot, "directory holding one directory per student")
@@ -155,23 +181,32 @@ func Load(args []string) (Config, error) {
 	fs.StringVar(&flagCfg.CgroupParent, "cgroup-parent", cfg.CgroupParent, "cgroup under which runs are created (relative: under idexd's own cgroup)")
 	fs.StringVar(&flagCfg.Interpreter, "interpreter", cfg.Interpreter, "absolute path of the interpreter")
 	fs.StringVar(&flagCfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return Config{}, ActionHelp, nil
+	} else if err != nil {
+		return Config{}, ActionRun, err
+	}
+	if *showVersion {
+		return Config{}, ActionVersion, nil
+	}
+	action := ActionRun
+	if *check {
+		action = ActionCheckConfig
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return Config{}, action, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if *path != "" {
 		md, err := toml.DecodeFile(*path, &cfg)
 		if err != nil {
-			return Config{}, fmt.Errorf("read config %s: %w", *path, err)
+			return Config{}, action, fmt.Errorf("read config %s: %w", *path, err)
 		}
 		if un := md.Undecoded(); len(un) > 0 {
 			keys := make([]string, len(un))
 			for i, k := range un {
 				keys[i] = k.String()
 			}
-			return Config{}, fmt.Errorf("read config %s: unknown keys: %s", *path, strings.Join(keys, ", "))
+			return Config{}, action, fmt.Errorf("read config %s: unknown keys: %s", *path, strings.Join(keys, ", "))
 		}
 	}
 	fs.Visit(func(f *flag.Flag) {
@@ -200,11 +235,11 @@ func Load(args []string) (Config, error) {
 			case err == nil:
 				cfg.DatabaseURL = strings.TrimSpace(string(b))
 			case !errors.Is(err, os.ErrNotExist):
-				return Config{}, fmt.Errorf("read credential database-url: %w", err)
+				return Config{}, action, fmt.Errorf("read credential database-url: %w", err)
 			}
 		}
 	}
-	return cfg, cfg.Validate()
+	return cfg, action, cfg.Validate()
 }
 
 // Validate reports every problem of the configuration at once.

@@ -26,7 +26,6 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 
-	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/files"
@@ -42,9 +41,19 @@ import (
 )
 
 // Main runs idexd until ctx ends (SIGTERM/SIGINT), then drains and
-// returns nil on a clean shutdown, a stop during start-up included.
-func Main(ctx context.Context, args []string, logOut io.Writer) error {
-	cfg, err := config.Load(args)
+// returns nil on a clean shutdown, a stop during start-up included. The
+// log goes to logOut; --version and --check-config answer on stdout.
+func Main(ctx context.Context, args []string, stdout, logOut io.Writer) error {
+	cfg, action, err := config.LoadAction(args, logOut)
+	switch action {
+	case config.ActionHelp:
+		return nil
+	case config.ActionVersion:
+		_, err := fmt.Fprintln(stdout, "idexd", version.Version)
+		return err
+	case config.ActionCheckConfig:
+		return checkConfig(ctx, cfg, err, stdout)
+	}
 	if err != nil {
 		return err
 	}
@@ -420,5 +429,5 @@ func (d *Daemon) reload() {
 	if next.Socket != d.cfg.Socket || next.DatabaseURL != d.cfg.DatabaseURL || next.CgroupParent != d.cfg.CgroupParent {
 		d.log.Warn("reload: only limits are reloaded; restart idexd for socket, database or cgroup changes")
 	}
-	d.log.Info("reloaded limits", "defaults", string(api.MustJSON(next.Defaults)), "max", string(api.MustJSON(next.Max)))
+	d.log.Info("reloaded limits", "defaults", limitsText(next.Defaults), "max", limitsText(next.Max))
 }

@@ -124,7 +124,7 @@ func TestStopDuringStartUp(t *testing.T) {
 	args := []string{"--config", path, "--socket", cfg.Socket, "--workdir-root", cfg.WorkdirRoot,
 		"--state-dir", cfg.StateDir, "--cgroup-parent", cfg.CgroupParent}
 	var log strings.Builder
-	if err := Main(ctx, args, &log); err != nil {
+	if err := Main(ctx, args, &log, &log); err != nil {
 		t.Fatalf("Main after SIGTERM during start-up: %v\n%s", err, log.String())
 	}
 	parentFree(t, cfg.CgroupParent)

@@ -78,7 +78,7 @@ func newFixtureAt(t *testing.T, root string, lim quota.Limits, layout students.L
 // student creates a student as PUT /v1/students does.
 func (f *fixture) student(t *testing.T, name string) api.Student {
 	t.Helper()
-	s, err := f.store.EnsureStudent(context.Background(), name, 200000, 299999)
+	s, _, err := f.store.EnsureStudent(context.Background(), name, 200000, 299999)
 	if err != nil {
 		t.Fatal(err)
 	}

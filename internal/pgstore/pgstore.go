@@ -581,3 +581,21 @@ func decodeRunJSON(r *api.Run, args, limits []byte) error {
 	}
 	return nil
 }
+
+// Ping connects to the database at url once and pings it, changing
+// nothing (no migration): idexd --check-config. The URL is never shown.
+func Ping(ctx context.Context, url string) error {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return errors.New("database_url is not a valid PostgreSQL connection string (not shown: it may hold a password)")
+	}
+	cfg.RuntimeParams["application_name"] = ApplicationName
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = connectTimeout
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to database %q on %s: %w", cfg.Database, cfg.Host, err)
+	}
+	return errors.Join(conn.Ping(ctx), conn.Close(ctx))
+}

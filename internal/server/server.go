@@ -91,8 +91,23 @@ func New(cfg Config) *Server {
 		cfg.ReadTimeout = 60 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, started: time.Now(), mux: http.NewServeMux()}
+	allow := map[string][]string{}
+	var paths []string
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.method+" "+rt.path, s.handle(rt))
+		if allow[rt.path] == nil {
+			paths = append(paths, rt.path)
+		}
+		allow[rt.path] = append(allow[rt.path], rt.method)
+	}
+	// A known path with another method: 405 naming the methods it has
+	// (a pattern with a method wins over the same one without).
+	for _, p := range paths {
+		methods := strings.Join(allow[p], ", ")
+		s.mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", methods)
+			writeError(w, s.log, api.Errorf(api.CodeMethodNotAllowed, "%s %s: the method must be %s", r.Method, r.URL.Path, methods))
+		})
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, s.log, api.Errorf(api.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))

@@ -272,7 +272,11 @@ func TestBadRequests(t *testing.T) {
 		{"run of an unknown student", "POST", "/v1/runs", `{"student":"nobody","script":"ok.py"}`, 404, api.CodeStudentNotFound},
 		{"bad student put", "PUT", "/v1/students/Bad", "", 400, api.CodeInvalidStudent},
 		{"unknown route", "GET", "/v2/runs", "", 404, api.CodeNotFound},
-		{"wrong method", "DELETE", "/v1/runs", "", 404, api.CodeNotFound},
+		{"wrong method", "DELETE", "/v1/runs", "", 405, api.CodeMethodNotAllowed},
+		{"wrong method on a run", "GET", "/v1/runs/deadbeef/stop", "", 405, api.CodeMethodNotAllowed},
+		{"double slash", "POST", "/v1/runs//stop", "", 400, api.CodeInvalidPath},
+		{"dot segment", "GET", "/v1/runs/./x", "", 400, api.CodeInvalidPath},
+		{"trailing slash", "GET", "/v1/runs/", "", 404, api.CodeNotFound},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
