@@ -3,6 +3,9 @@ package load
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/idexd/idexd/internal/config"
@@ -60,20 +63,27 @@ func newRestSampler(socket string, load *Conn, scope censusScope, warm int) *res
 // close drops the sampler's connection.
 func (r *restSampler) close() { r.c.CloseIdle() }
 
-// look is one look at the daemon: its debug state, /proc and the census.
-func (r *restSampler) look(ctx context.Context) (DaemonState, error) {
-	s, err := daemonState(ctx, r.c, r.scope.pid)
-	if err != nil {
-		return s, err
+// look is one look at the daemon: its live children, then its debug
+// state, /proc and the census. The children come first: a helper counted
+// then was spawned before the fds are read, so a full count means the
+// pool's fds are all in the table read after it. (Counted after, in the
+// census's scan of /proc, a helper spawned while the fds were being read
+// once made a pool of 3 read as full: 37 fds where 44 were due.)
+func (r *restSampler) look(ctx context.Context) (s DaemonState, children int, err error) {
+	if children, err = liveChildren(r.scope.pid); err != nil {
+		return s, 0, err
+	}
+	if s, err = daemonState(ctx, r.c, r.scope.pid); err != nil {
+		return s, 0, err
 	}
 	if s.Census, err = takeCensus(r.scope); err != nil {
-		return s, err
+		return s, 0, err
 	}
-	return s, nil
+	return s, children, nil
 }
 
-func (r *restSampler) atRest(s DaemonState) bool {
-	return s.Debug.RunsActive == 0 && s.Census.Children == r.warm
+func (r *restSampler) atRest(s DaemonState, children int) bool {
+	return s.Debug.RunsActive == 0 && children == r.warm && s.Census.Children == r.warm
 }
 
 // unrest says why a look is not at rest.
@@ -82,12 +92,13 @@ func (r *restSampler) unrest(s DaemonState) string {
 		s.Debug.RunsActive, s.Census.Children, r.warm)
 }
 
-// sample waits, at most timeout, for restLooks looks in a row at rest and
-// folds them: the least of each count (a connection still being torn
-// down, another process's short-lived namespace, is in one look, a leak
-// in all), the fds by kind of the look with the least fds, and RSS,
-// threads and kept runs of the last. rest is false when the daemon did
-// not come to rest in time; the last look is returned then.
+// sample waits, at most timeout, for restLooks looks in a row at rest
+// that agree on the daemon's fds and goroutines (a connection still being
+// torn down, a helper's pipes being closed, is in one look, a leak in
+// all) and folds them: the least of each census count (another process's
+// short-lived namespace is in one look), the rest of the last look. rest
+// is false when the daemon did not come to rest in time; the last look is
+// returned then.
 func (r *restSampler) sample(ctx context.Context, timeout time.Duration) (s DaemonState, rest bool, err error) {
 	deadline := time.Now().Add(timeout)
 	r.load.CloseIdle()
@@ -97,16 +108,15 @@ func (r *restSampler) sample(ctx context.Context, timeout time.Duration) (s Daem
 	var folded DaemonState
 	n := 0
 	for {
-		cur, err := r.look(ctx)
+		cur, children, err := r.look(ctx)
 		if err != nil {
 			return cur, false, err
 		}
 		switch {
-		case !r.atRest(cur):
+		case !r.atRest(cur, children):
 			n = 0
-			if time.Now().After(deadline) {
-				return cur, false, nil
-			}
+		case n > 0 && (cur.Debug.FDs != folded.Debug.FDs || cur.Debug.Goroutines != folded.Debug.Goroutines):
+			folded, n = cur, 1
 		case n == 0:
 			folded, n = cur, 1
 		default:
@@ -116,20 +126,19 @@ func (r *restSampler) sample(ctx context.Context, timeout time.Duration) (s Daem
 		if n == restLooks {
 			return folded, true, nil
 		}
+		if time.Now().After(deadline) {
+			return cur, false, nil
+		}
 		if err := sleepCtx(ctx, restGap); err != nil {
 			return cur, false, err
 		}
 	}
 }
 
-// fold keeps the least of each count of two looks at rest, and the rest
-// of the later one.
+// fold keeps the least of each census count of two looks at rest, and
+// the rest of the later one.
 func fold(a, b DaemonState) DaemonState {
 	out := b
-	out.Debug.FDs, out.Debug.Goroutines = min(a.Debug.FDs, b.Debug.FDs), min(a.Debug.Goroutines, b.Debug.Goroutines)
-	if a.Debug.FDs < b.Debug.FDs {
-		out.Census.FDs = a.Census.FDs
-	}
 	ca, cb := a.Census, b.Census
 	out.Census.OwnNS, out.Census.HostNS = NSCounts{}, NSCounts{}
 	for _, t := range nsTypes {
@@ -138,4 +147,30 @@ func fold(a, b DaemonState) DaemonState {
 	out.Census.OwnMounts, out.Census.Mounts, out.Census.NSFS = min(ca.OwnMounts, cb.OwnMounts), min(ca.Mounts, cb.Mounts), min(ca.NSFS, cb.NSFS)
 	out.Census.OwnProcs = min(ca.OwnProcs, cb.OwnProcs)
 	return out
+}
+
+// liveChildren counts pid's children that are not zombies, from the
+// children lists of its threads.
+func liveChildren(pid int) (int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, fmt.Errorf("list threads of pid %d: %w", pid, err)
+	}
+	n := 0
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue // the thread is gone
+		}
+		for _, f := range strings.Fields(string(b)) {
+			k, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if p, ok := readProc(k); ok && !p.Zombie() {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
