@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/pgstore"
 	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/students"
 	"github.com/idexd/idexd/internal/version"
 )
 
@@ -53,6 +56,13 @@ func checkConfig(ctx context.Context, cfg config.Config, loadErr error, out io.W
 		report(g.what, err, fmt.Sprintf("%s (gid %d)", g.name, gid))
 	}
 	report("interpreter", run.CheckInterpreter(cfg.Interpreter), cfg.Interpreter)
+	if cfg.UIDSource == config.UIDSourceRange {
+		warn, err := students.CheckSubordinate(cfg.UIDMin, cfg.UIDMax, students.SubordinateFiles, students.LoginDefs)
+		report("uid range", err, fmt.Sprintf("%d-%d overlaps no subordinate ids in %s", cfg.UIDMin, cfg.UIDMax, strings.Join(students.SubordinateFiles, ", ")))
+		if warn != "" {
+			fmt.Fprintf(out, "WARN  uid range: %s\n", warn)
+		}
+	}
 	if cfg.DatabaseURL != "" {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := pgstore.Ping(pctx, cfg.DatabaseURL)
@@ -73,3 +83,20 @@ func checkConfig(ctx context.Context, cfg config.Config, loadErr error, out io.W
 
 // limitsText shows limits as the protocol writes them (JSON).
 func limitsText(l api.Limits) string { return string(api.MustJSON(l)) }
+
+// checkUIDRange refuses a uid range that users' subordinate ids overlap
+// (they could act as students), and warns when useradd may hand some out
+// later; uid_source = passwd takes the system's own accounts.
+func checkUIDRange(cfg config.Config, log *slog.Logger) error {
+	if cfg.UIDSource != config.UIDSourceRange {
+		return nil
+	}
+	warn, err := students.CheckSubordinate(cfg.UIDMin, cfg.UIDMax, students.SubordinateFiles, students.LoginDefs)
+	if err != nil {
+		return err
+	}
+	if warn != "" {
+		log.Warn(warn)
+	}
+	return nil
+}

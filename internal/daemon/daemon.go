@@ -154,6 +154,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	if err != nil {
 		return nil, fmt.Errorf("admin group: %w", err)
 	}
+	if err := checkUIDRange(cfg, log); err != nil {
+		return nil, err
+	}
 	if d.cg, err = cgroup.New(cfg.CgroupParent); err != nil {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
@@ -203,7 +206,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	if len(ids) > 0 {
 		log.Warn("killed leftover runs of a previous instance", "count", len(ids), "groups", ids)
 	}
-	if d.st, d.locker, err = openStore(ctx, cfg, log); err != nil {
+	if d.st, d.locker, err = openStore(ctx, cfg, dirs, log); err != nil {
 		return nil, err
 	}
 	d.closers = append(d.closers, func() error {

@@ -327,3 +327,77 @@ func TestReloadLogsLimitsAsJSON(t *testing.T) {
 		t.Fatalf("reload lines %q, want the limits as JSON", got)
 	}
 }
+
+// TestUIDsOutliveALostStore: the store is lost (a purge and reinstall, a
+// database restored from an old backup) while the students' files stay.
+// At the next start every student keeps the uid its directory has, and a
+// new student gets a uid above every uid that owns anything there; while
+// running, a new student also skips a uid that owns a directory meanwhile.
+func TestUIDsOutliveALostStore(t *testing.T) {
+	cfg := testConfig(t)
+	s := start(t, cfg, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alice, err := s.c.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := s.c.EnsureStudent(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file deep in bob's directory owned by a uid given out later (to a
+	// student whose directory is gone since).
+	deep := filepath.Join(bob.Workdir, "sub", "old.txt")
+	if err := os.MkdirAll(filepath.Dir(deep), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(deep, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(deep, int(bob.UID)+4, int(bob.UID)+4); err != nil {
+		t.Fatal(err)
+	}
+	s.cancel()
+	if err := errors.Join(s.wait(t), s.d.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(cfg.StateDir); err != nil {
+		t.Fatal(err)
+	}
+	s = start(t, cfg, Options{})
+	defer func() {
+		s.cancel()
+		if err := errors.Join(s.wait(t), s.d.Close()); err != nil {
+			t.Error(err)
+		}
+	}()
+	for _, want := range []api.Student{alice, bob} {
+		got, err := s.c.GetStudent(ctx, want.Name)
+		if err != nil || got.UID != want.UID || got.GID != want.GID {
+			t.Fatalf("%s after the store was lost: %+v %v, want uid %d", want.Name, got, err, want.UID)
+		}
+	}
+	carol, err := s.c.EnsureStudent(ctx, "carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if carol.UID != bob.UID+5 {
+		t.Fatalf("a new student after the store was lost got uid %d, want %d: above every uid owning a file", carol.UID, bob.UID+5)
+	}
+	// Meanwhile a directory appears owned by a uid the store has not
+	// given out (a second store on the same shared files, say).
+	if err := os.Mkdir(filepath.Join(cfg.WorkdirRoot, "zed"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(cfg.WorkdirRoot, "zed"), int(carol.UID)+3, int(carol.UID)+3); err != nil {
+		t.Fatal(err)
+	}
+	dave, err := s.c.EnsureStudent(ctx, "dave")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dave.UID != carol.UID+4 {
+		t.Fatalf("a new student got uid %d, want %d: above the owner of a directory", dave.UID, carol.UID+4)
+	}
+}

@@ -189,6 +189,17 @@ func (l *Lazy) PutStudent(ctx context.Context, st store.Student) error {
 	return err
 }
 
+// AdoptStudent implements store.Store.
+func (l *Lazy) AdoptStudent(ctx context.Context, st store.Student) (bool, error) {
+	return with(l, func(s *Store) (bool, error) { return s.AdoptStudent(ctx, st) })
+}
+
+// ReserveUIDs implements store.Store.
+func (l *Lazy) ReserveUIDs(ctx context.Context, next uint32) error {
+	_, err := with(l, func(s *Store) (struct{}, error) { return struct{}{}, s.ReserveUIDs(ctx, next) })
+	return err
+}
+
 // ListStudents implements store.Store.
 func (l *Lazy) ListStudents(ctx context.Context) ([]store.Student, error) {
 	return with(l, func(s *Store) ([]store.Student, error) { return s.ListStudents(ctx) })

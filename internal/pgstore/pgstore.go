@@ -376,6 +376,28 @@ func (s *Store) PutStudent(ctx context.Context, st store.Student) error {
 	return nil
 }
 
+// AdoptStudent implements store.Store. DO NOTHING covers both the name
+// and the uid being known.
+func (s *Store) AdoptStudent(ctx context.Context, st store.Student) (bool, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, `INSERT INTO students (name, uid, gid) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, st.Name, st.UID, st.GID)
+	if err != nil {
+		return false, s.fail(err, "adopt student %s (uid %d)", st.Name, st.UID)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ReserveUIDs implements store.Store.
+func (s *Store) ReserveUIDs(ctx context.Context, next uint32) error {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, `UPDATE counters SET value = GREATEST(value, $1) WHERE name = 'uid_next'`, int64(next)); err != nil {
+		return s.fail(err, "reserve uids below %d", next)
+	}
+	return nil
+}
+
 // ListStudents implements store.Store. COLLATE "C" orders bytewise, as
 // SQLite does, whatever the database's locale.
 func (s *Store) ListStudents(ctx context.Context) ([]store.Student, error) {

@@ -27,10 +27,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 	case config.UIDSourcePasswd:
 		st, created, err = e.passwdStudent(ctx, name)
 	default:
-		st, created, err = e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
-		if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
-			err = storeError(ctx, err, "ensure student %s", name)
-		}
+		st, created, err = e.allocate(ctx, name)
 	}
 	if err != nil {
 		return api.Student{}, err
@@ -40,6 +37,34 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 		e.log.Info("student created", "student", name, "uid", st.UID, "gid", st.GID, "uid_source", e.cfg.UIDSource, "workdir", out.Workdir)
 	}
 	return out, err
+}
+
+// allocate returns the student's uid from the store. Before a new uid is
+// given out, the counter moves above every uid in the range that owns a
+// student's directory, so that a uid owning files there (given out by a
+// store since lost, or by another one) never goes to a second student.
+func (e *Engine) allocate(ctx context.Context, name string) (store.Student, bool, error) {
+	st, err := e.cfg.Store.GetStudent(ctx, name)
+	switch {
+	case err == nil:
+		return st, false, nil
+	case !errors.Is(err, api.ErrStudentNotFound):
+		return store.Student{}, false, storeError(ctx, err, "read student %s", name)
+	}
+	owners, err := e.cfg.Dirs.Scan(e.cfg.UIDMin, e.cfg.UIDMax, false)
+	if err != nil {
+		return store.Student{}, false, fmt.Errorf("ensure student %s: read who owns the students' directories: %w", name, err)
+	}
+	if owners.MaxUID != 0 {
+		if err := e.cfg.Store.ReserveUIDs(ctx, owners.MaxUID+1); err != nil {
+			return store.Student{}, false, storeError(ctx, err, "ensure student %s: skip the uids that own directories", name)
+		}
+	}
+	st, created, err := e.cfg.Store.EnsureStudent(ctx, name, e.cfg.UIDMin, e.cfg.UIDMax)
+	if err != nil && !errors.Is(err, store.ErrUIDRangeExhausted) {
+		err = storeError(ctx, err, "ensure student %s", name)
+	}
+	return st, created, err
 }
 
 // passwdStudent takes the ids of the student's system account and records

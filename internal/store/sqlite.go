@@ -214,6 +214,31 @@ func (s *SQLite) PutStudent(ctx context.Context, st Student) error {
 	return nil
 }
 
+// AdoptStudent implements Store. DO NOTHING covers both the name and
+// the uid being known.
+func (s *SQLite) AdoptStudent(ctx context.Context, st Student) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO students(name, uid, gid, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+		st.Name, st.UID, st.GID, time.Now().UnixMilli())
+	if err != nil {
+		return false, fmt.Errorf("adopt student %s (uid %d): %w", st.Name, st.UID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("adopt student %s (uid %d): %w", st.Name, st.UID, err)
+	}
+	return n == 1, nil
+}
+
+// ReserveUIDs implements Store.
+func (s *SQLite) ReserveUIDs(ctx context.Context, next uint32) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO counters(name, value) VALUES ('uid_next', ?)
+		ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)`, next)
+	if err != nil {
+		return fmt.Errorf("reserve uids below %d: %w", next, err)
+	}
+	return nil
+}
+
 // ListStudents implements Store.
 func (s *SQLite) ListStudents(ctx context.Context) ([]Student, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT name, uid, gid FROM students ORDER BY name`)

@@ -45,6 +45,13 @@ type Store interface {
 	GetStudent(ctx context.Context, name string) (Student, error)
 	// PutStudent records a student whose uid came from elsewhere (passwd).
 	PutStudent(ctx context.Context, s Student) error
+	// AdoptStudent records a student found on disk (its directory's
+	// owner) whose record was lost, unless its name or its uid is known
+	// already: adopted says whether it was recorded.
+	AdoptStudent(ctx context.Context, s Student) (adopted bool, err error)
+	// ReserveUIDs moves the uid counter to at least next, so that no uid
+	// below it is given out again; it never moves it back.
+	ReserveUIDs(ctx context.Context, next uint32) error
 	ListStudents(ctx context.Context) ([]Student, error)
 	// RecordStart writes the durable "started" record; it must succeed
 	// before the child exists.

@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("students/uid_never_reused", func(t *testing.T) { testUIDNeverReused(t, fresh(t)) })
 	t.Run("students/put_get_list", func(t *testing.T) { testPutGetList(t, fresh(t)) })
 	t.Run("students/unknown", func(t *testing.T) { testUnknownStudent(t, fresh(t)) })
+	t.Run("students/adopt_and_reserve", func(t *testing.T) { testAdoptAndReserve(t, fresh(t)) })
 	t.Run("runs/start_end_get", func(t *testing.T) { testStartEndGet(t, fresh(t)) })
 	t.Run("runs/end_without_start", func(t *testing.T) { testEndWithoutStart(t, fresh(t)) })
 	t.Run("runs/duplicate_start", func(t *testing.T) { testDuplicateStart(t, fresh(t)) })
@@ -459,5 +460,36 @@ func testClose(t *testing.T, s store.Store) {
 	// (the suite's cleanup makes a third).
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// testAdoptAndReserve: students found on disk after a lost store are
+// recorded with their directory's uid unless the name or the uid is known,
+// and the counter moves past every uid seen, never back.
+func testAdoptAndReserve(t *testing.T, s store.Store) {
+	adopt := func(name string, uid uint32, want bool) {
+		t.Helper()
+		got, err := s.AdoptStudent(ctx(t), store.Student{Name: name, UID: uid, GID: uid})
+		if err != nil || got != want {
+			t.Fatalf("AdoptStudent(%s, %d) = %v, %v; want %v", name, uid, got, err, want)
+		}
+	}
+	adopt("alice", 64005, true)
+	if got, err := s.GetStudent(ctx(t), "alice"); err != nil || got.UID != 64005 || got.GID != 64005 {
+		t.Fatalf("GetStudent(alice) = %+v, %v; want uid and gid 64005", got, err)
+	}
+	adopt("alice", 64007, false) // the name is known: its uid stays
+	adopt("bob", 64005, false)   // the uid is alice's
+	if err := s.ReserveUIDs(ctx(t), 64010); err != nil {
+		t.Fatal(err)
+	}
+	if c := mustEnsure(t, s, "carol", 64000, 64100); c.UID != 64010 {
+		t.Fatalf("first uid after ReserveUIDs(64010) = %d", c.UID)
+	}
+	if err := s.ReserveUIDs(ctx(t), 64003); err != nil {
+		t.Fatal(err)
+	}
+	if d := mustEnsure(t, s, "dave", 64000, 64100); d.UID != 64011 {
+		t.Fatalf("uid after a lower ReserveUIDs = %d, want 64011 (never back)", d.UID)
 	}
 }
