@@ -3,7 +3,6 @@ package api
 import (
 	"errors"
 	"fmt"
-	"net/http"
 )
 
 // Code is a stable, machine-readable error code. Clients branch on it; the
@@ -43,6 +42,17 @@ const (
 	CodeQuotaExceeded     Code = "quota_exceeded"
 	CodeDiskFull          Code = "disk_full"
 )
+
+// Codes lists every Code, for the tests that hold the documentation and
+// the HTTP statuses to it (TestCodesListsEveryCode keeps it whole).
+var Codes = []Code{
+	CodeInvalidRequest, CodeInvalidStudent, CodeInvalidPath, CodeLimitTooHigh, CodeScriptNotFound,
+	CodeNotFound, CodeStudentNotFound, CodeLocked, CodeDraining, CodeAtCapacity, CodeStoreUnavailable,
+	CodeStartFailed, CodeForbidden, CodeBodyTooLarge, CodeMethodNotAllowed, CodeRunEnded, CodeStdinClosed,
+	CodeTimeout, CodeInternal,
+	CodeFileNotFound, CodeNotRegular, CodeNotDirectory, CodeFileExists, CodeDirectoryNotEmpty,
+	CodePermissionDenied, CodeFileTooLarge, CodeQuotaExceeded, CodeDiskFull,
+}
 
 // Error is the one error type of the protocol. The server writes it as
 // {"error": {...}}; the client decodes it back, so callers on both sides
@@ -125,33 +135,6 @@ var (
 // Errorf builds an *Error with a formatted message.
 func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// HTTPStatus maps a code to its HTTP status, in this one place.
-func HTTPStatus(code Code) int {
-	switch code {
-	case CodeInvalidRequest, CodeInvalidStudent, CodeInvalidPath, CodeLimitTooHigh,
-		CodeNotRegular, CodeNotDirectory:
-		return http.StatusBadRequest
-	case CodeForbidden, CodePermissionDenied:
-		return http.StatusForbidden
-	case CodeScriptNotFound, CodeNotFound, CodeStudentNotFound, CodeFileNotFound:
-		return http.StatusNotFound
-	case CodeMethodNotAllowed:
-		return http.StatusMethodNotAllowed
-	case CodeLocked, CodeRunEnded, CodeStdinClosed, CodeFileExists, CodeDirectoryNotEmpty:
-		return http.StatusConflict
-	case CodeBodyTooLarge, CodeFileTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case CodeQuotaExceeded, CodeDiskFull:
-		return http.StatusInsufficientStorage
-	case CodeDraining, CodeAtCapacity, CodeStoreUnavailable:
-		return http.StatusServiceUnavailable
-	case CodeTimeout:
-		return http.StatusGatewayTimeout
-	default:
-		return http.StatusInternalServerError
-	}
 }
 
 // AsError finds the *Error in err's chain, or wraps err as `internal`.

@@ -4,47 +4,88 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/idexd/idexd/internal/api"
 )
 
-// TestReasonsListsEveryReason: every Reason constant declared in api.go is
-// in api.Reasons, so that a new end reason reaches idexctl's checks and
-// completion without a second list to remember.
-func TestReasonsListsEveryReason(t *testing.T) {
-	f, err := parser.ParseFile(token.NewFileSet(), "api.go", nil, 0)
+// declared returns the values of the string constants of type typ that
+// file declares.
+func declared(t *testing.T, file, typ string) []string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var declared []api.Reason
+	var out []string
 	ast.Inspect(f, func(n ast.Node) bool {
 		vs, ok := n.(*ast.ValueSpec)
 		if !ok || vs.Type == nil || len(vs.Values) != 1 {
 			return true
 		}
-		if id, ok := vs.Type.(*ast.Ident); ok && id.Name == "Reason" {
+		if id, ok := vs.Type.(*ast.Ident); ok && id.Name == typ {
 			if lit, ok := vs.Values[0].(*ast.BasicLit); ok {
 				v, err := strconv.Unquote(lit.Value)
 				if err != nil {
 					t.Fatal(err)
 				}
-				declared = append(declared, api.Reason(v))
+				out = append(out, v)
 			}
 		}
 		return true
 	})
-	if len(declared) < 9 {
-		t.Fatalf("found only %d Reason constants: %q", len(declared), declared)
-	}
-	for _, r := range declared {
-		if !slices.Contains(api.Reasons, r) {
-			t.Errorf("api.Reasons lacks %s", r)
+	return out
+}
+
+// sameSet reports the values of want missing from list, and a length
+// mismatch.
+func sameSet[T ~string](t *testing.T, name string, list []T, want []string) {
+	t.Helper()
+	for _, v := range want {
+		if !slices.Contains(list, T(v)) {
+			t.Errorf("%s lacks %s", name, v)
 		}
 	}
-	if len(api.Reasons) != len(declared) {
-		t.Errorf("api.Reasons has %d entries, api.go declares %d reasons", len(api.Reasons), len(declared))
+	if len(list) != len(want) {
+		t.Errorf("%s has %d entries, the source declares %d", name, len(list), len(want))
+	}
+}
+
+// TestReasonsListsEveryReason: every Reason constant declared in api.go is
+// in api.Reasons, so that a new end reason reaches idexctl's checks and
+// completion without a second list to remember.
+func TestReasonsListsEveryReason(t *testing.T) {
+	reasons := declared(t, "api.go", "Reason")
+	if len(reasons) < 9 {
+		t.Fatalf("found only %d Reason constants: %q", len(reasons), reasons)
+	}
+	sameSet(t, "api.Reasons", api.Reasons, reasons)
+}
+
+// TestCodesListsEveryCode: the same for error codes and api.Codes, which
+// the server's status mapping and the documentation tests go through.
+func TestCodesListsEveryCode(t *testing.T) {
+	codes := declared(t, "errors.go", "Code")
+	if len(codes) < 19 {
+		t.Fatalf("found only %d Code constants: %q", len(codes), codes)
+	}
+	sameSet(t, "api.Codes", api.Codes, codes)
+}
+
+// TestNoTransport: api holds the protocol's types and codes only; the
+// HTTP mapping lives in the server and the client.
+func TestNoTransport(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep == "net/http" || strings.HasPrefix(dep, "github.com/idexd/idexd/") && dep != "github.com/idexd/idexd/internal/api" {
+			t.Errorf("internal/api depends on %s", dep)
+		}
 	}
 }

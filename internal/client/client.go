@@ -149,7 +149,22 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 	if rerr == nil && json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
 		return nil, eb.Error
 	}
-	return nil, &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))}
+	return nil, &api.Error{Code: codeOfStatus(resp.StatusCode), Message: fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))}
+}
+
+// codeOfStatus is the code of an error answer without an error body
+// (something else answered on the socket): the statuses that have one code.
+func codeOfStatus(status int) api.Code {
+	if c, ok := statusCodes[status]; ok {
+		return c
+	}
+	return api.CodeInternal
+}
+
+var statusCodes = map[int]api.Code{
+	http.StatusBadRequest: api.CodeInvalidRequest, http.StatusForbidden: api.CodeForbidden,
+	http.StatusNotFound: api.CodeNotFound, http.StatusMethodNotAllowed: api.CodeMethodNotAllowed,
+	http.StatusRequestEntityTooLarge: api.CodeBodyTooLarge, http.StatusGatewayTimeout: api.CodeTimeout,
 }
 
 // StartRun starts a run.

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/idexd/idexd/internal/api"
 )
 
 // TestRoutesSorted keeps the route table readable: sorted by path, then
@@ -45,6 +47,20 @@ func TestRoleOf(t *testing.T) {
 	for _, c := range cases {
 		if got := roleOf(c.p, client, admin); got != c.want {
 			t.Errorf("roleOf(%+v) = %s, want %s", c.p, got, c.want)
+		}
+	}
+}
+
+// TestStatusOfEveryCode: each code has its status; only a failure of idexd
+// itself (internal, a start-up step) is a 500.
+func TestStatusOfEveryCode(t *testing.T) {
+	for _, c := range api.Codes {
+		st := httpStatus(c)
+		if st < 400 || st > 599 {
+			t.Errorf("%s maps to %d", c, st)
+		}
+		if (st == 500) != (c == api.CodeInternal || c == api.CodeStartFailed) {
+			t.Errorf("%s maps to %d", c, st)
 		}
 	}
 }

@@ -211,7 +211,7 @@ func (s *Server) handle(rt route) http.Handler {
 }
 
 func writeError(w http.ResponseWriter, log *slog.Logger, e *api.Error) {
-	writeJSON(w, log, api.HTTPStatus(e.Code), api.ErrorBody{Error: e})
+	writeJSON(w, log, httpStatus(e.Code), api.ErrorBody{Error: e})
 }
 
 func writeJSON(w http.ResponseWriter, log *slog.Logger, status int, v any) {
