@@ -5,6 +5,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 	"unicode/utf8"
 )
@@ -64,6 +65,61 @@ type Limits struct {
 	WallSeconds int64 `json:"wall_seconds,omitempty" toml:"wall_seconds"`
 	CPUSeconds  int64 `json:"cpu_seconds,omitempty" toml:"cpu_seconds"`
 	OutputKB    int64 `json:"output_kb,omitempty" toml:"output_kb"`
+}
+
+// limitField is one field of Limits, named as on the wire.
+type limitField struct {
+	name string
+	v    *int64
+}
+
+func (l *Limits) fields() []limitField {
+	return []limitField{
+		{"memory_mb", &l.MemoryMB}, {"pids", &l.Pids}, {"cpu_percent", &l.CPUPercent},
+		{"wall_seconds", &l.WallSeconds}, {"cpu_seconds", &l.CPUSeconds}, {"output_kb", &l.OutputKB},
+	}
+}
+
+// Fit returns an error naming the first field of l above max.
+func (l Limits) Fit(max Limits) error {
+	lf, mf := l.fields(), max.fields()
+	for i := range lf {
+		if *lf[i].v > *mf[i].v {
+			return fmt.Errorf("%s %d is above the maximum %d", lf[i].name, *lf[i].v, *mf[i].v)
+		}
+	}
+	return nil
+}
+
+// Unset names each field that is not positive: configured defaults and
+// maximums must set every one.
+func (l Limits) Unset() []error {
+	var errs []error
+	for _, f := range l.fields() {
+		if *f.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", f.name, *f.v))
+		}
+	}
+	return errs
+}
+
+// Effective is the policy for a request's limits: unset ones (zero) take
+// the defaults, and a request may lower any limit, or raise it up to max.
+func (l Limits) Effective(defaults, max Limits) (Limits, error) {
+	out := l
+	of, df := out.fields(), defaults.fields()
+	for i := range of {
+		switch {
+		case *of[i].v < 0:
+			return Limits{}, Errorf(CodeInvalidRequest, "limits.%s must not be negative, got %d", of[i].name, *of[i].v)
+		case *of[i].v == 0:
+			*of[i].v = *df[i].v
+		}
+	}
+	if err := out.Fit(max); err != nil {
+		return Limits{}, Errorf(CodeLimitTooHigh, "limits: %v", err)
+	}
+	return out, nil
 }
 
 // RunRequest is the body of POST /v1/runs.

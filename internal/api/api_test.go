@@ -50,3 +50,24 @@ func TestErrorsIsByCode(t *testing.T) {
 		t.Fatal("an uncoded error must be internal")
 	}
 }
+
+func TestLimitsPolicy(t *testing.T) {
+	def := Limits{MemoryMB: 256, Pids: 64, CPUPercent: 100, WallSeconds: 30, CPUSeconds: 30, OutputKB: 1024}
+	max := Limits{MemoryMB: 1024, Pids: 256, CPUPercent: 200, WallSeconds: 600, CPUSeconds: 600, OutputKB: 16384}
+	l, err := Limits{MemoryMB: 64}.Effective(def, max)
+	if err != nil || l.MemoryMB != 64 || l.Pids != def.Pids {
+		t.Fatalf("lowering: %+v %v", l, err)
+	}
+	if _, err := (Limits{Pids: max.Pids + 1}).Effective(def, max); !errors.Is(err, ErrLimitTooHigh) {
+		t.Fatalf("above max: %v", err)
+	}
+	if _, err := (Limits{CPUSeconds: -1}).Effective(def, max); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("negative: %v", err)
+	}
+	if err := def.Fit(max); err != nil {
+		t.Fatalf("defaults within max: %v", err)
+	}
+	if errs := (Limits{MemoryMB: 1}).Unset(); len(errs) != 5 {
+		t.Fatalf("unset fields of a partial set: %v", errs)
+	}
+}

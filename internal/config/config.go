@@ -17,12 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/idexd/idexd/internal/api"
-)
-
-// UID sources.
-const (
-	UIDSourceRange  = "range"
-	UIDSourcePasswd = "passwd"
+	"github.com/idexd/idexd/internal/students"
 )
 
 // Duration is a time.Duration that reads "30s" from TOML.
@@ -117,7 +112,7 @@ func Default() Config {
 		Interpreter:   "/usr/bin/python3",
 		ClientGroup:   "idex",
 		AdminGroup:    "idex-admin",
-		UIDSource:     UIDSourceRange,
+		UIDSource:     students.UIDSourceRange,
 		UIDMin:        200000,
 		UIDMax:        299999,
 		Host:          host,
@@ -258,9 +253,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("cgroup_parent %q must be a non-empty path without '..'", c.CgroupParent))
 	}
 	switch c.UIDSource {
-	case UIDSourceRange, UIDSourcePasswd:
+	case students.UIDSourceRange, students.UIDSourcePasswd:
 	default:
-		errs = append(errs, fmt.Errorf("uid_source must be %q or %q, got %q", UIDSourceRange, UIDSourcePasswd, c.UIDSource))
+		errs = append(errs, fmt.Errorf("uid_source must be %q or %q, got %q", students.UIDSourceRange, students.UIDSourcePasswd, c.UIDSource))
 	}
 	if c.UIDMin < 1000 || c.UIDMax < c.UIDMin {
 		errs = append(errs, fmt.Errorf("uid range %d-%d must start at 1000 or above and not be empty", c.UIDMin, c.UIDMax))
@@ -285,7 +280,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, checkLimits("defaults", c.Defaults)...)
 	errs = append(errs, checkLimits("max", c.Max)...)
-	if err := FitLimits(c.Defaults, c.Max); err != nil {
+	if err := c.Defaults.Fit(c.Max); err != nil {
 		errs = append(errs, fmt.Errorf("defaults exceed max: %w", err))
 	}
 	switch c.WorkdirLayout {
@@ -315,52 +310,8 @@ func (c *Config) Validate() error {
 
 func checkLimits(section string, l api.Limits) []error {
 	var errs []error
-	for _, f := range limitFields(&l) {
-		if *f.v <= 0 {
-			errs = append(errs, fmt.Errorf("%s.%s must be positive, got %d", section, f.name, *f.v))
-		}
+	for _, err := range l.Unset() {
+		errs = append(errs, fmt.Errorf("%s.%w", section, err))
 	}
 	return errs
-}
-
-type limitField struct {
-	name string
-	v    *int64
-}
-
-func limitFields(l *api.Limits) []limitField {
-	return []limitField{
-		{"memory_mb", &l.MemoryMB}, {"pids", &l.Pids}, {"cpu_percent", &l.CPUPercent},
-		{"wall_seconds", &l.WallSeconds}, {"cpu_seconds", &l.CPUSeconds}, {"output_kb", &l.OutputKB},
-	}
-}
-
-// FitLimits returns an error naming the first field of l above max.
-func FitLimits(l, max api.Limits) error {
-	lf, mf := limitFields(&l), limitFields(&max)
-	for i := range lf {
-		if *lf[i].v > *mf[i].v {
-			return fmt.Errorf("%s %d is above the maximum %d", lf[i].name, *lf[i].v, *mf[i].v)
-		}
-	}
-	return nil
-}
-
-// Effective fills a request's unset limits from defaults and checks them
-// against max: a request may lower any limit, or raise it up to the maximum.
-func Effective(req, defaults, max api.Limits) (api.Limits, error) {
-	out := req
-	of, df := limitFields(&out), limitFields(&defaults)
-	for i := range of {
-		switch {
-		case *of[i].v < 0:
-			return api.Limits{}, api.Errorf(api.CodeInvalidRequest, "limits.%s must not be negative, got %d", of[i].name, *of[i].v)
-		case *of[i].v == 0:
-			*of[i].v = *df[i].v
-		}
-	}
-	if err := FitLimits(out, max); err != nil {
-		return api.Limits{}, api.Errorf(api.CodeLimitTooHigh, "limits: %v", err)
-	}
-	return out, nil
 }

@@ -1,13 +1,10 @@
 package config
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/idexd/idexd/internal/api"
 )
 
 func TestLoadOrder(t *testing.T) {
@@ -45,20 +42,6 @@ func TestLoadRefusesBadConfig(t *testing.T) {
 		if _, err := Load([]string{"--config", p}); err == nil {
 			t.Errorf("%s: loaded without error", name)
 		}
-	}
-}
-
-func TestEffective(t *testing.T) {
-	d := Default()
-	l, err := Effective(api.Limits{MemoryMB: 64}, d.Defaults, d.Max)
-	if err != nil || l.MemoryMB != 64 || l.Pids != d.Defaults.Pids {
-		t.Fatalf("lowering: %+v %v", l, err)
-	}
-	if _, err := Effective(api.Limits{Pids: d.Max.Pids + 1}, d.Defaults, d.Max); !errors.Is(err, api.ErrLimitTooHigh) {
-		t.Fatalf("above max: %v", err)
-	}
-	if _, err := Effective(api.Limits{CPUSeconds: -1}, d.Defaults, d.Max); !errors.Is(err, api.ErrInvalidRequest) {
-		t.Fatalf("negative: %v", err)
 	}
 }
 

@@ -56,7 +56,7 @@ func checkConfig(ctx context.Context, cfg config.Config, loadErr error, out io.W
 		report(g.what, err, fmt.Sprintf("%s (gid %d)", g.name, gid))
 	}
 	report("interpreter", run.CheckInterpreter(cfg.Interpreter), cfg.Interpreter)
-	if cfg.UIDSource == config.UIDSourceRange {
+	if cfg.UIDSource == students.UIDSourceRange {
 		warn, err := students.CheckSubordinate(cfg.UIDMin, cfg.UIDMax, students.SubordinateFiles, students.LoginDefs)
 		report("uid range", err, fmt.Sprintf("%d-%d overlaps no subordinate ids in %s", cfg.UIDMin, cfg.UIDMax, strings.Join(students.SubordinateFiles, ", ")))
 		if warn != "" {
@@ -88,7 +88,7 @@ func limitsText(l api.Limits) string { return string(api.MustJSON(l)) }
 // (they could act as students), and warns when useradd may hand some out
 // later; uid_source = passwd takes the system's own accounts.
 func checkUIDRange(cfg config.Config, log *slog.Logger) error {
-	if cfg.UIDSource != config.UIDSourceRange {
+	if cfg.UIDSource != students.UIDSourceRange {
 		return nil
 	}
 	warn, err := students.CheckSubordinate(cfg.UIDMin, cfg.UIDMax, students.SubordinateFiles, students.LoginDefs)

@@ -104,7 +104,7 @@ func recoverRecords(ctx context.Context, host string, st store.Store, release fu
 // no uid is ever given to a second student. uid_source = passwd has
 // nothing to adopt.
 func adoptStudents(ctx context.Context, cfg config.Config, dirs *students.Dirs, st store.Store, log *slog.Logger) error {
-	if cfg.UIDSource != config.UIDSourceRange {
+	if cfg.UIDSource != students.UIDSourceRange {
 		return nil
 	}
 	t0 := time.Now()

@@ -23,7 +23,6 @@ import (
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
-	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/store"
@@ -230,7 +229,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	e.mu.Lock()
 	def, max := e.cfg.Defaults, e.cfg.Max
 	e.mu.Unlock()
-	lim, err := config.Effective(req.Limits, def, max)
+	lim, err := req.Limits.Effective(def, max)
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/students"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -16,7 +16,7 @@ import (
 // account of that name; root and accounts below the floor are refused.
 func TestUIDFromPasswd(t *testing.T) {
 	env := testutil.NewEnv(t, func(c *run.Config) {
-		c.UIDSource = config.UIDSourcePasswd
+		c.UIDSource = students.UIDSourcePasswd
 		c.UIDMin = 1000
 	})
 	// Debian's nobody is 65534:65534, above a floor of 1000.

@@ -8,7 +8,6 @@ import (
 	"strconv"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
@@ -24,7 +23,7 @@ func (e *Engine) EnsureStudent(ctx context.Context, name string) (api.Student, e
 	var created bool
 	var err error
 	switch e.cfg.UIDSource {
-	case config.UIDSourcePasswd:
+	case students.UIDSourcePasswd:
 		st, created, err = e.passwdStudent(ctx, name)
 	default:
 		st, created, err = e.allocate(ctx, name)

@@ -45,6 +45,14 @@ import (
 	"github.com/idexd/idexd/internal/api"
 )
 
+// Where students' uids come from (the uid_source setting).
+const (
+	// UIDSourceRange: idexd gives each student the next uid of a range.
+	UIDSourceRange = "range"
+	// UIDSourcePasswd: each student is a system account and keeps its ids.
+	UIDSourcePasswd = "passwd"
+)
+
 var nameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // ValidName returns an invalid_student error unless name is a Unix-style name.

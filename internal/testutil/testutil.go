@@ -176,7 +176,7 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 	cfg := run.Config{
 		Host: "test", Interpreter: Interpreter,
 		Defaults: def.Defaults, Max: def.Max, MaxRuns: 1000,
-		UIDSource: config.UIDSourceRange, UIDMin: def.UIDMin, UIDMax: def.UIDMax,
+		UIDSource: students.UIDSourceRange, UIDMin: def.UIDMin, UIDMax: def.UIDMax,
 		KeepEnded: time.Minute,
 		Log:       log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
 	}
