@@ -234,6 +234,34 @@ const (
 	HealthDraining = "draining"
 )
 
+// RunFilter selects runs (GET /v1/runs, and the store's queries); zero
+// fields select everything.
+type RunFilter struct {
+	Student string
+	State   State
+	Reason  Reason
+	Host    string
+	Since   time.Time
+	Limit   int
+}
+
+// DebugState is the body of GET /v1/debug/state: what the soak test
+// checks for leaks.
+type DebugState struct {
+	Goroutines int `json:"goroutines"`
+	FDs        int `json:"fds"`
+	RunsActive int `json:"runs_active"`
+	RunsKept   int `json:"runs_kept"`
+	LocksHeld  int `json:"locks_held"`
+	Cgroups    int `json:"cgroups"`
+}
+
+// VersionInfo is the body of GET /v1/version.
+type VersionInfo struct {
+	Version string `json:"version"`
+	API     string `json:"api"`
+}
+
 // RunList is the body of GET /v1/runs.
 type RunList struct {
 	Runs []Run `json:"runs"`

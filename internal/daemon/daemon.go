@@ -26,6 +26,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 
+	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/files"
@@ -231,7 +232,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		Helper: helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
-		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit,
+		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,
 	})
 	if err != nil {
 		return nil, err
@@ -253,16 +254,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	}
 	// Closed first: Run has shut the API server down, no request is left.
 	d.closers = append(d.closers, func() error { fileSvc.Close(); return nil })
-	srvCfg := server.Config{
-		Engine: d.eng, Store: d.st, Cgroups: d.cg, Log: log,
-		ClientGID: clientGID, AdminGID: adminGID, Interpreter: cfg.Interpreter,
+	d.srv = server.New(server.Config{
+		Engine: d.eng, Files: fileSvc, Log: log, ClientGID: clientGID, AdminGID: adminGID,
 		Metrics: d.met.Handler(), Debug: cfg.DebugEndpoints, OnError: d.met.Refused,
-		Files: fileSvc,
-	}
-	if stats != nil {
-		srvCfg.Locks = stats
-	}
-	d.srv = server.New(srvCfg)
+	})
 	// A stop asked for during start-up is honoured before serving.
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("start-up: %w", err)
@@ -400,25 +395,29 @@ func (d *Daemon) closeCgroups() error {
 	return nil
 }
 
-// selfCheck is what the watchdog proves before each ping: the engine
-// answers, the cgroup parent is writable, and no debug hang is set.
+// selfCheck is what the watchdog proves before each ping: no debug hang
+// is set, and the engine's Health (the one /v1/health answers) comes back
+// within 5 s with the cgroup parent writable. A store that is down does
+// not stop the pings: a restart would not bring it back.
 func (d *Daemon) selfCheck(ctx context.Context) error {
 	if d.srv.Hung() {
 		return errors.New("debug hang requested")
 	}
-	done := make(chan struct{})
-	go func() {
-		d.eng.Active()
-		close(done)
-	}()
+	done := make(chan api.Health, 1)
+	go func() { done <- d.eng.Health(ctx) }()
 	select {
-	case <-done:
+	case h := <-done:
+		for _, c := range h.Checks {
+			if c.Name == run.CheckCgroupParent && !c.OK {
+				return fmt.Errorf("health check %s: %s", c.Name, c.Message)
+			}
+		}
+		return nil
 	case <-time.After(5 * time.Second):
-		return errors.New("run engine did not answer within 5s")
+		return errors.New("run engine did not answer health within 5s")
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return d.cg.Check()
 }
 
 // reload applies the limits of the configuration read again (SIGHUP).

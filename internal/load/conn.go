@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/server"
 )
 
 // Conn is a minimal client of idexd's protocol. internal/client would do,
@@ -179,8 +178,8 @@ func (c *Conn) Health(ctx context.Context) (api.Health, error) {
 }
 
 // DebugState is GET /v1/debug/state (admin: the load runs as root).
-func (c *Conn) DebugState(ctx context.Context) (server.DebugState, error) {
-	var s server.DebugState
+func (c *Conn) DebugState(ctx context.Context) (api.DebugState, error) {
+	var s api.DebugState
 	return s, c.call(ctx, "GET", "/v1/debug/state", nil, &s)
 }
 

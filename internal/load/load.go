@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/server"
 )
 
 // Options configure a mix.
@@ -93,7 +92,7 @@ func (o *Options) defaults() {
 
 // DaemonState is one look at the daemon.
 type DaemonState struct {
-	Debug  server.DebugState
+	Debug  api.DebugState
 	Proc   ProcSample
 	Census Census // empty in a look taken under load
 }

@@ -81,6 +81,9 @@ type Config struct {
 	// locked (quota_exceeded while the student is over a disk limit that
 	// idexd measures).
 	AdmitStudent func(ctx context.Context, st api.Student) error
+	// HealthChecks, when set, adds checks of parts beside the engine to
+	// Health (disk quotas).
+	HealthChecks func(ctx context.Context) []api.Check
 
 	Log     *slog.Logger
 	Cgroups *cgroup.Manager
@@ -114,6 +117,8 @@ type Engine struct {
 	// kept are the ended runs still in runs, oldest first, for late readers.
 	kept      []keptRun
 	keptBytes int64
+
+	created time.Time // for Health's uptime
 }
 
 type keptRun struct {
@@ -196,7 +201,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.KeepEndedBytes == 0 {
 		cfg.KeepEndedBytes = 256 << 20
 	}
-	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run)}
+	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run), created: time.Now()}
 	e.pool = newPool(cfg.WarmRuns, cfg.Cgroups, cgroup.Limits{
 		MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
 	}, cfg.Helper, cfg.Log)

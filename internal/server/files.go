@@ -8,14 +8,13 @@ import (
 	"strings"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/files"
 )
 
 // The file routes: GET/PUT/DELETE/POST /v1/students/{name}/files/{path...}
 // and the listing GET /v1/students/{name}/files?path=DIR (see package files).
 
 // withFiles adapts a file route's handler to the route table.
-func (s *Server) withFiles(h func(fs *files.Service, w http.ResponseWriter, r *http.Request) error) func(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) withFiles(h func(fs Files, w http.ResponseWriter, r *http.Request) error) func(w http.ResponseWriter, r *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		if s.cfg.Files == nil {
 			return api.Errorf(api.CodeNotFound, "the file routes are not enabled on this idexd")
@@ -24,7 +23,7 @@ func (s *Server) withFiles(h func(fs *files.Service, w http.ResponseWriter, r *h
 	}
 }
 
-func (s *Server) listFiles(fs *files.Service, w http.ResponseWriter, r *http.Request) error {
+func (s *Server) listFiles(fs Files, w http.ResponseWriter, r *http.Request) error {
 	l, err := fs.List(r.Context(), r.PathValue("name"), r.URL.Query().Get("path"))
 	if err != nil {
 		return err
@@ -33,7 +32,7 @@ func (s *Server) listFiles(fs *files.Service, w http.ResponseWriter, r *http.Req
 	return nil
 }
 
-func (s *Server) getFile(fs *files.Service, w http.ResponseWriter, r *http.Request) error {
+func (s *Server) getFile(fs Files, w http.ResponseWriter, r *http.Request) error {
 	f, info, err := fs.Open(r.Context(), r.PathValue("name"), r.PathValue("path"))
 	if err != nil {
 		return err
@@ -51,7 +50,7 @@ func (s *Server) getFile(fs *files.Service, w http.ResponseWriter, r *http.Reque
 	return nil
 }
 
-func (s *Server) putFile(fs *files.Service, w http.ResponseWriter, r *http.Request) error {
+func (s *Server) putFile(fs Files, w http.ResponseWriter, r *http.Request) error {
 	var info api.FileInfo
 	var err error
 	if r.ContentLength > fs.MaxBytes() {
@@ -72,7 +71,7 @@ func (s *Server) putFile(fs *files.Service, w http.ResponseWriter, r *http.Reque
 	return nil
 }
 
-func (s *Server) deleteFile(fs *files.Service, w http.ResponseWriter, r *http.Request) error {
+func (s *Server) deleteFile(fs Files, w http.ResponseWriter, r *http.Request) error {
 	if err := fs.Remove(r.Context(), r.PathValue("name"), r.PathValue("path")); err != nil {
 		return err
 	}
@@ -80,7 +79,7 @@ func (s *Server) deleteFile(fs *files.Service, w http.ResponseWriter, r *http.Re
 	return nil
 }
 
-func (s *Server) moveFile(fs *files.Service, w http.ResponseWriter, r *http.Request) error {
+func (s *Server) moveFile(fs Files, w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	if !q.Has("move_to") {
 		return api.Errorf(api.CodeInvalidRequest, "POST on a file needs ?move_to=PATH")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -61,6 +62,22 @@ func TestStatusOfEveryCode(t *testing.T) {
 		}
 		if (st == 500) != (c == api.CodeInternal || c == api.CodeStartFailed) {
 			t.Errorf("%s maps to %d", c, st)
+		}
+	}
+}
+
+// TestTalksOnlyToTheEngine: the server reaches runs, students and health
+// through its Engine interface; it does not depend on the store, the
+// cgroups, the locks or the engine's package.
+func TestTalksOnlyToTheEngine(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		switch strings.TrimPrefix(dep, "github.com/idexd/idexd/internal/") {
+		case "store", "pgstore", "cgroup", "lock", "run", "files", "quota", "sandbox", "students":
+			t.Errorf("internal/server depends on %s", dep)
 		}
 	}
 }

@@ -15,17 +15,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/cgroup"
-	"github.com/idexd/idexd/internal/files"
-	"github.com/idexd/idexd/internal/run"
-	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/version"
 )
 
@@ -43,20 +38,15 @@ const (
 
 // Config wires a Server.
 type Config struct {
-	Engine    *run.Engine
-	Store     store.Store
-	Cgroups   *cgroup.Manager
+	// Engine answers every run, student and health route.
+	Engine    Engine
 	Log       *slog.Logger
 	ClientGID uint32
 	AdminGID  uint32
-	// Interpreter is checked by health.
-	Interpreter string
 	// Metrics serves GET /metrics; nil disables it.
 	Metrics http.Handler
 	// Debug enables /v1/debug/hang (for the watchdog test).
 	Debug bool
-	// Locks reports held locks for /v1/debug/state; may be nil.
-	Locks interface{ Held() int }
 	// OnError is told the code of every error answer (metrics); may be nil.
 	OnError func(api.Code)
 	// StreamWriteTimeout cuts off an event reader that stopped reading;
@@ -68,7 +58,7 @@ type Config struct {
 	ReadTimeout time.Duration
 	// Files serves the file routes and students' disk usage; nil turns
 	// them off.
-	Files *files.Service
+	Files Files
 }
 
 // Server is the control API.
@@ -264,21 +254,16 @@ func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	run, err := s.cfg.Engine.Start(r.Context(), req)
+	started, err := s.cfg.Engine.StartRun(r.Context(), req)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, s.log, http.StatusCreated, run.Info())
+	writeJSON(w, s.log, http.StatusCreated, started)
 	return nil
 }
 
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
-	id := r.PathValue("id")
-	if run, ok := s.cfg.Engine.Get(id); ok {
-		writeJSON(w, s.log, http.StatusOK, run.Info())
-		return nil
-	}
-	info, err := s.cfg.Store.GetRun(r.Context(), id)
+	info, err := s.cfg.Engine.GetRun(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -288,7 +273,7 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.RunFilter{Student: q.Get("student"), State: api.State(q.Get("state")), Reason: api.Reason(q.Get("reason")), Limit: 100}
+	f := api.RunFilter{Student: q.Get("student"), State: api.State(q.Get("state")), Reason: api.Reason(q.Get("reason")), Limit: 100}
 	switch f.State {
 	case "", api.StateRunning, api.StateEnded:
 	default:
@@ -308,51 +293,12 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 		}
 		f.Since = t
 	}
-	runs, err := s.cfg.Store.ListRuns(r.Context(), f)
-	if err != nil && f.State == api.StateRunning {
-		// This host's live runs are known without the store: ps keeps
-		// working through a database outage.
-		s.log.Warn("list runs: store unavailable, answering from memory", "err", err)
-		runs, err = s.liveRuns(f), nil
-	}
+	runs, err := s.cfg.Engine.ListRuns(r.Context(), f)
 	if err != nil {
-		return api.Wrap(api.CodeStoreUnavailable, err, "list runs")
-	}
-	// The engine knows more of a live run than its start record.
-	for i := range runs {
-		if live, ok := s.cfg.Engine.Get(runs[i].ID); ok {
-			runs[i] = live.Info()
-		}
-	}
-	if runs == nil {
-		runs = []api.Run{}
+		return err
 	}
 	writeJSON(w, s.log, http.StatusOK, api.RunList{Runs: runs})
 	return nil
-}
-
-// liveRuns is this host's running runs that match f, newest first.
-func (s *Server) liveRuns(f store.RunFilter) []api.Run {
-	var out []api.Run
-	for _, r := range s.cfg.Engine.List() {
-		info := r.Info()
-		if info.State != api.StateRunning || (f.Student != "" && info.Student != f.Student) {
-			continue
-		}
-		out = append(out, info)
-		if len(out) == f.Limit {
-			break
-		}
-	}
-	return out
-}
-
-func (s *Server) liveRun(id string) (*run.Run, error) {
-	run, ok := s.cfg.Engine.Get(id)
-	if !ok {
-		return nil, api.Errorf(api.CodeNotFound, "run %s is not live on this host (its events are kept for keep_ended after its end)", id)
-	}
-	return run, nil
 }
 
 // events streams a run's events as NDJSON: everything after ?after=SEQ,
@@ -368,14 +314,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		after = n
 	}
 	follow := r.URL.Query().Get("follow") != "0"
-	run, err := s.liveRun(r.PathValue("id"))
-	if err != nil {
+	id := r.PathValue("id")
+	// Before the headers: an unknown run is a 404, not an empty stream.
+	if _, _, _, err := s.cfg.Engine.Events(id, after); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	log := s.log.With("run", run.ID())
+	log := s.log.With("run", id)
 	// The headers go now: a program may print nothing for a long while,
 	// and the reader should know at once that it is following.
 	if err := rc.Flush(); err != nil {
@@ -384,8 +331,14 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	}
 	enc := json.NewEncoder(w)
 	for {
-		evs, changed := run.EventsAfter(after)
-		if len(evs) == 0 && isDone(run.Done()) {
+		evs, changed, ended, err := s.cfg.Engine.Events(id, after)
+		if err != nil {
+			// Forgotten meanwhile (keep_ended): the reader reconnects and
+			// is told.
+			log.Info("event stream ends: the run is no longer in memory", "after", after, "err", err)
+			return nil
+		}
+		if len(evs) == 0 && ended {
 			// Ended, and the reader has seen everything up to the end
 			// (it reconnected with the end's seq): nothing will come.
 			return nil
@@ -425,21 +378,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-// isDone reports whether done is closed.
-func isDone(done <-chan struct{}) bool {
-	select {
-	case <-done:
-		return true
-	default:
-		return false
-	}
-}
-
 func (s *Server) stdin(w http.ResponseWriter, r *http.Request) error {
-	run, err := s.liveRun(r.PathValue("id"))
-	if err != nil {
-		return err
-	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxStdinBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -449,7 +388,7 @@ func (s *Server) stdin(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.CodeInvalidRequest, "read stdin body: %v", err)
 	}
 	eof := r.URL.Query().Get("eof") == "1"
-	if err := run.WriteStdin(r.Context(), body, eof); err != nil {
+	if err := s.cfg.Engine.WriteStdin(r.Context(), r.PathValue("id"), body, eof); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -459,15 +398,7 @@ func (s *Server) stdin(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	s.log.Info("stop requested", append([]any{"run", id}, peerFrom(r.Context()).attrs()...)...)
-	info, err := s.cfg.Engine.Stop(r.Context(), id)
-	if errors.Is(err, api.ErrNotFound) {
-		// Ended long ago: stopping it again is a no-op that returns it.
-		stored, serr := s.cfg.Store.GetRun(r.Context(), id)
-		if serr != nil {
-			return serr
-		}
-		info, err = stored, nil
-	}
+	info, err := s.cfg.Engine.StopRun(r.Context(), id)
 	if err != nil {
 		return err
 	}
@@ -486,69 +417,26 @@ func (s *Server) putStudent(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) getStudent(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	st, err := s.cfg.Store.GetStudent(r.Context(), name)
+	st, err := s.cfg.Engine.GetStudent(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
-	out := api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)}
-	s.withDisk(r, &out)
-	writeJSON(w, s.log, http.StatusOK, out)
+	s.withDisk(r, &st)
+	writeJSON(w, s.log, http.StatusOK, st)
 	return nil
 }
 
 func (s *Server) listStudents(w http.ResponseWriter, r *http.Request) error {
-	sts, err := s.cfg.Store.ListStudents(r.Context())
+	sts, err := s.cfg.Engine.ListStudents(r.Context())
 	if err != nil {
-		return api.Wrap(api.CodeStoreUnavailable, err, "list students")
+		return err
 	}
-	out := api.StudentList{Students: make([]api.Student, 0, len(sts))}
-	for _, st := range sts {
-		out.Students = append(out.Students, api.Student{Name: st.Name, UID: st.UID, GID: st.GID, Workdir: s.cfg.Engine.Workdir(st.Name)})
-	}
-	writeJSON(w, s.log, http.StatusOK, out)
+	writeJSON(w, s.log, http.StatusOK, api.StudentList{Students: sts})
 	return nil
 }
 
-// Health runs the self-checks; the watchdog uses it too.
-func (s *Server) Health(ctx context.Context) api.Health {
-	h := api.Health{
-		Status: api.HealthOK, Version: version.Version,
-		UptimeS:    int64(time.Since(s.started).Seconds()),
-		RunsActive: s.cfg.Engine.Active(),
-		CgroupMode: string(s.cfg.Cgroups.Mode()),
-		Store:      s.cfg.Store.Kind(),
-	}
-	check := func(name string, err error) {
-		c := api.Check{Name: name, OK: err == nil}
-		if err != nil {
-			c.Message = err.Error()
-			h.Status = api.HealthDegraded
-		}
-		h.Checks = append(h.Checks, c)
-	}
-	check("cgroup_parent_writable", s.cfg.Cgroups.Check())
-	if missing := s.cfg.Cgroups.Missing(); len(missing) > 0 {
-		// Only reachable with allow_unlimited = true: said, not degraded.
-		h.Checks = append(h.Checks, api.Check{Name: "cgroup_limits", OK: true,
-			Message: fmt.Sprintf("not enforced: no %s controller (allow_unlimited = true)", strings.Join(missing, ", "))})
-	}
-	check("interpreter", run.CheckInterpreter(s.cfg.Interpreter))
-	if s.cfg.Files != nil && s.cfg.Files.Quota() != nil {
-		// Said, not degraded: measuring is the documented way on NFS.
-		h.Checks = append(h.Checks, api.Check{Name: "disk_quota", OK: true, Message: s.cfg.Files.Quota().Status()})
-	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	check("store", s.cfg.Store.Ping(pctx))
-	if s.cfg.Engine.Draining() {
-		h.Status = api.HealthDraining
-	}
-	return h
-}
-
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
-	h := s.Health(r.Context())
+	h := s.cfg.Engine.Health(r.Context())
 	status := http.StatusOK
 	if h.Status != api.HealthOK {
 		status = http.StatusServiceUnavailable
@@ -560,19 +448,19 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) drain(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(true)
 	s.log.Info("draining: new runs refused", append([]any{"runs_active", s.cfg.Engine.Active()}, peerFrom(r.Context()).attrs()...)...)
-	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
+	writeJSON(w, s.log, http.StatusOK, s.cfg.Engine.Health(r.Context()))
 	return nil
 }
 
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) error {
 	s.cfg.Engine.SetDraining(false)
 	s.log.Info("resumed: accepting runs", peerFrom(r.Context()).attrs()...)
-	writeJSON(w, s.log, http.StatusOK, s.Health(r.Context()))
+	writeJSON(w, s.log, http.StatusOK, s.cfg.Engine.Health(r.Context()))
 	return nil
 }
 
 func (s *Server) version(w http.ResponseWriter, _ *http.Request) error {
-	writeJSON(w, s.log, http.StatusOK, map[string]string{"version": version.Version, "api": api.Version})
+	writeJSON(w, s.log, http.StatusOK, api.VersionInfo{Version: version.Version, API: api.Version})
 	return nil
 }
 
@@ -584,32 +472,10 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// DebugState is the body of GET /v1/debug/state: what the soak test checks
-// for leaks.
-type DebugState struct {
-	Goroutines int `json:"goroutines"`
-	FDs        int `json:"fds"`
-	RunsActive int `json:"runs_active"`
-	RunsKept   int `json:"runs_kept"`
-	LocksHeld  int `json:"locks_held"`
-	Cgroups    int `json:"cgroups"`
-}
-
-func (s *Server) debugState(w http.ResponseWriter, _ *http.Request) error {
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return fmt.Errorf("count fds: %w", err)
-	}
-	cgs, err := s.cfg.Cgroups.RunGroups()
+func (s *Server) debugState(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Engine.DebugState(r.Context())
 	if err != nil {
 		return err
-	}
-	st := DebugState{
-		Goroutines: runtime.NumGoroutine(), FDs: len(fds),
-		RunsActive: s.cfg.Engine.Active(), RunsKept: len(s.cfg.Engine.List()), Cgroups: len(cgs),
-	}
-	if s.cfg.Locks != nil {
-		st.LocksHeld = s.cfg.Locks.Held()
 	}
 	writeJSON(w, s.log, http.StatusOK, st)
 	return nil

@@ -511,8 +511,7 @@ func TestEventStreamEdges(t *testing.T) {
 func TestRoleFromGroupsAtConnect(t *testing.T) {
 	env := testutil.NewEnv(t)
 	sock := filepath.Join(testutil.TraversableDir(t), "idexd.sock")
-	srv := server.New(server.Config{Engine: env.Engine, Store: env.Store, Cgroups: env.Cgroups, Log: env.Config.Log,
-		ClientGID: testutil.ClientGID, AdminGID: testutil.AdminGID, Interpreter: testutil.Interpreter})
+	srv := server.New(server.Config{Engine: env.Engine, Log: env.Config.Log, ClientGID: testutil.ClientGID, AdminGID: testutil.AdminGID})
 	ln, err := server.Listen(sock, testutil.ClientGID)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ package store
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/idexd/idexd/internal/api"
 )
@@ -23,15 +22,8 @@ type Student struct {
 	GID  uint32
 }
 
-// RunFilter selects runs for ListRuns; zero fields select everything.
-type RunFilter struct {
-	Student string
-	State   api.State
-	Reason  api.Reason
-	Host    string
-	Since   time.Time
-	Limit   int
-}
+// RunFilter selects runs for ListRuns: the protocol's filter.
+type RunFilter = api.RunFilter
 
 // Store is the persistent state.
 type Store interface {

@@ -197,6 +197,9 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 	if cfg.AdmitStudent == nil {
 		cfg.AdmitStudent = qm.Admit
 	}
+	if cfg.HealthChecks == nil {
+		cfg.HealthChecks = qm.HealthChecks
+	}
 	cfg.Hooks.Ended = qm.AfterRuns(cfg.Hooks.Ended, dirs.Workdir)
 	fsvc, err := files.New(files.Config{Students: st, Dirs: dirs, MaxBytes: def.FileMaxMB << 20, Quota: qm, Log: log})
 	if err != nil {
@@ -318,9 +321,7 @@ func (e *Env) Serve(t testing.TB, opts ...func(*server.Config)) *Served {
 	t.Helper()
 	sock := filepath.Join(TraversableDir(t), "idexd.sock")
 	cfg := server.Config{
-		Engine: e.Engine, Store: e.Store, Cgroups: e.Cgroups, Log: e.Config.Log,
-		ClientGID: ClientGID, AdminGID: AdminGID, Interpreter: Interpreter, Locks: e.Locks,
-		Files: e.Files,
+		Engine: e.Engine, Log: e.Config.Log, ClientGID: ClientGID, AdminGID: AdminGID, Files: e.Files,
 	}
 	for _, o := range opts {
 		o(&cfg)
