@@ -100,7 +100,7 @@ type Daemon struct {
 	log  *slog.Logger
 
 	cg     *cgroup.Manager
-	st     store.Store
+	st     *store.Queued
 	locker lock.Locker
 	eng    *run.Engine
 	srv    *server.Server
@@ -239,13 +239,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	}
 	// Discards the warm helpers; after Run's drain there is nothing left.
 	d.closers = append(d.closers, func() error { return d.eng.Shutdown(context.Background(), 0) })
-	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts}
-	stats, _ := d.locker.(lock.Stats)
-	if stats != nil {
-		src.LockCounts = stats.Counts
-	}
-	if c, ok := d.st.(store.ErrorCounter); ok {
-		src.StoreErrors = c.Errors
+	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts, StoreErrors: d.st.Errors}
+	if stats, ok := d.locker.(lock.Stats); ok {
+		src.LockCounts, src.LocksLost = stats.Counts, stats.Lost
 	}
 	d.met.Watch(src)
 	fileSvc, err := files.New(files.Config{Students: d.st, Dirs: dirs, MaxBytes: cfg.FileMaxMB << 20, Quota: quotas, Log: log})

@@ -27,7 +27,7 @@ const maxPendingEnds = 10000
 // already) and adopts the students whose directories outlived their
 // records. PostgreSQL may be unreachable: then idexd starts anyway and the
 // store opens, and recovers, once it answers (pgstore.Lazy).
-func openStore(ctx context.Context, cfg config.Config, dirs *students.Dirs, log *slog.Logger) (store.Store, lock.Locker, error) {
+func openStore(ctx context.Context, cfg config.Config, dirs *students.Dirs, log *slog.Logger) (*store.Queued, lock.Locker, error) {
 	var st store.Store
 	var locker lock.Locker
 	if cfg.DatabaseURL != "" {

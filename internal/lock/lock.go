@@ -48,6 +48,8 @@ type Stats interface {
 	Held() int
 	// Counts is how many were acquired and released so far.
 	Counts() (acquired, released int64)
+	// Lost is how many were taken from their holders (Lease.Lost).
+	Lost() int64
 }
 
 // Table is the in-process Locker.
@@ -83,6 +85,9 @@ func (t *Table) Held() int {
 	defer t.mu.Unlock()
 	return len(t.held)
 }
+
+// Lost implements Stats: an in-process lock is never taken away.
+func (t *Table) Lost() int64 { return 0 }
 
 // Counts returns how many leases were acquired and released so far.
 func (t *Table) Counts() (acquired, released int64) {

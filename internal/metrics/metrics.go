@@ -19,6 +19,7 @@ import (
 type Sources struct {
 	Active      func() int
 	LockCounts  func() (acquired, released int64)
+	LocksLost   func() int64
 	StoreErrors func() int64
 	WarmStarts  func() int64
 }
@@ -72,6 +73,11 @@ func (m *Metrics) Watch(src Sources) {
 				func() float64 { a, _ := src.LockCounts(); return float64(a) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "idexd_lock_released_total", Help: "Execution locks given back."},
 				func() float64 { _, r := src.LockCounts(); return float64(r) }))
+	}
+	if src.LocksLost != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "idexd_lock_lost_total", Help: "Shared locks taken over by another run while held (the run then ends lock_lost)."},
+			func() float64 { return float64(src.LocksLost()) }))
 	}
 	if src.StoreErrors != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

@@ -15,6 +15,7 @@ func TestScrape(t *testing.T) {
 	m.Watch(Sources{
 		Active:     func() int { return 3 },
 		LockCounts: func() (int64, int64) { return 10, 7 },
+		LocksLost:  func() int64 { return 2 },
 		WarmStarts: func() int64 { return 5 },
 	})
 	h := m.Hooks()
@@ -36,6 +37,7 @@ func TestScrape(t *testing.T) {
 		"idexd_runs_active 3",
 		"idexd_lock_acquired_total 10",
 		"idexd_lock_released_total 7",
+		"idexd_lock_lost_total 2",
 		"idexd_runs_warm_started_total 5",
 		"idexd_run_start_seconds_count 1",
 		"idexd_run_stop_seconds_count 1",

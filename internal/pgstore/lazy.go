@@ -46,10 +46,9 @@ type Lazy struct {
 }
 
 var (
-	_ store.Store        = (*Lazy)(nil)
-	_ lock.Locker        = (*Lazy)(nil)
-	_ lock.Stats         = (*Lazy)(nil)
-	_ store.ErrorCounter = (*Lazy)(nil)
+	_ store.Store = (*Lazy)(nil)
+	_ lock.Locker = (*Lazy)(nil)
+	_ lock.Stats  = (*Lazy)(nil)
 )
 
 // OpenLazy tries once to open (and recover) the store, within ctx; if that
@@ -153,12 +152,6 @@ func (l *Lazy) Close() error {
 	return st.Close()
 }
 
-// Errors implements store.ErrorCounter: failed database operations.
-func (l *Lazy) Errors() int64 {
-	n, _ := with(l, func(s *Store) (int64, error) { return s.Errors(), nil })
-	return n
-}
-
 // Ping implements store.Store.
 func (l *Lazy) Ping(ctx context.Context) error {
 	_, err := with(l, func(s *Store) (struct{}, error) { return struct{}{}, s.Ping(ctx) })
@@ -243,6 +236,15 @@ func (l *Lazy) Held() int {
 		return 0
 	}
 	return lk.Held()
+}
+
+// Lost implements lock.Stats.
+func (l *Lazy) Lost() int64 {
+	_, lk, err := l.get()
+	if err != nil {
+		return 0
+	}
+	return lk.Lost()
 }
 
 // Counts implements lock.Stats.

@@ -189,7 +189,6 @@ func (le *Lease) renew(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			le.l.s.errs.Add(1)
 			le.l.s.log.Warn("renew lock lease failed; retrying", "lock", le.key.String(), "run", le.runID, "ttl", le.l.ttl, "err", err)
 		case tag.RowsAffected() == 0:
 			le.l.lost.Add(1)

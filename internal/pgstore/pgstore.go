@@ -21,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,7 +56,6 @@ type Store struct {
 	host    string
 	log     *slog.Logger
 	timeout time.Duration
-	errs    atomic.Int64
 
 	// bg is cancelled by Close; lease renewals run under it, and wg
 	// waits for them, so that none outlives the pool. closed (under mu)
@@ -209,9 +207,9 @@ func (s *Store) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
 }
 
-// fail counts err for the store_errors metric and adds what was being done.
+// fail adds what was being done to err. (The store_errors metric counts
+// failed writes, in store.Queued, for both stores.)
 func (s *Store) fail(err error, format string, args ...any) error {
-	s.errs.Add(1)
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
 
@@ -228,9 +226,6 @@ func (s *Store) rollback(tx pgx.Tx) {
 
 // Kind implements store.Store.
 func (s *Store) Kind() string { return "postgres" }
-
-// Errors is how many database operations failed so far (for metrics).
-func (s *Store) Errors() int64 { return s.errs.Load() }
 
 // closeWait bounds how long Close waits for the pool. pgx gives each
 // connection whose query timed out up to 15 s to deliver a cancel request,
@@ -426,19 +421,24 @@ func (s *Store) ListStudents(ctx context.Context) ([]store.Student, error) {
 // return the same times and compare them the same way.
 func ms(t time.Time) time.Time { return time.UnixMilli(t.UnixMilli()).UTC() }
 
+// pgRuns: timestamptz (at SQLite's millisecond), jsonb sent as is, ids
+// ordered bytewise as in SQLite whatever the database's locale.
+var pgRuns = store.Dialect{
+	Placeholder: func(i int) string { return "$" + strconv.Itoa(i) },
+	Time:        func(t time.Time) any { return ms(t) },
+	JSON:        func(b []byte) any { return json.RawMessage(b) },
+	OrderByID:   `id COLLATE "C"`,
+}
+
 // RecordStart implements store.Store.
 func (s *Store) RecordStart(ctx context.Context, r *api.Run) error {
-	args, lim, err := encodeRunJSON(r)
+	args, err := pgRuns.StartArgs(r)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	_, err = s.pool.Exec(ctx, `INSERT INTO runs (id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim,
-		string(api.StateRunning), ms(r.StartedAt))
-	if err != nil {
+	if _, err := s.pool.Exec(ctx, pgRuns.StartSQL(), args...); err != nil {
 		return s.fail(err, "record start of run %s", r.ID)
 	}
 	return nil
@@ -447,40 +447,23 @@ func (s *Store) RecordStart(ctx context.Context, r *api.Run) error {
 // RecordEnd implements store.Store. It inserts the record if the start was
 // never written, so an end is never lost.
 func (s *Store) RecordEnd(ctx context.Context, r *api.Run) error {
-	args, lim, err := encodeRunJSON(r)
+	args, err := pgRuns.EndArgs(r)
 	if err != nil {
 		return err
 	}
-	var ended *time.Time
-	if r.EndedAt != nil {
-		t := ms(*r.EndedAt)
-		ended = &t
-	}
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	_, err = s.pool.Exec(ctx, `INSERT INTO runs (id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at,
-			reason, exit_code, signal, error, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
-		ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, exit_code = excluded.exit_code,
-			signal = excluded.signal, error = excluded.error, ended_at = excluded.ended_at, wall_ms = excluded.wall_ms,
-			cpu_ms = excluded.cpu_ms, peak_memory_bytes = excluded.peak_memory_bytes,
-			output_bytes = excluded.output_bytes, truncated = excluded.truncated`,
-		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim, string(r.State), ms(r.StartedAt),
-		string(r.Reason), r.ExitCode, r.Signal, r.Error, ended, r.WallMS, r.CPUMS, r.PeakMemoryBytes, r.OutputBytes, r.Truncated)
-	if err != nil {
+	if _, err := s.pool.Exec(ctx, pgRuns.EndSQL(), args...); err != nil {
 		return s.fail(err, "record end of run %s", r.ID)
 	}
 	return nil
 }
 
-const runColumns = `id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, reason, exit_code, signal, error,
-	started_at, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated`
-
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, id string) (api.Run, error) {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM runs WHERE id = $1`, id)
+	runs, err := s.queryRuns(ctx, pgRuns.GetRunSQL(), id)
 	if err != nil {
 		return api.Run{}, fmt.Errorf("get run %s: %w", id, err)
 	}
@@ -492,36 +475,7 @@ func (s *Store) GetRun(ctx context.Context, id string) (api.Run, error) {
 
 // ListRuns implements store.Store, newest first.
 func (s *Store) ListRuns(ctx context.Context, f store.RunFilter) ([]api.Run, error) {
-	var where []string
-	var args []any
-	add := func(col string, v any) {
-		args = append(args, v)
-		where = append(where, fmt.Sprintf("%s $%d", col, len(args)))
-	}
-	if f.Student != "" {
-		add("student =", f.Student)
-	}
-	if f.State != "" {
-		add("state =", string(f.State))
-	}
-	if f.Reason != "" {
-		add("reason =", string(f.Reason))
-	}
-	if f.Host != "" {
-		add("host =", f.Host)
-	}
-	if !f.Since.IsZero() {
-		add("started_at >=", ms(f.Since))
-	}
-	q := `SELECT ` + runColumns + ` FROM runs`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += ` ORDER BY started_at DESC, id COLLATE "C" DESC`
-	if f.Limit > 0 {
-		args = append(args, f.Limit)
-		q += fmt.Sprintf(" LIMIT $%d", len(args))
-	}
+	q, args := pgRuns.ListRunsSQL(f)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	runs, err := s.queryRuns(ctx, q, args...)
@@ -539,31 +493,13 @@ func (s *Store) queryRuns(ctx context.Context, q string, args ...any) ([]api.Run
 	defer rows.Close()
 	var out []api.Run
 	for rows.Next() {
-		var (
-			r                api.Run
-			argsJSON, lim    []byte
-			mode, state, rsn string
-			exit             *int32
-			started          time.Time
-			ended            *time.Time
-		)
-		if err := rows.Scan(&r.ID, &r.Host, &r.Student, &r.UID, &r.GID, &r.Script, &r.ScriptSHA256, &argsJSON, &mode, &lim,
-			&state, &rsn, &exit, &r.Signal, &r.Error, &started, &ended, &r.WallMS, &r.CPUMS, &r.PeakMemoryBytes,
-			&r.OutputBytes, &r.Truncated); err != nil {
+		var row store.RunRow
+		if err := rows.Scan(row.Dest(&row.StartedAt, &row.EndedAt)...); err != nil {
 			return nil, s.fail(err, "scan run")
 		}
-		if err := decodeRunJSON(&r, argsJSON, lim); err != nil {
+		r, err := row.Decode()
+		if err != nil {
 			return nil, err
-		}
-		r.Mode, r.State, r.Reason = api.Mode(mode), api.State(state), api.Reason(rsn)
-		if exit != nil {
-			c := int(*exit)
-			r.ExitCode = &c
-		}
-		r.StartedAt = started.UTC()
-		if ended != nil {
-			t := ended.UTC()
-			r.EndedAt = &t
 		}
 		out = append(out, r)
 	}
@@ -571,37 +507,6 @@ func (s *Store) queryRuns(ctx context.Context, q string, args ...any) ([]api.Run
 		return nil, s.fail(err, "read runs")
 	}
 	return out, nil
-}
-
-// encodeRunJSON encodes args and limits as SQLite does: args never null.
-// json.RawMessage makes pgx send the bytes as they are.
-func encodeRunJSON(r *api.Run) (args, limits json.RawMessage, err error) {
-	a := r.Args
-	if a == nil {
-		a = []string{}
-	}
-	args, err = json.Marshal(a)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode args of run %s: %w", r.ID, err)
-	}
-	limits, err = json.Marshal(r.Limits)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode limits of run %s: %w", r.ID, err)
-	}
-	return args, limits, nil
-}
-
-func decodeRunJSON(r *api.Run, args, limits []byte) error {
-	if err := json.Unmarshal(args, &r.Args); err != nil {
-		return fmt.Errorf("decode args of run %s: %w", r.ID, err)
-	}
-	if len(r.Args) == 0 {
-		r.Args = nil
-	}
-	if err := json.Unmarshal(limits, &r.Limits); err != nil {
-		return fmt.Errorf("decode limits of run %s: %w", r.ID, err)
-	}
-	return nil
 }
 
 // Ping connects to the database at url once and pings it, changing

@@ -3,12 +3,10 @@ package store
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver keeps builds CGO-free
@@ -260,16 +258,21 @@ func (s *SQLite) ListStudents(ctx context.Context) ([]Student, error) {
 	return out, nil
 }
 
+// sqliteRuns: milliseconds since the epoch, JSON as text.
+var sqliteRuns = Dialect{
+	Placeholder: func(int) string { return "?" },
+	Time:        func(t time.Time) any { return t.UnixMilli() },
+	JSON:        func(b []byte) any { return string(b) },
+	OrderByID:   "id",
+}
+
 // RecordStart implements Store.
 func (s *SQLite) RecordStart(ctx context.Context, r *api.Run) error {
-	args, lim, err := encodeRunJSON(r)
+	args, err := sqliteRuns.StartArgs(r)
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO runs(id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim, string(api.StateRunning), r.StartedAt.UnixMilli())
-	if err != nil {
+	if _, err := s.db.ExecContext(ctx, sqliteRuns.StartSQL(), args...); err != nil {
 		return fmt.Errorf("record start of run %s: %w", r.ID, err)
 	}
 	return nil
@@ -278,39 +281,19 @@ func (s *SQLite) RecordStart(ctx context.Context, r *api.Run) error {
 // RecordEnd implements Store. It also inserts the record if the start was
 // never written, so an end is never lost.
 func (s *SQLite) RecordEnd(ctx context.Context, r *api.Run) error {
-	args, lim, err := encodeRunJSON(r)
+	args, err := sqliteRuns.EndArgs(r)
 	if err != nil {
 		return err
 	}
-	var ended any
-	if r.EndedAt != nil {
-		ended = r.EndedAt.UnixMilli()
-	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO runs(id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, started_at,
-			reason, exit_code, signal, error, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(id) DO UPDATE SET state = excluded.state, reason = excluded.reason, exit_code = excluded.exit_code,
-			signal = excluded.signal, error = excluded.error, ended_at = excluded.ended_at, wall_ms = excluded.wall_ms,
-			cpu_ms = excluded.cpu_ms, peak_memory_bytes = excluded.peak_memory_bytes,
-			output_bytes = excluded.output_bytes, truncated = excluded.truncated`,
-		r.ID, r.Host, r.Student, r.UID, r.GID, r.Script, r.ScriptSHA256, args, string(r.Mode), lim, string(r.State), r.StartedAt.UnixMilli(),
-		string(r.Reason), r.ExitCode, r.Signal, r.Error, ended, r.WallMS, r.CPUMS, r.PeakMemoryBytes, r.OutputBytes, r.Truncated)
-	if err != nil {
+	if _, err := s.db.ExecContext(ctx, sqliteRuns.EndSQL(), args...); err != nil {
 		return fmt.Errorf("record end of run %s: %w", r.ID, err)
 	}
 	return nil
 }
 
-const runColumns = `id, host, student, uid, gid, script, script_sha256, args, mode, limits, state, reason, exit_code, signal, error,
-	started_at, ended_at, wall_ms, cpu_ms, peak_memory_bytes, output_bytes, truncated`
-
 // GetRun implements Store.
 func (s *SQLite) GetRun(ctx context.Context, id string) (api.Run, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, id)
-	if err != nil {
-		return api.Run{}, fmt.Errorf("get run %s: %w", id, err)
-	}
-	runs, err := scanRuns(rows)
+	runs, err := s.queryRuns(ctx, sqliteRuns.GetRunSQL(), id)
 	if err != nil {
 		return api.Run{}, fmt.Errorf("get run %s: %w", id, err)
 	}
@@ -322,93 +305,38 @@ func (s *SQLite) GetRun(ctx context.Context, id string) (api.Run, error) {
 
 // ListRuns implements Store, newest first.
 func (s *SQLite) ListRuns(ctx context.Context, f RunFilter) ([]api.Run, error) {
-	var where []string
-	var args []any
-	add := func(cond string, v any) {
-		where = append(where, cond)
-		args = append(args, v)
-	}
-	if f.Student != "" {
-		add("student = ?", f.Student)
-	}
-	if f.State != "" {
-		add("state = ?", string(f.State))
-	}
-	if f.Reason != "" {
-		add("reason = ?", string(f.Reason))
-	}
-	if f.Host != "" {
-		add("host = ?", f.Host)
-	}
-	if !f.Since.IsZero() {
-		add("started_at >= ?", f.Since.UnixMilli())
-	}
-	q := `SELECT ` + runColumns + ` FROM runs`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY started_at DESC, id DESC"
-	if f.Limit > 0 {
-		q += fmt.Sprintf(" LIMIT %d", f.Limit)
-	}
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list runs: %w", err)
-	}
-	runs, err := scanRuns(rows)
+	q, args := sqliteRuns.ListRunsSQL(f)
+	runs, err := s.queryRuns(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}
 	return runs, nil
 }
 
-func encodeRunJSON(r *api.Run) (args, limits string, err error) {
-	a := r.Args
-	if a == nil {
-		a = []string{}
-	}
-	ab, err := json.Marshal(a)
+func (s *SQLite) queryRuns(ctx context.Context, q string, args ...any) ([]api.Run, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return "", "", fmt.Errorf("encode args of run %s: %w", r.ID, err)
+		return nil, fmt.Errorf("query runs: %w", err)
 	}
-	lb, err := json.Marshal(r.Limits)
-	if err != nil {
-		return "", "", fmt.Errorf("encode limits of run %s: %w", r.ID, err)
-	}
-	return string(ab), string(lb), nil
-}
-
-// scanRuns reads rows of runColumns and closes them.
-func scanRuns(rows *sql.Rows) ([]api.Run, error) {
 	defer rows.Close() //nolint:errcheck // rows.Err is checked below
 	var out []api.Run
 	for rows.Next() {
 		var (
-			r                api.Run
-			args, lim        string
-			mode, state, rsn string
-			exit             sql.NullInt64
-			started          int64
-			ended            sql.NullInt64
-			truncated        bool
+			row     RunRow
+			started int64
+			ended   sql.NullInt64
 		)
-		if err := rows.Scan(&r.ID, &r.Host, &r.Student, &r.UID, &r.GID, &r.Script, &r.ScriptSHA256, &args, &mode, &lim,
-			&state, &rsn, &exit, &r.Signal, &r.Error, &started, &ended, &r.WallMS, &r.CPUMS, &r.PeakMemoryBytes,
-			&r.OutputBytes, &truncated); err != nil {
+		if err := rows.Scan(row.Dest(&started, &ended)...); err != nil {
 			return nil, fmt.Errorf("scan run: %w", err)
 		}
-		if err := decodeRunJSON(&r, args, lim); err != nil {
-			return nil, err
-		}
-		r.Mode, r.State, r.Reason, r.Truncated = api.Mode(mode), api.State(state), api.Reason(rsn), truncated
-		if exit.Valid {
-			c := int(exit.Int64)
-			r.ExitCode = &c
-		}
-		r.StartedAt = time.UnixMilli(started).UTC()
+		row.StartedAt = time.UnixMilli(started)
 		if ended.Valid {
-			t := time.UnixMilli(ended.Int64).UTC()
-			r.EndedAt = &t
+			t := time.UnixMilli(ended.Int64)
+			row.EndedAt = &t
+		}
+		r, err := row.Decode()
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, r)
 	}
@@ -416,17 +344,4 @@ func scanRuns(rows *sql.Rows) ([]api.Run, error) {
 		return nil, fmt.Errorf("read runs: %w", err)
 	}
 	return out, nil
-}
-
-func decodeRunJSON(r *api.Run, args, limits string) error {
-	if err := json.Unmarshal([]byte(args), &r.Args); err != nil {
-		return fmt.Errorf("decode args of run %s: %w", r.ID, err)
-	}
-	if len(r.Args) == 0 {
-		r.Args = nil
-	}
-	if err := json.Unmarshal([]byte(limits), &r.Limits); err != nil {
-		return fmt.Errorf("decode limits of run %s: %w", r.ID, err)
-	}
-	return nil
 }

@@ -56,11 +56,6 @@ type Store interface {
 	Close() error
 }
 
-// ErrorCounter is a store that counts its failed operations (metrics).
-type ErrorCounter interface {
-	Errors() int64
-}
-
 // WriteProber is a store that can prove writing works (a full disk
 // answers pings): health asks it after a write failed.
 type WriteProber interface {
