@@ -244,7 +244,7 @@ func (b *bench) mainDaemon(ctx context.Context) (string, error) {
 	if v, err := d.c.Version(ctx); err != nil {
 		b.fail("version", err)
 	} else {
-		version = fmt.Sprintf("%s (api %s)", v["version"], v["api"])
+		version = fmt.Sprintf("%s (api %s)", v.Version, v.API)
 	}
 	run := func(name string, f func(context.Context, *daemon) error) {
 		if ctx.Err() != nil || !o.wants(name) {

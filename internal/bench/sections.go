@@ -471,22 +471,15 @@ func (b *bench) memory(ctx context.Context) error {
 
 type snapshot struct {
 	rssKiB int64
-	state  debugState
-}
-
-// debugState is the part of GET /v1/debug/state read here.
-type debugState struct {
-	Goroutines int `json:"goroutines"`
-	FDs        int `json:"fds"`
-	RunsActive int `json:"runs_active"`
-	Cgroups    int `json:"cgroups"`
+	state  api.DebugState
 }
 
 func (b *bench) snap(ctx context.Context, d *daemon) (snapshot, error) {
 	// Let the runtime settle (GC, idle connections) before reading.
 	time.Sleep(time.Second)
 	var s snapshot
-	if err := d.c.DebugState(ctx, &s.state); err != nil {
+	var err error
+	if s.state, err = d.c.DebugState(ctx); err != nil {
 		return s, fmt.Errorf("debug state: %w", err)
 	}
 	rss, err := rssKiB(d.pid())

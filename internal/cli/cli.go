@@ -360,8 +360,8 @@ func (a *app) version(ctx context.Context, _ *call) (int, error) {
 	v, err := a.c.Version(ctx)
 	out := map[string]string{"idexctl": version.Version}
 	if err == nil {
-		out["idexd"] = v["version"]
-		out["api"] = v["api"]
+		out["idexd"] = v.Version
+		out["api"] = v.API
 	}
 	if a.json {
 		return 0, errors.Join(err, a.printJSON(out))
@@ -370,7 +370,7 @@ func (a *app) version(ctx context.Context, _ *call) (int, error) {
 	if err != nil {
 		return ExitError, err
 	}
-	fmt.Fprintf(a.stdout, "idexd   %s (api %s)\n", v["version"], v["api"])
+	fmt.Fprintf(a.stdout, "idexd   %s (api %s)\n", v.Version, v.API)
 	return 0, nil
 }
 

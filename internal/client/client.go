@@ -25,11 +25,20 @@ import (
 // DefaultSocket is where idexd listens unless told otherwise.
 const DefaultSocket = "/run/idexd/idexd.sock"
 
-// Client talks to one idexd. The zero value uses DefaultSocket.
+// Client talks to one idexd. The zero value uses DefaultSocket. Its
+// fields are read once, at the first request.
 type Client struct {
 	Socket string
 	// ClientGroup names the group to join in permission errors.
 	ClientGroup string
+	// Dial, if set, opens each connection instead of dialing Socket.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Transport, if set, carries every request as it is (its own pool
+	// and dialing); Socket, Dial and MaxIdleConns are then unused.
+	Transport http.RoundTripper
+	// MaxIdleConns is how many idle connections are kept for reuse
+	// (default 16).
+	MaxIdleConns int
 
 	once sync.Once // builds hc: a Client is used from many goroutines
 	hc   *http.Client
@@ -47,18 +56,35 @@ func (c *Client) socket() string {
 
 func (c *Client) http() *http.Client {
 	c.once.Do(func() {
-		sock := c.socket()
-		c.hc = &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
-			},
-			MaxIdleConnsPerHost: 16,
-			IdleConnTimeout:     30 * time.Second,
-		}}
+		tr := c.Transport
+		if tr == nil {
+			dial := c.Dial
+			if dial == nil {
+				sock := c.socket()
+				dial = func(ctx context.Context) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", sock)
+				}
+			}
+			idle := c.MaxIdleConns
+			if idle <= 0 {
+				idle = 16
+			}
+			tr = &http.Transport{
+				DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+				MaxIdleConns:        idle,
+				MaxIdleConnsPerHost: idle,
+				IdleConnTimeout:     30 * time.Second,
+			}
+		}
+		c.hc = &http.Client{Transport: tr}
 	})
 	return c.hc
 }
+
+// CloseIdleConnections closes the connections kept for reuse: each is a
+// goroutine and an fd in the daemon, which a leak check would count.
+func (c *Client) CloseIdleConnections() { c.http().CloseIdleConnections() }
 
 // DialError explains why the socket could not be reached.
 type DialError struct {
@@ -110,6 +136,10 @@ func (c *Client) send(ctx context.Context, method, path string, body, out any) e
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	// Read the rest (the encoder's newline) so the connection is reused.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
 	return nil
 }
@@ -286,14 +316,15 @@ func (c *Client) Resume(ctx context.Context) (api.Health, error) {
 }
 
 // Version returns the daemon's version.
-func (c *Client) Version(ctx context.Context) (map[string]string, error) {
-	var v map[string]string
+func (c *Client) Version(ctx context.Context) (api.VersionInfo, error) {
+	var v api.VersionInfo
 	return v, c.send(ctx, "GET", "/v1/version", nil, &v)
 }
 
 // DebugState returns the daemon's resource counts (admin).
-func (c *Client) DebugState(ctx context.Context, out any) error {
-	return c.send(ctx, "GET", "/v1/debug/state", nil, out)
+func (c *Client) DebugState(ctx context.Context) (api.DebugState, error) {
+	var s api.DebugState
+	return s, c.send(ctx, "GET", "/v1/debug/state", nil, &s)
 }
 
 // Events is a stream of a run's events.
@@ -327,6 +358,26 @@ func (c *Client) events(ctx context.Context, id string, after int64, follow bool
 		return nil, err
 	}
 	return &Events{body: resp.Body, dec: json.NewDecoder(bufio.NewReader(resp.Body)), follow: follow}, nil
+}
+
+// AllEvents returns every event of a run kept in memory, from seq 1.
+func (c *Client) AllEvents(ctx context.Context, id string) ([]api.Event, error) {
+	evs, err := c.EventsNow(ctx, id, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer evs.Close() //nolint:errcheck // read to its end
+	var out []api.Event
+	for {
+		ev, err := evs.Next()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("events of run %s: %w", id, err)
+		}
+		out = append(out, ev)
+	}
 }
 
 // Next returns the next event; io.EOF after the end event (or, for

@@ -41,3 +41,43 @@ func TestErrorWithoutBody(t *testing.T) {
 		t.Fatalf("plain 418: %v, want internal", err)
 	}
 }
+
+// TestDialAndIdleConnections: a Client dials through Dial when given one,
+// reuses its connection, and gives it back on CloseIdleConnections (each
+// idle connection is a goroutine and an fd in the daemon).
+func TestDialAndIdleConnections(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"version":"v","api":"v1"}` + "\n")) // the client reads it or fails
+	})}
+	go func() { _ = srv.Serve(ln) }() // ends with Close
+	defer srv.Close()
+	dials := 0
+	c := &client.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		dials++
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		if v, err := c.Version(ctx); err != nil || v.API != "v1" {
+			t.Fatalf("version: %+v %v", v, err)
+		}
+	}
+	if dials != 1 {
+		t.Fatalf("%d dials for 3 requests in a row, want 1 (the connection reused)", dials)
+	}
+	c.CloseIdleConnections()
+	if _, err := c.Version(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dials != 2 {
+		t.Fatalf("%d dials after CloseIdleConnections, want 2", dials)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
 )
 
 // check runs every end-of-load check into the report.
@@ -43,7 +44,7 @@ func (m *mix) check(ctx context.Context, rootBefore map[string]bool) {
 		rep.problem(nil, "%s", p)
 	}
 
-	running, err := m.c.ListRuns(ctx, api.StateRunning, 10000)
+	running, err := m.c.ListRuns(ctx, client.ListFilter{State: api.StateRunning, Limit: 10000})
 	if err != nil {
 		rep.problem(&rep.Left.Errors, "list running runs: %v", err)
 	}

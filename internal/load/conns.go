@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
 )
 
 // ConnOptions configure the connection hog: one client that opens many
@@ -92,8 +93,8 @@ func Connections(ctx context.Context, o ConnOptions) (*ConnReport, error) {
 			return nil, err
 		}
 	}
-	c := Dial(o.Socket, o.Students)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: o.Socket, MaxIdleConns: o.Students}
+	defer c.CloseIdleConnections()
 	rep := &ConnReport{Conns: o.Conns, Wait: o.Wait}
 	fail := func(format string, args ...any) { rep.Failed = append(rep.Failed, fmt.Sprintf(format, args...)) }
 	before, err := SampleProc(pid)
@@ -267,12 +268,12 @@ func raiseNofile(n uint64) error {
 
 // RunToEnd starts a run and reads its events to the end; it returns the
 // final run and everything the run wrote.
-func RunToEnd(ctx context.Context, c *Conn, req api.RunRequest) (api.Run, string, error) {
+func RunToEnd(ctx context.Context, c *client.Client, req api.RunRequest) (api.Run, string, error) {
 	r, err := c.StartRun(ctx, req)
 	if err != nil {
 		return api.Run{}, "", err
 	}
-	st, err := c.Events(ctx, r.ID, 0, true)
+	st, err := c.Events(ctx, r.ID, 0)
 	if err != nil {
 		return r, "", fmt.Errorf("events of run %s: %w", r.ID, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
 )
 
 // Thresholds say how flat "flat" is for the cycles. Every sample is taken
@@ -135,8 +136,8 @@ func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
-	c := Dial(o.Socket, o.Concurrency+4)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: o.Socket, MaxIdleConns: o.Concurrency + 4}
+	defer c.CloseIdleConnections()
 	pid := o.PID
 	if pid == 0 {
 		var err error
@@ -243,13 +244,13 @@ func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
 
 // cycle starts the sleeper, optionally waits for its first line, stops it
 // and returns the reason of its end.
-func cycle(ctx context.Context, c *Conn, student string, waitOutput bool) (api.Reason, error) {
+func cycle(ctx context.Context, c *client.Client, student string, waitOutput bool) (api.Reason, error) {
 	r, err := c.StartRun(ctx, api.RunRequest{Student: student, Script: sleeperSpec.kind.File(), Limits: sleeperSpec.limits})
 	if err != nil {
 		return "", fmt.Errorf("start: %w", err)
 	}
 	if waitOutput {
-		st, err := c.Events(ctx, r.ID, 0, true)
+		st, err := c.Events(ctx, r.ID, 0)
 		if err != nil {
 			return "", fmt.Errorf("events of run %s: %w", r.ID, err)
 		}

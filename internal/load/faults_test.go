@@ -17,6 +17,7 @@ import (
 	_ "modernc.org/sqlite" // integrity_check of the store after the disk-full test
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -34,7 +35,7 @@ func ourProcs(t *testing.T, root string, uids map[int]bool) []Proc {
 	return alive
 }
 
-func script(t *testing.T, c *Conn, student, name, src string) api.Student {
+func script(t *testing.T, c *client.Client, student, name, src string) api.Student {
 	t.Helper()
 	st, err := c.EnsureStudent(context.Background(), student)
 	if err != nil {
@@ -47,7 +48,7 @@ func script(t *testing.T, c *Conn, student, name, src string) api.Student {
 }
 
 // noLeftovers asserts the daemon holds no run, lock or cgroup.
-func noLeftovers(t *testing.T, c *Conn) {
+func noLeftovers(t *testing.T, c *client.Client) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -93,8 +94,8 @@ while True:
 // "lost"), every lock free (the same scripts start again).
 func TestKillUnderLoad(t *testing.T) {
 	d := startDaemon(t, DaemonConfig{})
-	c := Dial(d.Socket, 64)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: d.Socket, MaxIdleConns: 64}
+	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const students = 25
@@ -117,7 +118,7 @@ func TestKillUnderLoad(t *testing.T) {
 	}
 	// Each of the 50 has printed its first line: it is running.
 	for _, h := range runs {
-		st, err := c.Events(ctx, h.id, 0, true)
+		st, err := c.Events(ctx, h.id, 0)
 		if err != nil {
 			t.Fatalf("events of %s: %v", h.id, err)
 		}
@@ -157,11 +158,11 @@ func TestKillUnderLoad(t *testing.T) {
 	if err := d.Restart(ctx); err != nil {
 		t.Fatalf("restart: %v", err)
 	}
-	c.CloseIdle()
+	c.CloseIdleConnections()
 	if ps := ourProcs(t, d.Workdir, uids); len(ps) > 0 {
 		t.Errorf("%d processes of the students alive after the restart, e.g. %+v", len(ps), ps[0])
 	}
-	running, err := c.ListRuns(ctx, api.StateRunning, 10000)
+	running, err := c.ListRuns(ctx, client.ListFilter{State: api.StateRunning, Limit: 10000})
 	if err != nil || len(running) != 0 {
 		t.Errorf("runs still recorded running after the restart: %d %v", len(running), err)
 	}
@@ -201,7 +202,7 @@ func TestKillUnderLoad(t *testing.T) {
 }
 
 // health returns the report and the named check.
-func health(t *testing.T, c *Conn, check string) (api.Health, api.Check) {
+func health(t *testing.T, c *client.Client, check string) (api.Health, api.Check) {
 	t.Helper()
 	h, err := c.Health(context.Background())
 	if err != nil {
@@ -217,7 +218,7 @@ func health(t *testing.T, c *Conn, check string) (api.Health, api.Check) {
 }
 
 // waitHealth waits (bounded) until health's status is want.
-func waitHealth(t *testing.T, c *Conn, want string, within time.Duration) api.Health {
+func waitHealth(t *testing.T, c *client.Client, want string, within time.Duration) api.Health {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -268,8 +269,8 @@ func TestInterpreterRemoved(t *testing.T) {
 	interp := filepath.Join(dir, "python3")
 	copyFile(t, testutil.Interpreter, interp, 0o755)
 	d := startDaemon(t, DaemonConfig{Interpreter: interp})
-	c := Dial(d.Socket, 4)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
+	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	script(t, c, "nopy", "hi.py", "print('hi')\n")
@@ -333,8 +334,8 @@ func v2Parent(t *testing.T, parent string) string {
 // (rightly) still serve a run or four.
 func TestCgroupParentUnwritable(t *testing.T) {
 	d := startDaemon(t, DaemonConfig{WarmRuns: -1})
-	c := Dial(d.Socket, 4)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
+	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	script(t, c, "nocg", "hi.py", "print('hi')\n")
@@ -430,8 +431,8 @@ func TestStateDiskFull(t *testing.T) {
 		}
 	})
 	d := startDaemon(t, DaemonConfig{Dir: dir, StateDir: state})
-	c := Dial(d.Socket, 4)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
+	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	script(t, c, "full", "hi.py", "print('hi')\n")
@@ -503,7 +504,7 @@ func TestStateDiskFull(t *testing.T) {
 		}
 		ended[r.ID] = r.Reason
 	}
-	hist, err := c.ListRuns(ctx, "", 10000)
+	hist, err := c.ListRuns(ctx, client.ListFilter{State: "", Limit: 10000})
 	if err != nil {
 		t.Fatalf("history after the disk was full: %v", err)
 	}

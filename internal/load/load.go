@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/client"
 )
 
 // Options configure a mix.
@@ -180,7 +181,7 @@ type student struct {
 
 type mix struct {
 	o        Options
-	c        *Conn
+	c        *client.Client
 	rep      *Report
 	students []student
 	byName   map[string]*student
@@ -200,8 +201,8 @@ type mix struct {
 // the report (Failures).
 func Run(ctx context.Context, o Options) (*Report, error) {
 	o.defaults()
-	m := &mix{o: o, c: Dial(o.Socket, o.Concurrency+8), rep: newReport(), byName: map[string]*student{}, busy: map[string]bool{}}
-	defer m.c.CloseIdle()
+	m := &mix{o: o, c: &client.Client{Socket: o.Socket, MaxIdleConns: o.Concurrency + 8}, rep: newReport(), byName: map[string]*student{}, busy: map[string]bool{}}
+	defer m.c.CloseIdleConnections()
 	for _, sp := range specs {
 		if w := o.Mix[sp.kind]; w > 0 {
 			sp.weight = w
@@ -306,7 +307,7 @@ func writeScript(dir, name, src string) error {
 	return nil
 }
 
-func daemonState(ctx context.Context, c *Conn, pid int) (DaemonState, error) {
+func daemonState(ctx context.Context, c *client.Client, pid int) (DaemonState, error) {
 	var s DaemonState
 	var err error
 	if s.Debug, err = c.DebugState(ctx); err != nil {
@@ -546,7 +547,7 @@ func (m *mix) stopLater(ctx context.Context, rec *runRec, after time.Duration) {
 func (m *mix) follow(ctx context.Context, rng *rand.Rand, rec *runRec, reattach bool, onOutput func(api.Event)) {
 	var after int64
 	for conns := 0; conns < 20; conns++ {
-		st, err := m.c.Events(ctx, rec.id, after, true)
+		st, err := m.c.Events(ctx, rec.id, after)
 		if err != nil {
 			m.rep.problem(&m.rep.Left.Errors, "events of run %s after %d: %v", rec.id, after, err)
 			return

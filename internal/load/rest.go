@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/idexd/idexd/internal/client"
 	"github.com/idexd/idexd/internal/config"
 )
 
@@ -48,20 +49,20 @@ type restSampler struct {
 	// one closed just before a look may still be open on the daemon's
 	// side (it notices the close when it is next scheduled), and on a
 	// busy host that was seen in every look of a sample.
-	c *Conn
+	c *client.Client
 	// load is the load's client: its idle connections are closed when a
 	// sample begins, a gap before the first look.
-	load  *Conn
+	load  *client.Client
 	scope censusScope
 	warm  int // live children expected at rest (WarmHelpers)
 }
 
-func newRestSampler(socket string, load *Conn, scope censusScope, warm int) *restSampler {
-	return &restSampler{c: Dial(socket, 1), load: load, scope: scope, warm: WarmHelpers(warm)}
+func newRestSampler(socket string, load *client.Client, scope censusScope, warm int) *restSampler {
+	return &restSampler{c: &client.Client{Socket: socket, MaxIdleConns: 1}, load: load, scope: scope, warm: WarmHelpers(warm)}
 }
 
 // close drops the sampler's connection.
-func (r *restSampler) close() { r.c.CloseIdle() }
+func (r *restSampler) close() { r.c.CloseIdleConnections() }
 
 // look is one look at the daemon: its live children, then its debug
 // state, /proc and the census. The children come first: a helper counted
@@ -101,7 +102,7 @@ func (r *restSampler) unrest(s DaemonState) string {
 // returned then.
 func (r *restSampler) sample(ctx context.Context, timeout time.Duration) (s DaemonState, rest bool, err error) {
 	deadline := time.Now().Add(timeout)
-	r.load.CloseIdle()
+	r.load.CloseIdleConnections()
 	if err := sleepCtx(ctx, restGap); err != nil {
 		return s, false, err
 	}

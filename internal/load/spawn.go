@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/client"
 )
 
 // DaemonConfig describes a throwaway idexd.
@@ -139,8 +140,8 @@ func (d *Daemon) start(ctx context.Context, bin string) error {
 	if err != nil {
 		return err
 	}
-	c := Dial(d.Socket, 1)
-	defer c.CloseIdle()
+	c := &client.Client{Socket: d.Socket, MaxIdleConns: 1}
+	defer c.CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
