@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,14 +50,15 @@ func TestMain(m *testing.M) {
 }
 
 type daemon struct {
-	t        *testing.T
-	dir      string
-	students string
-	sock     string
-	args     []string
-	cmd      *exec.Cmd
-	logs     *bytes.Buffer
-	exited   chan error
+	t            *testing.T
+	dir          string
+	students     string
+	sock         string
+	cgroupParent string
+	args         []string
+	cmd          *exec.Cmd
+	logs         *bytes.Buffer
+	exited       chan error
 }
 
 // daemonOpts vary a daemon: its host name, extra config lines, and a
@@ -83,12 +85,15 @@ func newDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	cfg := filepath.Join(dir, "idexd.toml")
 	conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nshutdown_grace = \"1s\"\ninterpreter = %q\nhost = %q\n%s",
 		testutil.Interpreter, o.host, o.extra)
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+	// 0600: it may hold database_url, which idexd refuses in a file every
+	// user may read.
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock"), students: o.students}
+	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock"), students: o.students,
+		cgroupParent: "idexd-e2e/" + randomName(t)}
 	d.args = []string{"--config", cfg, "--socket", d.sock, "--workdir-root", o.students,
-		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", "idexd-e2e/" + randomName(t)}
+		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", d.cgroupParent}
 	d.startWait(!o.degraded)
 	t.Cleanup(func() {
 		if d.cmd != nil {
@@ -322,7 +327,7 @@ sys.exit(7)
 // of the old run is alive, its record ends lost, its lock is free.
 func TestCrashRecovery(t *testing.T) {
 	d := newDaemon(t)
-	d.writeScript("bob", "sleepy.py", "import os, time\nopen('pid', 'w').write(str(os.getpid()))\nprint('up', flush=True)\ntime.sleep(300)\n")
+	d.writeScript("bob", "sleepy.py", "import os, time\nprint('up', flush=True)\ntime.sleep(300)\n")
 	runCmd := d.ctlCmd("run", "--student", "bob", "--timeout", "5m", "sleepy.py")
 	stdout, err := runCmd.StdoutPipe()
 	if err != nil {
@@ -334,18 +339,24 @@ func TestCrashRecovery(t *testing.T) {
 	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "up\n" {
 		t.Fatalf("first line %q %v", line, err)
 	}
-	id := d.runs()[0].ID
-	pidb, err := os.ReadFile(filepath.Join(d.students, "bob", "pid"))
-	if err != nil {
-		t.Fatal(err)
+	old := d.runs()[0]
+	id := old.ID
+	// The run's processes as the host sees them (its own PID namespace
+	// numbers them differently): the helper and python, as bob, in this
+	// daemon's cgroups (other tests' students may have bob's uid).
+	pids := procsOf(old.UID, d.cgroupParent)
+	if len(pids) < 2 {
+		t.Fatalf("processes of bob's uid %d: %v, want the run's helper and python", old.UID, pids)
 	}
 	if err := d.stop(syscall.SIGKILL); err == nil {
 		t.Fatal("idexd survived SIGKILL")
 	}
 	_ = runCmd.Wait() // its stream broke with the daemon
 	d.start()
-	if alive(string(pidb)) {
-		t.Errorf("process %s of the old run is alive after restart", pidb)
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("process %s of the old run is alive after restart", pid)
+		}
 	}
 	out, code := d.ctl("--json", "show", id)
 	var r api.Run
@@ -366,6 +377,30 @@ func randomName(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// procsOf lists the pids of uid's processes in cgroups under parent.
+func procsOf(uid uint32, parent string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		if err != nil || !strings.Contains(string(cg), "/"+parent+"/") {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				if f := strings.Fields(v); len(f) > 0 && f[0] == strconv.FormatUint(uint64(uid), 10) {
+					out = append(out, e.Name())
+				}
+			}
+		}
+	}
+	return out
 }
 
 // alive treats a zombie as dead: PID 1 here reaps orphans late.

@@ -10,11 +10,11 @@ import (
 	"syscall"
 
 	"github.com/idexd/idexd/internal/daemon"
-	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
 func main() {
-	sandbox.Helper() // a run's child is this binary in helper mode
+	inside.Main() // a run's child is this binary in helper mode
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := daemon.Main(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {

@@ -218,13 +218,16 @@ type Check struct {
 
 // Health is the body of GET /v1/health.
 type Health struct {
-	Status     string  `json:"status"` // ok, degraded or draining
-	Version    string  `json:"version"`
-	UptimeS    int64   `json:"uptime_s"`
-	RunsActive int     `json:"runs_active"`
-	CgroupMode string  `json:"cgroup_mode"`
-	Store      string  `json:"store"`
-	Checks     []Check `json:"checks"`
+	Status     string `json:"status"` // ok, degraded or draining
+	Version    string `json:"version"`
+	UptimeS    int64  `json:"uptime_s"`
+	RunsActive int    `json:"runs_active"`
+	CgroupMode string `json:"cgroup_mode"`
+	Store      string `json:"store"`
+	// Network is what network runs get: "none" (a namespace with only lo)
+	// or "host" (the host's, the instance metadata service included).
+	Network string  `json:"network"`
+	Checks  []Check `json:"checks"`
 }
 
 // Health statuses.

@@ -53,7 +53,9 @@ func randHex(n int) (string, error) {
 
 // startDaemon starts idexd and waits until idexctl health answers.
 func startDaemon(ctx context.Context, o Options, dc daemonConfig) (*daemon, error) {
-	dir, err := os.MkdirTemp("", "idexbench-")
+	// Not under /tmp: each run gets a private one, which would hide the
+	// students' directories there.
+	dir, err := os.MkdirTemp("/var/lib", "idexbench-")
 	if err != nil {
 		return nil, fmt.Errorf("daemon directory: %w", err)
 	}

@@ -364,10 +364,11 @@ func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 func v1Resources(lim Limits, swap bool) *specs.LinuxResources {
 	pids := lim.Pids
 	mem := lim.MemoryBytes
+	tcp := socketBytes(lim)
 	quota := lim.CPUPercent * cpuPeriod / 100
 	period := uint64(cpuPeriod)
 	r := &specs.LinuxResources{
-		Memory: &specs.LinuxMemory{Limit: &mem},
+		Memory: &specs.LinuxMemory{Limit: &mem, KernelTCP: &tcp}, //nolint:staticcheck // SA1019: v1 only, where it is what caps socket buffers
 		Pids:   &specs.LinuxPids{Limit: &pids},
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 	}
@@ -377,6 +378,15 @@ func v1Resources(lim Limits, swap bool) *specs.LinuxResources {
 	}
 	return r
 }
+
+// socketBytes caps a run's TCP socket buffers on cgroup v1, where the
+// kernel counts them apart from memory.limit_in_bytes (v2 charges them to
+// memory.max): without it 120 loopback connections with full buffers
+// queued 1.35 GB of host memory under a 64 MiB limit. A quarter of the
+// memory limit keeps a run's total within 1.25x of it and is far more
+// than socket exercises use. Set before the run's first socket exists:
+// the kernel charges only sockets created after accounting is on.
+func socketBytes(lim Limits) int64 { return max(lim.MemoryBytes/4, 1<<20) }
 
 func v2Resources(lim Limits, missing []string) *cgroup2.Resources {
 	mem := lim.MemoryBytes

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,7 +36,12 @@ type Group struct {
 // Update sets new limits, for a warm group claimed by a run.
 func (g *Group) Update(lim Limits) error {
 	if g.v1 != nil {
-		if err := g.v1.Update(v1Resources(lim, g.v1Swap)); err != nil {
+		if err := g.updateV1Memory(lim); err != nil {
+			return err
+		}
+		res := v1Resources(lim, g.v1Swap)
+		res.Memory = nil // set above, in the order the kernel needs
+		if err := g.v1.Update(res); err != nil {
 			return fmt.Errorf("set limits of %s: %w", g.v2Path, err)
 		}
 		return nil
@@ -46,6 +52,48 @@ func (g *Group) Update(lim Limits) error {
 	return setV2Swap(g.v2Path)
 }
 
+// updateV1Memory writes the v1 memory limits itself: memsw must never be
+// below memory, so raising writes memsw first and lowering memory first.
+// cgroup1's Update swaps the wrong pair of settings, and raising a warm
+// group's 256 MiB to 512 failed with EINVAL.
+func (g *Group) updateV1Memory(lim Limits) error {
+	dir := g.v1Dirs[cgroup1.Memory]
+	cur, err := readInt(filepath.Join(dir, "memory.limit_in_bytes"))
+	if err != nil {
+		return err
+	}
+	mem := strconv.FormatInt(lim.MemoryBytes, 10)
+	order := []string{"memory.limit_in_bytes"}
+	if g.v1Swap {
+		order = append(order, "memory.memsw.limit_in_bytes")
+		if lim.MemoryBytes > cur {
+			order[0], order[1] = order[1], order[0]
+		}
+	}
+	for _, f := range order {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(mem), 0); err != nil {
+			return fmt.Errorf("set %s of %s to %s: %w", f, dir, mem, err)
+		}
+	}
+	tcp := strconv.FormatInt(socketBytes(lim), 10)
+	if err := os.WriteFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp), 0); err != nil {
+		return fmt.Errorf("set memory.kmem.tcp.limit_in_bytes of %s to %s: %w", dir, tcp, err)
+	}
+	return nil
+}
+
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return v, nil
+}
+
 // ResetPeak forgets the peak memory so far (a warm helper's own), where
 // the kernel allows it (v1); v2's memory.peak cannot be reset before 6.12.
 func (g *Group) ResetPeak() error {
@@ -53,7 +101,7 @@ func (g *Group) ResetPeak() error {
 		return nil
 	}
 	mem := g.v1Dirs[cgroup1.Memory]
-	for _, f := range []string{"memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes"} {
+	for _, f := range []string{"memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes", "memory.kmem.tcp.max_usage_in_bytes"} {
 		err := os.WriteFile(filepath.Join(mem, f), []byte("0"), 0)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("reset %s of %s: %w", f, mem, err)
@@ -174,18 +222,23 @@ func (g *Group) v1Stats() (Stats, error) {
 	}
 	s.CPU = cpu
 	mem := g.v1Dirs[cgroup1.Memory]
+	var tcpPeak int64
 	for _, f := range []struct {
 		name string
 		to   *int64
-	}{{"memory.max_usage_in_bytes", &s.PeakMemory}, {"memory.limit_in_bytes", &s.MemoryLimit}} {
-		b, err := os.ReadFile(filepath.Join(mem, f.name))
+	}{
+		{"memory.max_usage_in_bytes", &s.PeakMemory},
+		{"memory.limit_in_bytes", &s.MemoryLimit},
+		// Socket buffers are counted apart on v1; a run's peak is both.
+		{"memory.kmem.tcp.max_usage_in_bytes", &tcpPeak},
+	} {
+		v, err := readInt(filepath.Join(mem, f.name))
 		if err != nil {
 			return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
 		}
-		if *f.to, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil {
-			return Stats{}, fmt.Errorf("parse %s of %s: %w", f.name, mem, err)
-		}
+		*f.to = v
 	}
+	s.PeakMemory += tcpPeak
 	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
 	if err != nil {
 		return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
@@ -255,4 +308,38 @@ func rmdir(dir string) error {
 			return fmt.Errorf("delete cgroup %s: %w", dir, err)
 		}
 	}
+}
+
+// pidsDir is the directory of the group's pids controller, or "" when the
+// host gives idexd none.
+func (g *Group) pidsDir() string {
+	if g.v1 != nil {
+		return g.v1Dirs[cgroup1.Pids]
+	}
+	if slices.Contains(g.v2Missing, "pids") {
+		return ""
+	}
+	return g.v2Path
+}
+
+// Tasks is how many tasks (threads included) the group holds now; 0 when
+// there is no pids controller.
+func (g *Group) Tasks() (int64, error) {
+	dir := g.pidsDir()
+	if dir == "" {
+		return 0, nil
+	}
+	return readInt(filepath.Join(dir, "pids.current"))
+}
+
+// SetPids sets the group's task limit alone.
+func (g *Group) SetPids(n int64) error {
+	dir := g.pidsDir()
+	if dir == "" {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10)), 0); err != nil {
+		return fmt.Errorf("set pids.max of %s to %d: %w", dir, n, err)
+	}
+	return nil
 }

@@ -320,8 +320,8 @@ func (a *app) health(ctx context.Context, _ *call) (int, error) {
 	if a.json {
 		return code, a.printJSON(h)
 	}
-	fmt.Fprintf(a.stdout, "status %s\nversion %s\nuptime %ds\nruns %d\ncgroups %s\nstore %s\n",
-		h.Status, h.Version, h.UptimeS, h.RunsActive, h.CgroupMode, h.Store)
+	fmt.Fprintf(a.stdout, "status %s\nversion %s\nuptime %ds\nruns %d\ncgroups %s\nstore %s\nnetwork %s\n",
+		h.Status, h.Version, h.UptimeS, h.RunsActive, h.CgroupMode, h.Store, h.Network)
 	for _, c := range h.Checks {
 		mark := "ok"
 		if !c.OK {

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/idexd/idexd/internal/cli"
-	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
 // binDir holds idexctl built once for the package: what a sysadmin runs
@@ -22,7 +22,7 @@ var binDir string
 func TestMain(m *testing.M) {
 	// The engine of the tests that need idexd re-executes this binary as
 	// each run's child.
-	sandbox.Helper()
+	inside.Main()
 	dir, err := os.MkdirTemp("", "idexctl-test-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -17,7 +17,14 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 	"github.com/idexd/idexd/internal/students"
+)
+
+// Networks a run may get.
+const (
+	NetworkNone = string(inside.NetworkNone)
+	NetworkHost = string(inside.NetworkHost)
 )
 
 // Duration is a time.Duration that reads "30s" from TOML.
@@ -78,6 +85,13 @@ type Config struct {
 	// are then tracked and killed by cgroup but not limited. Off, idexd
 	// refuses to start there rather than run students' code unbounded.
 	AllowUnlimited bool `toml:"allow_unlimited"`
+	// Network is what network a run gets: "none" (its own network
+	// namespace with only lo) or "host" (the host's, the instance metadata
+	// service included: for a course that needs the internet).
+	Network string `toml:"network"`
+	// TmpMB caps each of a run's private /tmp, /var/tmp and /dev/shm; what
+	// a run writes there also counts against its memory limit.
+	TmpMB int64 `toml:"tmp_mb"`
 	// DebugEndpoints enables POST /v1/debug/hang, which makes the watchdog
 	// self-check fail: for testing systemd's watchdog, never in production.
 	DebugEndpoints bool `toml:"debug_endpoints"`
@@ -118,6 +132,8 @@ func Default() Config {
 		Host:          host,
 		MaxRuns:       256,
 		WarmRuns:      4,
+		Network:       NetworkNone,
+		TmpMB:         256,
 		ShutdownGrace: Duration{10 * time.Second},
 		LeaseTTL:      Duration{30 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
@@ -152,6 +168,21 @@ const (
 	// ActionHelp: the usage was printed (-h, --help).
 	ActionHelp
 )
+
+// secretFile refuses a config file that every user may read while it
+// holds the database URL, and with it the database password: students'
+// programs run as other users on the same host.
+func secretFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("read config %s: %w", path, err)
+	}
+	if fi.Mode().Perm()&0o004 != 0 {
+		return fmt.Errorf("config %s holds database_url but every user may read it (mode %04o): run chmod o-r %s, or move the URL to the systemd credential database-url or IDEXD_DATABASE_URL",
+			path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
 
 // Load builds the configuration from args (without the program name):
 // defaults, then --config's file, then explicitly set flags.
@@ -203,6 +234,11 @@ func LoadAction(args []string, usage io.Writer) (Config, Action, error) {
 			}
 			return Config{}, action, fmt.Errorf("read config %s: unknown keys: %s", *path, strings.Join(keys, ", "))
 		}
+		if md.IsDefined("database_url") {
+			if err := secretFile(*path); err != nil {
+				return Config{}, action, err
+			}
+		}
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -249,6 +285,22 @@ func (c *Config) Validate() error {
 	abs("workdir_root", c.WorkdirRoot)
 	abs("state_dir", c.StateDir)
 	abs("interpreter", c.Interpreter)
+	// Every run gets its own /tmp, /var/tmp, /dev/shm, /run and /proc: a
+	// student's directory or the interpreter there would be hidden from it.
+	for _, kv := range [][2]string{{"workdir_root", c.WorkdirRoot}, {"interpreter", c.Interpreter}} {
+		if inside.Shadowed(kv[1]) {
+			errs = append(errs, fmt.Errorf("%s %q is under a directory each run gets a private copy of (%s, /proc, /dev, /sys): choose a path outside them",
+				kv[0], kv[1], strings.Join(inside.Private, ", ")))
+		}
+	}
+	switch c.Network {
+	case NetworkNone, NetworkHost:
+	default:
+		errs = append(errs, fmt.Errorf("network must be %q or %q, got %q", NetworkNone, NetworkHost, c.Network))
+	}
+	if c.TmpMB < 1 {
+		errs = append(errs, fmt.Errorf("tmp_mb must be at least 1, got %d", c.TmpMB))
+	}
 	if c.CgroupParent == "" || strings.Contains(c.CgroupParent, "..") {
 		errs = append(errs, fmt.Errorf("cgroup_parent %q must be a non-empty path without '..'", c.CgroupParent))
 	}

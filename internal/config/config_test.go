@@ -34,6 +34,14 @@ func TestLoadRefusesBadConfig(t *testing.T) {
 		"bad layout":    "workdir_layout = \"open\"\n",
 		"neg quota":     "quota_mb = -1\n",
 		"zero file max": "file_max_mb = 0\n",
+		// Runs get their own /tmp, /var/tmp, /dev/shm, /run: a student's
+		// directory there would be hidden from the student's own runs.
+		"workdir in tmp":         "workdir_root = \"/tmp/students\"\n",
+		"workdir in var tmp":     "workdir_root = \"/var/tmp/students\"\n",
+		"workdir in run":         "workdir_root = \"/run/idexd/students\"\n",
+		"interpreter in dev shm": "interpreter = \"/dev/shm/python3\"\n",
+		"bad network":            "network = \"bridge\"\n",
+		"no tmp":                 "tmp_mb = 0\n",
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
@@ -65,4 +73,31 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("Load accepted an invalid config: %v", err)
 		}
 	})
+}
+
+// TestConfigWithDatabaseURLMustNotBeWorldReadable: the database URL holds
+// the password, and students' programs run as other users on the host.
+func TestConfigWithDatabaseURLMustNotBeWorldReadable(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret.toml")
+	if err := os.WriteFile(secret, []byte("database_url = \"postgres://idexd:hunter2@db/idexd\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load([]string{"--config", secret}); err != nil {
+		t.Fatalf("0600 config with database_url: %v, want it loaded", err)
+	}
+	if err := os.Chmod(secret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load([]string{"--config", secret})
+	if err == nil || !strings.Contains(err.Error(), "every user may read it") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("0644 config with database_url: %v, want refused, naming the mode and not the password", err)
+	}
+	plain := filepath.Join(dir, "plain.toml")
+	if err := os.WriteFile(plain, []byte("max_runs = 9\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load([]string{"--config", plain}); err != nil {
+		t.Fatalf("0644 config without a secret: %v, want it loaded", err)
+	}
 }

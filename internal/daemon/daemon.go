@@ -35,6 +35,7 @@ import (
 	"github.com/idexd/idexd/internal/metrics"
 	"github.com/idexd/idexd/internal/quota"
 	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
@@ -222,6 +223,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		return nil, err
 	}
 	d.closers = append(d.closers, helper.Close)
+	if cfg.Network == config.NetworkHost {
+		log.Warn("runs share the host's network (network = \"host\"): a student's program can reach every local service and the instance metadata service")
+	}
 
 	d.met = metrics.New()
 	hooks := d.met.Hooks()
@@ -233,6 +237,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		Helper: helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
 		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,
+		Setup: inside.Setup{Network: inside.Network(cfg.Network), TmpBytes: cfg.TmpMB << 20},
 	})
 	if err != nil {
 		return nil, err

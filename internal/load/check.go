@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -234,20 +235,16 @@ type cgroupDirs struct {
 	parents map[string]string // hierarchy -> absolute directory of the cgroup parent
 }
 
-// learn records the parent from a run's process: its path in a hierarchy
-// ends with /<student>/<run id> (a cold start) or /warm.pool/<slot> (a
-// warm start).
-func (c *cgroupDirs) learn(pid int, student, runID string) {
+// learn records the parent from a run's cgroups (its /proc/self/cgroup,
+// as the run printed it): its path in a hierarchy ends with
+// /<student>/<run id> (a cold start) or /warm.pool/<slot> (a warm start).
+func (c *cgroupDirs) learn(cgroups, student, runID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.parents) > 1 || pid <= 0 {
+	if len(c.parents) > 1 {
 		return
 	}
-	lines, err := procCgroups(pid)
-	if err != nil {
-		return // the run ended already; another will tell
-	}
-	for h, p := range lines {
+	for h, p := range parseCgroups(cgroups) {
 		var parent string
 		switch {
 		case strings.HasSuffix(p, "/"+student+"/"+runID):
@@ -262,6 +259,37 @@ func (c *cgroupDirs) learn(pid int, student, runID string) {
 		}
 		c.parents[h] = filepath.Join(mountOf(h), parent)
 	}
+}
+
+// parseCgroups reads a run's /proc/self/cgroup printed on one line,
+// entries separated by ";", into hierarchy -> path.
+func parseCgroups(s string) map[string]string {
+	out := map[string]string{}
+	for _, l := range strings.Split(s, ";") {
+		if parts := strings.SplitN(l, ":", 3); len(parts) == 3 {
+			out[parts[1]] = parts[2]
+		}
+	}
+	return out
+}
+
+// groupPids lists the host pids in the run's unified-hierarchy group.
+func groupPids(cgroups string) []int {
+	path, ok := parseCgroups(cgroups)[""]
+	if !ok {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(mountOf(""), path, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func mountOf(hierarchy string) string {

@@ -514,8 +514,7 @@ func (m *mix) one(startCtx, ctx context.Context, rng *rand.Rand, sp kindSpec, s 
 	if sp.kind == KindSlow && m.cg.learnt() < 2 {
 		onOutput = firstLine(func(line string) {
 			if f := strings.Fields(line); len(f) == 2 && f[0] == "start" {
-				pid, _ := strconv.Atoi(f[1]) //nolint:errcheck // 0 is ignored by learn
-				m.cg.learn(pid, s.name, r.ID)
+				m.cg.learn(f[1], s.name, r.ID)
 			}
 		})
 	}
@@ -786,7 +785,7 @@ func (m *mix) hold(ctx context.Context) {
 	defer cancel()
 	m.logf("holding %d runs at once", m.o.Hold)
 	t0 := time.Now()
-	ready := make(chan int, m.o.Hold) // pid of each held run, 0 if it never got ready
+	ready := make(chan []int, m.o.Hold) // host pids of each held run, nil if it never got ready
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, m.o.Concurrency)
@@ -801,7 +800,7 @@ func (m *mix) hold(ctx context.Context) {
 			<-sem
 			if err != nil {
 				m.rep.problem(&m.rep.Left.Errors, "start held run %d of %s: %v", i, s.name, err)
-				ready <- 0
+				ready <- nil
 				return
 			}
 			rec.id = r.ID
@@ -813,15 +812,16 @@ func (m *mix) hold(ctx context.Context) {
 				defer readers.Done()
 				m.follow(ctx, rng, rec, false, firstLine(func(line string) {
 					once.Do(func() {
-						pid := 0
+						var pids []int
 						if f := strings.Fields(line); len(f) == 2 && f[0] == "ready" {
-							pid, _ = strconv.Atoi(f[1]) //nolint:errcheck // 0 reads as not ready
-							m.cg.learn(pid, s.name, r.ID)
+							m.cg.learn(f[1], s.name, r.ID)
+							// The helper (the run's PID 1) and python.
+							pids = groupPids(f[1])
 						}
-						ready <- pid
+						ready <- pids
 					})
 				}))
-				once.Do(func() { ready <- 0 }) // ended before its first line
+				once.Do(func() { ready <- nil }) // ended before its first line
 			}()
 			select {
 			case <-release:
@@ -838,13 +838,13 @@ func (m *mix) hold(ctx context.Context) {
 			m.judge(ctx, rec)
 		}(i)
 	}
-	var pids []int
+	var runs [][]int
 wait:
 	for i := 0; i < m.o.Hold; i++ {
 		select {
-		case pid := <-ready:
-			if pid > 0 {
-				pids = append(pids, pid)
+		case pids := <-ready:
+			if len(pids) > 0 {
+				runs = append(runs, pids)
 			}
 		case <-ctx.Done():
 			break wait
@@ -852,12 +852,18 @@ wait:
 	}
 	alive := 0
 	var heldRSS int64
-	for _, pid := range pids {
-		if p, ok := readProc(pid); ok && !p.Zombie() {
-			alive++
-			if s, err := SampleProc(pid); err == nil {
-				heldRSS += s.RSSKiB
+	for _, pids := range runs {
+		live := false
+		for _, pid := range pids {
+			if p, ok := readProc(pid); ok && !p.Zombie() {
+				live = true
+				if s, err := SampleProc(pid); err == nil {
+					heldRSS += s.RSSKiB
+				}
 			}
+		}
+		if live {
+			alive++
 		}
 	}
 	ds, err := daemonState(ctx, m.c, m.rep.PID)
@@ -867,7 +873,7 @@ wait:
 	st := ds.Debug
 	m.rep.HoldPeak, m.rep.HoldAlive = st.RunsActive, alive
 	m.logf("held %d runs at once after %s: %d ready, %d of their processes alive (RSS %.0f MiB in all); daemon runs_active %d, fds %d, goroutines %d, threads %d, RSS %.1f MiB",
-		m.o.Hold, time.Since(t0).Round(time.Millisecond), len(pids), alive, float64(heldRSS)/1024, st.RunsActive, st.FDs, st.Goroutines,
+		m.o.Hold, time.Since(t0).Round(time.Millisecond), len(runs), alive, float64(heldRSS)/1024, st.RunsActive, st.FDs, st.Goroutines,
 		ds.Proc.Threads, float64(ds.Proc.RSSKiB)/1024)
 	if alive < m.o.Hold {
 		m.rep.problem(&m.rep.Left.Errors, "only %d of %d held runs were alive at once", alive, m.o.Hold)

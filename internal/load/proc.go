@@ -248,21 +248,3 @@ func cgroupPath(s string) string {
 	}
 	return ""
 }
-
-// procCgroups returns the hierarchy -> path lines of /proc/PID/cgroup:
-// the key is the mount's name under /sys/fs/cgroup ("memory",
-// "cpu,cpuacct") and "" for the unified line.
-func procCgroups(pid int) (map[string]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return nil, fmt.Errorf("read cgroups of pid %d: %w", pid, err)
-	}
-	out := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		parts := strings.SplitN(l, ":", 3)
-		if len(parts) == 3 {
-			out[parts[1]] = parts[2]
-		}
-	}
-	return out, nil
-}

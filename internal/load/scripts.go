@@ -36,10 +36,15 @@ const (
 	scriptPrefix = "idexload_"
 )
 
+// prelude marks the run and defines cgroups(): the run's /proc/self/cgroup
+// on one line. A run has a PID namespace of its own, so its pid means
+// nothing on the host; its cgroup paths are the host's.
 const prelude = `import os, sys
 tok = sys.argv[1]
 with open("` + markerPrefix + `" + tok, "w") as f:
     f.write(tok)
+def cgroups():
+    return ";".join(open("/proc/self/cgroup").read().split())
 `
 
 // kindSpec is how a kind is written, limited and judged.
@@ -80,14 +85,14 @@ print("quick", tok)
 	{kind: KindSlow, weight: 20, natural: api.ReasonExited,
 		limits: api.Limits{MemoryMB: 64, WallSeconds: 30, CPUSeconds: 10},
 		src: prelude + `import time
-print("start", os.getpid(), flush=True)
+print("start", cgroups(), flush=True)
 time.sleep(float(sys.argv[2]))
 print("done", tok)
 `,
 		check: func(tok string, r *api.Run, out, errOut string) error {
 			first, rest, _ := strings.Cut(out, "\n")
 			if !strings.HasPrefix(first, "start ") {
-				return fmt.Errorf("stdout %q does not begin with start PID", out)
+				return fmt.Errorf("stdout %q does not begin with start CGROUPS", out)
 			}
 			return exact(r, 0, rest, "done "+tok+"\n", errOut)
 		}},
@@ -175,7 +180,7 @@ while True:
 
 var holdSpec = kindSpec{kind: KindHold, natural: api.ReasonExited,
 	limits: api.Limits{MemoryMB: 64, WallSeconds: 600, CPUSeconds: 10},
-	src: prelude + `print("ready", os.getpid(), flush=True)
+	src: prelude + `print("ready", cgroups(), flush=True)
 name = input()
 print("bye", name)
 `,

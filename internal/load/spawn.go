@@ -52,7 +52,9 @@ type Daemon struct {
 func StartDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	d := &Daemon{Dir: c.Dir}
 	if d.Dir == "" {
-		dir, err := os.MkdirTemp("", "idexload-")
+		// Not under /tmp: each run gets a private one, which would hide the
+		// students' directories there.
+		dir, err := os.MkdirTemp("/var/lib", "idexload-")
 		if err != nil {
 			return nil, fmt.Errorf("daemon directory: %w", err)
 		}

@@ -82,6 +82,10 @@ func (s *Store) track() bool {
 
 var _ store.Store = (*Store)(nil)
 
+// DefaultRequireAuth is the require_auth of a database_url that names
+// none: every method but the two that hand the server the password.
+const DefaultRequireAuth = "!password,!md5"
+
 // Open connects to the database at url, applies the embedded migrations
 // and returns the store. host names this daemon in the leases it takes.
 // The URL is never logged nor put in an error: it may hold a password.
@@ -99,6 +103,14 @@ func Open(ctx context.Context, url string, host string, log *slog.Logger) (*Stor
 		return nil, errors.New("open postgres store: database_url is not a valid PostgreSQL connection string (not shown: it may hold a password)")
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = ApplicationName
+	if cfg.ConnConfig.RequireAuth == "" {
+		// A server that asks for the password in clear text or as MD5 gets
+		// none: on a host where students' programs run, a program could
+		// squat the database's port while it restarts and ask. SCRAM never
+		// shows the password to the server. A URL that names require_auth
+		// (libpq's syntax) decides for itself.
+		cfg.ConnConfig.RequireAuth = DefaultRequireAuth
+	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}

@@ -18,24 +18,24 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
 
 // Start-up steps, named in start_failed errors and used by failure injection.
 const (
-	StepCgroup      = "cgroup"
+	StepCgroup      = sandbox.StepCgroup
 	StepInterpreter = "interpreter"
 	StepPipes       = "pipes"
-	StepSpawn       = "spawn"
-	StepCgroupJoin  = "cgroup_join"
+	StepSpawn       = sandbox.StepSpawn
+	StepCgroupJoin  = sandbox.StepCgroupJoin
 	StepExec        = "exec"
 	// StepRecord is the durable "started" record; a failure there refuses
 	// the run with store_unavailable, since no record of it could be kept.
@@ -65,17 +65,15 @@ type Config struct {
 	// FileSizeBytes and OpenFiles are the children's rlimits.
 	FileSizeBytes uint64
 	OpenFiles     uint64
-	// WarmRuns is how many helpers wait, already in their cgroups, for the
-	// next runs (0: every run starts cold).
+	// WarmRuns is how many helpers wait, already in their cgroups and
+	// namespaces, for the next runs (0: every run starts cold).
 	WarmRuns int
-	// Helper is the binary each run's child starts as (the zero value:
-	// this binary, re-executed).
+	// Helper is the binary each run's helper runs (the zero value: this
+	// binary, re-executed).
 	Helper sandbox.Binary
 	// Umask is what the layout of students' directories needs runs to use:
 	// 077 for the private layout, 007 for the shared one, where the web
-	// tier (the directory's group) must read what runs write. Not applied
-	// yet: the sandbox still sets 007, which is safe in both layouts (in
-	// the private one the group is the student's own).
+	// tier (the directory's group) must read what runs write. 0 is 007.
 	Umask uint32
 	// AdmitStudent, when set, may refuse a student's new run before it is
 	// locked (quota_exceeded while the student is over a disk limit that
@@ -84,6 +82,12 @@ type Config struct {
 	// HealthChecks, when set, adds checks of parts beside the engine to
 	// Health (disk quotas).
 	HealthChecks func(ctx context.Context) []api.Check
+	// Setup is how each run's namespaces are prepared: the network, the
+	// size of its private tmpfs.
+	Setup inside.Setup
+	// Sandbox starts runs' processes; nil builds the real one from
+	// Cgroups, Helper, WarmRuns, Setup and the default limits.
+	Sandbox Sandbox
 
 	Log     *slog.Logger
 	Cgroups *cgroup.Manager
@@ -102,7 +106,7 @@ type Engine struct {
 	cfg Config
 	log *slog.Logger
 
-	pool *pool
+	sb Sandbox
 
 	mu       sync.Mutex
 	runs     map[string]*Run
@@ -111,8 +115,6 @@ type Engine struct {
 	live     sync.WaitGroup
 
 	shutdownOnce sync.Once
-	warmStarts   atomic.Int64
-	warmActive   atomic.Int64
 
 	// kept are the ended runs still in runs, oldest first, for late readers.
 	kept      []keptRun
@@ -164,30 +166,32 @@ func (e *Engine) KeptBytes() int64 {
 	return e.keptBytes
 }
 
-// warmRunning counts warm runs up or down and weighs warm.pool's CPU to
-// match, so that a warm run gets what a cold one would.
-func (e *Engine) warmRunning(delta int64) {
-	n := e.warmActive.Add(delta)
-	if err := e.cfg.Cgroups.SetWarmShare(int(n)); err != nil {
-		e.log.Warn("weigh warm runs' CPU", "running", n, "err", err)
+// umask is the runs' umask: Config.Umask, 007 when unset.
+func (e *Engine) umask() uint32 {
+	if e.cfg.Umask == 0 {
+		return 0o007
 	}
+	return e.cfg.Umask
 }
 
-// WarmReady is how many warm slots wait for a run now.
-func (e *Engine) WarmReady() int {
-	if e.pool == nil {
-		return 0
+// Network is what network runs get ("none" or "host").
+func (e *Engine) Network() string {
+	if e.cfg.Setup.Network == "" {
+		return string(inside.NetworkNone)
 	}
-	return len(e.pool.slots)
+	return string(e.cfg.Setup.Network)
 }
 
-// WarmStarts is how many runs started on a warm slot.
-func (e *Engine) WarmStarts() int64 { return e.warmStarts.Load() }
+// WarmReady is how many warm helpers wait for a run now.
+func (e *Engine) WarmReady() int { return e.sb.WarmReady() }
 
-// New returns an engine; it starts nothing.
+// WarmStarts is how many runs started on a warm helper.
+func (e *Engine) WarmStarts() int64 { return e.sb.WarmStarts() }
+
+// New returns an engine; it starts no run, and fills the warm pool.
 func New(cfg Config) (*Engine, error) {
-	if cfg.Log == nil || cfg.Cgroups == nil || cfg.Dirs == nil || cfg.Store == nil || cfg.Locks == nil {
-		return nil, errors.New("run engine: Log, Cgroups, Dirs, Store and Locks are required")
+	if cfg.Log == nil || cfg.Dirs == nil || cfg.Store == nil || cfg.Locks == nil || (cfg.Cgroups == nil && cfg.Sandbox == nil) {
+		return nil, errors.New("run engine: Log, Dirs, Store, Locks and Cgroups (or a Sandbox) are required")
 	}
 	if cfg.FileSizeBytes == 0 {
 		cfg.FileSizeBytes = 64 << 20
@@ -201,10 +205,20 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.KeepEndedBytes == 0 {
 		cfg.KeepEndedBytes = 256 << 20
 	}
-	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run), created: time.Now()}
-	e.pool = newPool(cfg.WarmRuns, cfg.Cgroups, cgroup.Limits{
-		MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
-	}, cfg.Helper, cfg.Log)
+	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run), sb: cfg.Sandbox, created: time.Now()}
+	if e.sb == nil {
+		sb, err := sandbox.New(sandbox.Config{
+			Cgroups: cfg.Cgroups, Helper: cfg.Helper, Setup: cfg.Setup, WarmRuns: cfg.WarmRuns,
+			WarmLimits: cgroup.Limits{
+				MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
+			},
+			Log: cfg.Log, FailAt: cfg.FailAt,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("run engine: %w", err)
+		}
+		e.sb = Real(sb)
+	}
 	return e, nil
 }
 
@@ -415,8 +429,8 @@ func (e *Engine) SetDraining(v bool) {
 func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
 	e.SetDraining(true)
 	e.shutdownOnce.Do(func() {
-		if err := e.pool.close(); err != nil {
-			e.log.Error("discard warm slots", "err", err)
+		if err := e.sb.Close(); err != nil {
+			e.log.Error("discard warm helpers", "err", err)
 		}
 	})
 	done := make(chan struct{})

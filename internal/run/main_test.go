@@ -4,10 +4,10 @@ import (
 	"os"
 	"testing"
 
-	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
 func TestMain(m *testing.M) {
-	sandbox.Helper()
+	inside.Main()
 	os.Exit(m.Run())
 }

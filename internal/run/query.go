@@ -136,6 +136,7 @@ func (e *Engine) Health(ctx context.Context) api.Health {
 		RunsActive: e.Active(),
 		CgroupMode: string(e.cfg.Cgroups.Mode()),
 		Store:      e.cfg.Store.Kind(),
+		Network:    e.Network(),
 	}
 	check := func(name string, err error) {
 		c := api.Check{Name: name, OK: err == nil}

@@ -17,6 +17,7 @@ import (
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/lock"
 	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
 // Run is one run: its child, its output events and its end.
@@ -34,12 +35,9 @@ type Run struct {
 	truncated bool
 	reason    api.Reason // the first requested end reason wins
 	startErr  error
-	group     *cgroup.Group
-	child     *sandbox.Child
-	started   bool // the child may run; kill now goes to the cgroup
+	proc      Process
+	started   bool // the program may run; kill now goes to the cgroup
 	killedAt  time.Time
-	cpuBase   time.Duration // CPU time of the group before the run (a warm helper's)
-	warm      bool          // started on a warm slot: its group is in warm.pool
 
 	stdinMu sync.Mutex
 	stdin   *os.File
@@ -52,18 +50,36 @@ type Run struct {
 	wallTimer *time.Timer
 	cpuTimer  *time.Timer
 
-	readers  sync.WaitGroup
-	ending   atomic.Bool // finish has begun
-	done     chan struct{}
-	finished sync.Once
+	readers sync.WaitGroup
+	// settled is closed once the start path has decided (the program runs,
+	// or the start failed or was stopped): only then may the process's
+	// exit finish the run, or a helper that exits because its launch
+	// failed would end the run "exited" before start_failed is recorded.
+	settled    chan struct{}
+	settleOnce sync.Once
+	ending     atomic.Bool // finish has begun
+	done       chan struct{}
+	finished   sync.Once
 }
 
 func newRun(e *Engine, id string, lim api.Limits, lease lock.Lease) *Run {
-	return &Run{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{})}
+	return &Run{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{}),
+		settled: make(chan struct{})}
 }
 
 // ID is the run's id.
 func (r *Run) ID() string { return r.id }
+
+// Pid is the host pid of the run's PID 1 (idexd's helper, the program's
+// parent), 0 before it exists.
+func (r *Run) Pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return 0
+	}
+	return r.proc.Pid()
+}
 
 // Done is closed once the run has ended and its end event is published.
 func (r *Run) Done() <-chan struct{} { return r.done }
@@ -92,10 +108,10 @@ func (r *Run) startedAt() time.Time {
 	return r.info.StartedAt
 }
 
-// start carries the run from its lock to a running child. On failure the
-// run is finished with start_failed (naming the step) and the error says so.
-// t0 is when the request arrived, admitted when the lock and record were
-// done; the step timings start from admitted.
+// start carries the run from its lock to a running program. On failure
+// the run is finished with start_failed (naming the step) and the error
+// says so. t0 is when the request arrived, admitted when the lock and
+// record were done; the step timings start from admitted.
 func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	e := r.e
 	var steps stepTimer
@@ -111,14 +127,18 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	// "--help.py" is a file, and sys.argv still reads as the student wrote it.
 	argv = append(argv, "--", r.info.Script)
 	argv = append(argv, r.info.Args...)
-	job := sandbox.Job{
+	job := inside.Job{
 		Interpreter: e.cfg.Interpreter,
 		Argv:        argv,
 		Env:         childEnv(r.info.Student, workdir),
 		Dir:         workdir,
+		Cwd:         workdir,
 		UID:         r.info.UID,
 		GID:         r.info.GID,
-		Rlimits: sandbox.Rlimits{
+		// What the layout of students' directories needs: private (077) or
+		// shared with the web tier through the group (007).
+		Umask: e.umask(),
+		Rlimits: inside.Rlimits{
 			FileSizeBytes: e.cfg.FileSizeBytes,
 			OpenFiles:     e.cfg.OpenFiles,
 			CPUSeconds:    uint64(lim.CPUSeconds) + 1,
@@ -142,123 +162,69 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		}
 		return r.startFailedError(step, err)
 	}
-	// Before the child exists: finish directly.
+	// Before the process exists: finish directly.
 	fail := func(step string, err error) error {
 		ferr := failed(step, err)
 		r.finish(nil)
 		return endedBy(step, ferr)
 	}
-	// Once the child exists, it is aborted and the run ends through wait.
-	var child *sandbox.Child
+	if err := e.step(StepInterpreter); err != nil {
+		return fail(StepInterpreter, err)
+	}
+	if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
+		return fail(StepInterpreter, err)
+	}
+	if err := e.step(StepPipes); err != nil {
+		return fail(StepPipes, err)
+	}
+	p, err := newPipes()
+	if err != nil {
+		return fail(StepPipes, err)
+	}
+	proc, err := e.sb.Prepare(r.info.Student, r.id, cgLim)
+	if err != nil {
+		step := StepSpawn
+		var se *sandbox.StepError
+		if errors.As(err, &se) {
+			step, err = se.Step, se.Err
+		}
+		return fail(step, errors.Join(err, p.closeAll()))
+	}
+	// From here the process exists: every path ends through wait -> finish.
+	r.mu.Lock()
+	r.proc, r.stdin = proc, p.stdinW
+	r.mu.Unlock()
+	r.readers.Add(2)
+	go r.readOutput(p.stdoutR, api.EventStdout)
+	go r.readOutput(p.stderrR, api.EventStderr)
+	go r.wait()
+	if proc.Warm() {
+		steps.mark("claim")
+	} else {
+		steps.mark("prepare")
+	}
+	settle := func() { r.settleOnce.Do(func() { close(r.settled) }) }
 	abort := func(step string, err error) error {
 		ferr := failed(step, err)
-		if aerr := child.Abort(); aerr != nil {
+		settle()
+		if cerr := p.closeChildEnds(); cerr != nil {
+			e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
+		}
+		if aerr := proc.Abort(); aerr != nil {
 			e.log.Error("abort helper", "run", r.id, "err", aerr)
 		}
 		r.kill(api.ReasonStartFailed)
 		<-r.done
 		return endedBy(step, ferr)
 	}
-	adopt := func(g *cgroup.Group, c *sandbox.Child, p *pipes) {
-		child = c
-		r.mu.Lock()
-		r.group, r.child, r.stdin = g, c, p.stdinW
-		r.mu.Unlock()
-		r.readers.Add(2)
-		go r.readOutput(p.stdoutR, api.EventStdout)
-		go r.readOutput(p.stderrR, api.EventStderr)
-		go r.wait()
-	}
-
-	if sl := e.pool.take(); sl != nil {
-		// Warm: the helper already waits in its group; it becomes the
-		// student only when launched.
-		adopt(sl.group, sl.child, sl.pipes)
-		e.warmStarts.Add(1)
-		r.warm = true
-		e.warmRunning(1)
-		steps.mark("claim")
-		if err := e.step(StepCgroup); err != nil {
-			return abort(StepCgroup, err)
-		}
-		if err := sl.group.Update(cgLim); err != nil {
-			return abort(StepCgroup, err)
-		}
-		if err := sl.group.ResetPeak(); err != nil {
-			return abort(StepCgroup, err)
-		}
-		cpu, err := sl.group.CPUTime()
-		if err != nil {
-			return abort(StepCgroup, err)
-		}
-		r.mu.Lock()
-		r.cpuBase = cpu
-		r.mu.Unlock()
-		steps.mark(StepCgroup)
-		if err := e.step(StepInterpreter); err != nil {
-			return abort(StepInterpreter, err)
-		}
-		if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
-			return abort(StepInterpreter, err)
-		}
-		for _, st := range []string{StepPipes, StepSpawn, StepCgroupJoin} {
-			if err := e.step(st); err != nil {
-				return abort(st, err)
-			}
-		}
-	} else {
-		if err := e.step(StepCgroup); err != nil {
-			return fail(StepCgroup, err)
-		}
-		g, err := e.cfg.Cgroups.Create(r.info.Student, r.id, cgLim)
-		if err != nil {
-			return fail(StepCgroup, err)
-		}
-		r.mu.Lock()
-		r.group = g
-		r.mu.Unlock()
-		steps.mark(StepCgroup)
-		if err := e.step(StepInterpreter); err != nil {
-			return fail(StepInterpreter, err)
-		}
-		if err := CheckInterpreter(e.cfg.Interpreter); err != nil {
-			return fail(StepInterpreter, err)
-		}
-		if err := e.step(StepPipes); err != nil {
-			return fail(StepPipes, err)
-		}
-		p, err := newPipes()
-		if err != nil {
-			return fail(StepPipes, err)
-		}
-		if err := e.step(StepSpawn); err != nil {
-			return fail(StepSpawn, errors.Join(err, p.closeAll()))
-		}
-		c, err := e.cfg.Helper.Start(job, g.FD(), p.childStdio())
-		if cerr := p.closeChildEnds(); cerr != nil {
-			e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
-		}
-		if err != nil {
-			return fail(StepSpawn, errors.Join(err, p.closeParentEnds()))
-		}
-		// From here the child exists: every path ends through wait -> finish.
-		adopt(g, c, p)
-		steps.mark(StepSpawn)
-		if err := e.step(StepCgroupJoin); err != nil {
-			return abort(StepCgroupJoin, err)
-		}
-		if err := g.Join(c.Pid()); err != nil {
-			return abort(StepCgroupJoin, err)
-		}
-		steps.mark(StepCgroupJoin)
-	}
 	r.mu.Lock()
 	r.started = true
 	stopNow := r.reason != ""
 	r.mu.Unlock()
 	if stopNow {
-		// Stopped (or shut down) while starting: the child never runs.
-		if err := child.Abort(); err != nil {
+		// Stopped (or shut down) while starting: the program never runs.
+		settle()
+		if err := errors.Join(p.closeChildEnds(), proc.Abort()); err != nil {
 			e.log.Error("abort helper", "run", r.id, "err", err)
 		}
 		r.kill(api.ReasonStopped)
@@ -267,9 +233,16 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	if err := e.step(StepExec); err != nil {
 		return abort(StepExec, err)
 	}
-	if err := child.Launch(job); err != nil {
+	err = proc.Launch(job, lim.Pids, p.stdinR, p.stdoutW, p.stderrW)
+	// The program holds its own copies now (or never will): the end of its
+	// output must be EOF for the readers.
+	if cerr := p.closeChildEnds(); cerr != nil {
+		e.log.Error("close child ends of pipes", "run", r.id, "err", cerr)
+	}
+	if err != nil {
 		return abort(StepExec, err)
 	}
+	settle()
 	steps.mark(StepExec)
 	r.supervise()
 	if h := e.cfg.Hooks.Started; h != nil {
@@ -277,7 +250,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 		h(&info, time.Since(t0))
 	}
 	e.log.Info("run started", "run", r.id, "student", r.info.Student, "script", r.info.Script,
-		"uid", r.info.UID, "pid", child.Pid(), "start_ms", time.Since(t0).Milliseconds(), "steps", steps.String())
+		"uid", r.info.UID, "pid", proc.Pid(), "warm", proc.Warm(), "start_ms", time.Since(t0).Milliseconds(), "steps", steps.String())
 	return nil
 }
 
@@ -312,9 +285,8 @@ func childEnv(student, workdir string) []string {
 		"LC_ALL=C.UTF-8",
 		"PYTHONUNBUFFERED=1",
 		"PYTHONIOENCODING=utf-8",
-		// Temporary files stay in the student's directory, out of other
-		// students' sight, instead of a /tmp shared by every run.
-		"TMPDIR=" + workdir,
+		// The run's own /tmp, a private tmpfs gone when it ends.
+		"TMPDIR=/tmp",
 	}
 }
 
@@ -338,13 +310,13 @@ func (r *Run) checkCPU() {
 	if r.ending.Load() {
 		return
 	}
-	cpu, err := r.group.CPUTime()
+	cpu, err := r.proc.CPUTime()
 	switch {
 	case err != nil && r.ending.Load():
 		return // finish is deleting the group: nothing to watch
 	case err != nil:
 		r.e.log.Warn("read cpu time", "run", r.id, "err", err)
-	case cpu-r.cpuBase >= time.Duration(r.lim.CPUSeconds)*time.Second:
+	case cpu >= time.Duration(r.lim.CPUSeconds)*time.Second:
 		r.kill(api.ReasonTimedOut)
 		return
 	}
@@ -375,10 +347,10 @@ func (r *Run) kill(reason api.Reason) {
 	if r.killedAt.IsZero() {
 		r.killedAt = time.Now()
 	}
-	g, started := r.group, r.started
+	proc, started := r.proc, r.started
 	r.mu.Unlock()
-	if g != nil && started {
-		if err := g.Kill(); err != nil {
+	if proc != nil && started {
+		if err := proc.Kill(); err != nil {
 			r.e.log.Warn("kill run cgroup", "run", r.id, "err", err)
 		}
 	}
@@ -396,23 +368,24 @@ func (r *Run) Stop(ctx context.Context) (api.Run, error) {
 	}
 }
 
-// wait reaps the child, then finishes the run.
+// wait reaps the run's process, then finishes the run.
 func (r *Run) wait() {
-	ps, err := r.child.Wait()
+	ex, err := r.proc.Wait()
 	if err != nil {
 		r.e.log.Error("wait for run", "run", r.id, "err", err)
 	}
-	r.finish(ps)
+	<-r.settled
+	r.finish(&ex)
 }
 
 // finish is the one way a run ends. It runs once: kill whatever is left in
 // the cgroup, wait until it is empty, read the stats, delete it, release
 // the lock, write the final record, and only then publish the end.
-func (r *Run) finish(ps *os.ProcessState) {
-	r.finished.Do(func() { r.doFinish(ps) })
+func (r *Run) finish(ex *sandbox.Exit) {
+	r.finished.Do(func() { r.doFinish(ex) })
 }
 
-func (r *Run) doFinish(ps *os.ProcessState) {
+func (r *Run) doFinish(ex *sandbox.Exit) {
 	r.ending.Store(true)
 	r.stopLimits()
 	e := r.e
@@ -422,17 +395,17 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	var errs []error
 
 	r.mu.Lock()
-	g := r.group
+	proc := r.proc
 	// Nothing may start in the group any more; kill now goes nowhere.
 	r.started = false
 	r.mu.Unlock()
 
 	var stats cgroup.Stats
-	if g != nil {
-		if err := g.KillAndWait(ctx); err != nil {
+	if proc != nil {
+		if err := proc.KillAndWait(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		s, err := g.Stats()
+		s, err := proc.Stats()
 		if err != nil {
 			log.Warn("read run stats", "err", err)
 		}
@@ -448,35 +421,29 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	case <-time.After(5 * time.Second):
 		errs = append(errs, errors.New("output readers did not finish within 5s"))
 	}
-	if g != nil {
-		if err := g.Delete(); err != nil {
+	if proc != nil {
+		if err := proc.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if err := r.lease.Release(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release lock: %w", err))
 	}
-	if r.warm {
-		e.warmRunning(-1)
-	}
 
 	r.mu.Lock()
 	end := time.Now()
 	reason := r.reason
 	if reason == "" {
-		reason = classify(ps, stats)
+		reason = classify(ex, stats)
 	}
 	info := &r.info
 	info.Reason = reason
-	if ps != nil {
-		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
-			switch {
-			case ws.Exited():
-				c := ws.ExitStatus()
-				info.ExitCode = &c
-			case ws.Signaled():
-				info.Signal = unixSignalName(ws.Signal())
-			}
+	if ex != nil {
+		if ex.Signal != 0 {
+			info.Signal = unixSignalName(ex.Signal)
+		} else {
+			c := ex.Code
+			info.ExitCode = &c
 		}
 	}
 	if r.startErr != nil {
@@ -488,7 +455,7 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 	info.State = api.StateEnded
 	info.EndedAt = &end
 	info.WallMS = end.Sub(info.StartedAt).Milliseconds()
-	info.CPUMS = max(stats.CPU-r.cpuBase, 0).Milliseconds()
+	info.CPUMS = stats.CPU.Milliseconds()
 	info.PeakMemoryBytes = stats.PeakMemory
 	info.OutputBytes = r.outBytes
 	info.Truncated = r.truncated
@@ -535,18 +502,16 @@ func (r *Run) doFinish(ps *os.ProcessState) {
 }
 
 // classify names the end of a run that nobody asked to end.
-func classify(ps *os.ProcessState, s cgroup.Stats) api.Reason {
-	if s.OOMKills > 0 {
+func classify(ex *sandbox.Exit, s cgroup.Stats) api.Reason {
+	switch {
+	case s.OOMKills > 0:
 		// The kernel's own counter, not a guess from SIGKILL.
 		return api.ReasonOOMKilled
-	}
-	if ps == nil {
+	case ex == nil:
 		return api.ReasonSignaled
-	}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		if ws.Signal() == syscall.SIGXCPU {
-			return api.ReasonTimedOut
-		}
+	case ex.Signal == syscall.SIGXCPU:
+		return api.ReasonTimedOut
+	case ex.Signal != 0:
 		return api.ReasonSignaled
 	}
 	return api.ReasonExited
@@ -756,13 +721,16 @@ func closeFiles(fs ...*os.File) error {
 	return errors.Join(errs...)
 }
 
-func (p *pipes) childStdio() sandbox.Stdio {
-	return sandbox.Stdio{Stdin: p.stdinR, Stdout: p.stdoutW, Stderr: p.stderrW}
+// closeChildEnds closes the program's ends; a second call does nothing.
+func (p *pipes) closeChildEnds() error {
+	err := closeFiles(p.stdinR, p.stdoutW, p.stderrW)
+	p.stdinR, p.stdoutW, p.stderrW = nil, nil, nil
+	return err
 }
 
-func (p *pipes) closeChildEnds() error  { return closeFiles(p.stdinR, p.stdoutW, p.stderrW) }
-func (p *pipes) closeParentEnds() error { return closeFiles(p.stdinW, p.stdoutR, p.stderrR) }
-func (p *pipes) closeAll() error        { return errors.Join(p.closeChildEnds(), p.closeParentEnds()) }
+func (p *pipes) closeAll() error {
+	return errors.Join(p.closeChildEnds(), closeFiles(p.stdinW, p.stdoutR, p.stderrR))
+}
 
 // stepTimer records when each start-up step ended, for the log line that
 // tells an operator where a slow start spent its time.

@@ -237,3 +237,47 @@ func TestWarmRunsWeighLikeStudents(t *testing.T) {
 		t.Fatalf("%s = %s after the runs ended, want %s", f, got, unit)
 	}
 }
+
+// TestMemoryAboveWarmDefault: limits above the warm pool's 256 MiB (the
+// defaults its helpers wait with) take effect, warm and cold: raising a v1
+// group's memory limit must raise memsw first (it failed with
+// memory.limit_in_bytes: invalid argument). The run allocates most of its
+// limit and survives; the kernel's limit, read from inside, is the one
+// asked for.
+func TestMemoryAboveWarmDefault(t *testing.T) {
+	for _, n := range []int{0, 1} {
+		env := testutil.NewEnv(t, warm(n))
+		env.WriteScript(t, "alice", "big.py", `import sys
+mb = int(sys.argv[1])
+x = bytearray((mb - 96) << 20)
+for i in range(0, len(x), 4096):
+    x[i] = 1
+groups = dict(l.split(":", 2)[1:] for l in open("/proc/self/cgroup").read().splitlines())
+if "memory" in groups:
+    print(int(open("/sys/fs/cgroup/memory" + groups["memory"] + "/memory.limit_in_bytes").read()) >> 20)
+else:
+    print(int(open("/sys/fs/cgroup" + groups[""] + "/memory.max").read()) >> 20)
+`)
+		for _, mb := range []int64{512, 1024} {
+			t.Run(fmt.Sprintf("warm=%d/%dMiB", n, mb), func(t *testing.T) {
+				if n > 0 {
+					waitWarm(t, env, 1)
+				}
+				before := env.Engine.WarmStarts()
+				res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "big.py",
+					Args: []string{strconv.FormatInt(mb, 10)}, Limits: api.Limits{MemoryMB: mb}})
+				if got := env.Engine.WarmStarts() - before; got != int64(n) {
+					t.Fatalf("warm starts %d, want %d", got, n)
+				}
+				if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" || res.Stdout != fmt.Sprintf("%d\n", mb) {
+					t.Fatalf("ended %s exit %s printing %q (%s; %s), want exited 0 printing the limit %d",
+						res.Run.Reason, exitCode(res.Run), res.Stdout, res.Stderr, res.Run.Error, mb)
+				}
+				if res.Run.PeakMemoryBytes < (mb-96)<<20 {
+					t.Errorf("peak memory %d MiB, want at least the %d MiB the run touched", res.Run.PeakMemoryBytes>>20, mb-96)
+				}
+			})
+		}
+		assertClean(t, env)
+	}
+}

@@ -1,308 +1,211 @@
-// Package sandbox starts one child process the way a run needs it: as the
-// student's uid/gid with no supplementary groups, in the student's
-// directory, in its own session, with a clean environment, rlimits and
-// no_new_privs, inside its cgroup before it runs any student code.
+// Package sandbox starts the process tree of a run and takes it down
+// again. Each run gets a helper (package inside) cloned into fresh
+// network, mount, IPC, PID and UTS namespaces and straight into the run's
+// cgroup; the helper prepares the namespaces as root, then waits for the
+// job, becomes the student and stays as the run's PID 1.
 //
-// The child is a helper (see Helper): the dedicated idexd-sandbox binary
-// when idexd finds it beside itself, else idexd re-executed. It is
-// cloned straight into the run's v2 cgroup and then blocks on a pipe until
-// the parent sends it a Job; only then does it apply rlimits and execve()
-// the interpreter. An exec failure comes back over a close-on-exec pipe, so
-// the parent knows for certain whether the interpreter started.
+// Preparing a helper is the expensive part (namespaces, mounts, the Go
+// runtime's start-up, the v1 cgroup move on a hybrid host: 10-30 ms here),
+// so a pool keeps WarmRuns of them ready, off the path from Run to first
+// output. A run then claims one (Prepare), sets its limits, and Launch
+// sends the job. When none is ready, Prepare makes one on the spot.
 //
-// Two ways to get a helper:
-//   - Start (cold): cloned already as the student, in the student's
-//     directory; on a hybrid host the parent moves it into the v1 groups
-//     while it waits.
-//   - StartWarm: cloned as root in "/", ahead of time, into a prepared group
-//     (and moved into its v1 groups) off the path of any request. Launch
-//     later sends the job; the helper then drops to the student's uid/gid
-//     with no groups and enters the directory itself before it execs. This
-//     takes the v1 cgroup move (an RCU grace period, ~8-15 ms when the host
-//     was idle) off the path from Run to first output.
+// Everything about a run's process lives behind Process: Launch, Wait,
+// Kill, Stats, Close. The run engine (internal/run) drives it and can use
+// a fake in tests that need no root.
 package sandbox
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"syscall"
+	"log/slog"
+	"sync/atomic"
+	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
-// helperArg0 marks a process as the helper; Helper checks for it.
-const helperArg0 = "idexd-sandbox-helper"
-
-// Exit codes of the helper itself, chosen outside what Python uses.
+// Start-up steps, named in errors (StepError) and used by failure
+// injection (Config.FailAt).
 const (
-	exitAborted    = 125 // the parent gave up before sending a job
-	exitExecFailed = 127
+	StepCgroup     = "cgroup"
+	StepSpawn      = "spawn"
+	StepCgroupJoin = "cgroup_join"
 )
 
-// Rlimits bound one process of the run.
-type Rlimits struct {
-	FileSizeBytes uint64
-	OpenFiles     uint64
-	// CPUSeconds, when non-zero, is a per-process backstop; the run engine
-	// polls the whole cgroup's CPU time for the real limit.
-	CPUSeconds uint64
+// StepError says which start-up step failed.
+type StepError struct {
+	Step string
+	Err  error
 }
 
-// Job is what the helper execs, and as whom.
-type Job struct {
-	Interpreter string
-	// Argv is the interpreter's argv, argv[0] included.
-	Argv     []string
-	Env      []string
-	Dir      string
-	UID, GID uint32
-	Rlimits  Rlimits
+func (e *StepError) Error() string { return fmt.Sprintf("step %s: %v", e.Step, e.Err) }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Config wires a Sandbox.
+type Config struct {
+	Cgroups *cgroup.Manager
+	// Helper is the binary a run's helper runs (the zero value: this
+	// binary, re-executed).
+	Helper Binary
+	// Setup is how every helper prepares its namespaces.
+	Setup inside.Setup
+	// WarmRuns is how many helpers wait ready for the next runs (0: every
+	// run starts cold), with WarmLimits until a run claims one.
+	WarmRuns   int
+	WarmLimits cgroup.Limits
+	Log        *slog.Logger
+	// FailAt, when set (by tests), is called before each start-up step; an
+	// error it returns fails that step as if the step itself had failed.
+	FailAt func(step string) error
 }
 
-// Stdio are the child's standard files.
-type Stdio struct {
-	Stdin, Stdout, Stderr *os.File
+// Sandbox starts runs' processes on this host.
+type Sandbox struct {
+	cfg        Config
+	setupArg   string
+	pool       *pool
+	warmStarts atomic.Int64
+	warmActive atomic.Int64
 }
 
-// Child is a started helper, paused until Launch or Abort.
-type Child struct {
-	cmd     *exec.Cmd
-	release *os.File // write end: the job, then EOF
-	execErr *os.File // read end: EOF with no bytes means exec succeeded
-	settled bool     // Launch or Abort ran: the pipes are closed
-}
-
-// Binary is the program a helper runs. The zero value re-executes the
-// current binary, whose main (or TestMain) must call Helper first. Open
-// gives a dedicated helper binary (cmd/idexd-sandbox), which starts in a
-// third of the time: it links none of the daemon's packages.
-type Binary struct {
-	path string
-	f    *os.File
-}
-
-// Self is the current binary, re-executed.
-func Self() Binary { return Binary{} }
-
-// Open pins the helper binary at path: the file is held open and executed
-// through /proc/self/fd, so an upgrade that replaces it on disk cannot
-// hand a running idexd a helper of another version, and the helper needs
-// no search permission on the directories above it.
-func Open(path string) (Binary, error) {
-	f, err := os.Open(path)
+// New returns a Sandbox and starts filling its warm pool.
+func New(cfg Config) (*Sandbox, error) {
+	if cfg.Cgroups == nil || cfg.Log == nil {
+		return nil, errors.New("sandbox: Cgroups and Log are required")
+	}
+	switch cfg.Setup.Network {
+	case "":
+		cfg.Setup.Network = inside.NetworkNone
+	case inside.NetworkNone, inside.NetworkHost:
+	default:
+		return nil, fmt.Errorf("sandbox: network %q: want %q or %q", cfg.Setup.Network, inside.NetworkNone, inside.NetworkHost)
+	}
+	if cfg.Setup.TmpBytes <= 0 {
+		cfg.Setup.TmpBytes = 256 << 20
+	}
+	if cfg.Setup.TmpInodes <= 0 {
+		cfg.Setup.TmpInodes = 16384
+	}
+	b, err := json.Marshal(cfg.Setup)
 	if err != nil {
-		return Binary{}, fmt.Errorf("open sandbox helper: %w", err)
+		return nil, fmt.Errorf("sandbox: encode setup: %w", err)
 	}
-	fi, err := f.Stat()
-	if err == nil && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0) {
-		err = fmt.Errorf("not an executable file (mode %v)", fi.Mode())
-	}
-	if err != nil {
-		return Binary{}, errors.Join(fmt.Errorf("sandbox helper %s: %w", path, err), f.Close())
-	}
-	// Above the helper's fds 0-4, which the child's dup2s would overwrite
-	// before the exec that needs this one.
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 10)
-	cerr := f.Close()
-	if err != nil {
-		return Binary{}, errors.Join(fmt.Errorf("pin sandbox helper %s: %w", path, err), cerr)
-	}
-	pinned := os.NewFile(uintptr(fd), path)
-	if cerr != nil {
-		return Binary{}, errors.Join(fmt.Errorf("pin sandbox helper %s: %w", path, cerr), pinned.Close())
-	}
-	return Binary{path: fmt.Sprintf("/proc/self/fd/%d", fd), f: pinned}, nil
+	s := &Sandbox{cfg: cfg, setupArg: string(b)}
+	s.pool = newPool(s, cfg.WarmRuns)
+	return s, nil
 }
 
-// Close releases a pinned helper binary.
-func (b Binary) Close() error {
-	if b.f == nil {
+func (s *Sandbox) step(name string) error {
+	if s.cfg.FailAt == nil {
 		return nil
 	}
-	return b.f.Close()
+	return s.cfg.FailAt(name)
 }
 
-// String names the helper for logs.
-func (b Binary) String() string {
-	if b.f == nil {
-		return "idexd itself (re-executed)"
+// Prepare returns a helper ready for student's run id, in a cgroup with
+// lim: a warm one when the pool has one, else a new one. On error nothing
+// is left behind.
+func (s *Sandbox) Prepare(student, id string, lim cgroup.Limits) (*Process, error) {
+	if p := s.pool.take(); p != nil {
+		return s.claim(p, lim)
 	}
-	return b.f.Name()
+	return s.cold(student, id, lim)
 }
 
-// Start spawns a helper as job's uid/gid in job's directory, cloned into
-// the cgroup directory cgroupFD (-1: none), paused until Launch.
-func (b Binary) Start(job Job, cgroupFD int, stdio Stdio) (*Child, error) {
-	attr := &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: job.UID, Gid: job.GID, Groups: []uint32{}},
+// claim gives a warm helper the run's limits. Its group stays in
+// warm.pool: moving the helper elsewhere would cost the v1 cgroup move the
+// pool exists to avoid.
+func (s *Sandbox) claim(p *Process, lim cgroup.Limits) (*Process, error) {
+	s.warmStarts.Add(1)
+	s.warmRunning(1)
+	p.warm = true
+	err := s.step(StepCgroup)
+	if err == nil {
+		err = p.group.Update(lim)
 	}
-	return b.spawn(attr, job.Dir, cgroupFD, stdio)
-}
-
-// StartWarm spawns a root helper in "/" with an empty environment, cloned
-// into cgroupFD, paused until Launch says whom to become.
-func (b Binary) StartWarm(cgroupFD int, stdio Stdio) (*Child, error) {
-	return b.spawn(&syscall.SysProcAttr{}, "/", cgroupFD, stdio)
-}
-
-// helperEnv is the helper's own environment; the interpreter gets the
-// job's. One P and no GC: the helper allocates a few KiB before it execs,
-// and each extra runtime thread is one more to signal on setresuid and to
-// tear down on execve, on the path from Run to first output.
-var helperEnv = []string{"GOMAXPROCS=1", "GOGC=off"}
-
-func (b Binary) spawn(attr *syscall.SysProcAttr, dir string, cgroupFD int, stdio Stdio) (_ *Child, err error) {
-	relR, relW, err := os.Pipe()
+	if err == nil {
+		err = p.group.ResetPeak()
+	}
+	if err == nil {
+		// Charged to the run from here: the helper's own start-up was not
+		// the student's.
+		p.cpuBase, err = p.group.CPUTime()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("create release pipe: %w", err)
+		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
 	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("create exec-error pipe: %w", err), relR.Close(), relW.Close())
-	}
-	// The child's copies are closed here whatever happens; ours stay open
-	// until Launch or Abort.
-	defer func() {
-		cerr := errors.Join(relR.Close(), errW.Close())
-		if err != nil {
-			err = errors.Join(err, relW.Close(), errR.Close())
-		} else if cerr != nil {
-			err = fmt.Errorf("close child ends of helper pipes: %w", cerr)
+	// The steps a cold start takes, for failure injection on both paths.
+	for _, st := range []string{StepSpawn, StepCgroupJoin} {
+		if err := s.step(st); err != nil {
+			return nil, errors.Join(&StepError{Step: st, Err: err}, p.discard())
 		}
-	}()
-	attr.Setsid = true
-	attr.Pdeathsig = syscall.SIGKILL
-	if cgroupFD >= 0 {
-		attr.UseCgroupFD = true
-		attr.CgroupFD = cgroupFD
 	}
-	path := b.path
-	if path == "" {
-		// The magic link works even after idexd's binary was replaced on
-		// disk by an upgrade, and it needs no search permission on the
-		// directories above a test binary.
-		path = "/proc/self/exe"
-	}
-	cmd := &exec.Cmd{
-		Path:        path,
-		Args:        []string{helperArg0},
-		Dir:         dir,
-		Env:         helperEnv,
-		Stdin:       stdio.Stdin,
-		Stdout:      stdio.Stdout,
-		Stderr:      stdio.Stderr,
-		ExtraFiles:  []*os.File{relR, errW},
-		SysProcAttr: attr,
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("spawn helper: %w", err)
-	}
-	return &Child{cmd: cmd, release: relW, execErr: errR}, nil
+	return p, nil
 }
 
-// Pid is the helper's pid, which becomes the interpreter's.
-func (c *Child) Pid() int { return c.cmd.Process.Pid }
-
-// Launch sends the job and reports whether the interpreter was exec'd.
-// Launch and Abort are called from one goroutine, once between them.
-func (c *Child) Launch(job Job) error {
-	if c.settled {
-		return errors.New("helper already launched or aborted")
+// cold makes a helper in the run's own group <student>/<id>.
+func (s *Sandbox) cold(student, id string, lim cgroup.Limits) (*Process, error) {
+	if err := s.step(StepCgroup); err != nil {
+		return nil, &StepError{Step: StepCgroup, Err: err}
 	}
-	c.settled = true
-	b, err := json.Marshal(job)
+	g, err := s.cfg.Cgroups.Create(student, id, lim)
 	if err != nil {
-		return errors.Join(fmt.Errorf("encode job for helper %d: %w", c.Pid(), err), c.release.Close(), c.execErr.Close())
+		return nil, &StepError{Step: StepCgroup, Err: err}
 	}
-	_, werr := c.release.Write(b)
-	cerr := c.release.Close()
-	if werr != nil {
-		return errors.Join(fmt.Errorf("send job to helper %d: %w", c.Pid(), werr), c.execErr.Close())
-	}
-	if cerr != nil {
-		return errors.Join(fmt.Errorf("close release pipe of helper %d: %w", c.Pid(), cerr), c.execErr.Close())
-	}
-	msg, rerr := io.ReadAll(c.execErr)
-	if err := c.execErr.Close(); err != nil && rerr == nil {
-		rerr = err
-	}
-	if rerr != nil {
-		return fmt.Errorf("read exec result of helper %d: %w", c.Pid(), rerr)
-	}
-	if len(msg) > 0 {
-		return errors.New(string(msg))
-	}
-	return nil
+	return s.start(g, s.step)
 }
 
-// Abort makes a paused helper exit without running anything. After
-// Launch it does nothing.
-func (c *Child) Abort() error {
-	if c.settled {
-		return nil
+// start spawns a helper into g, moves it into g's v1 groups (hybrid) and
+// waits until it has prepared its namespaces. On error g is gone. step is
+// the failure injection of a run's start (the pool's helpers have none).
+func (s *Sandbox) start(g *cgroup.Group, step func(string) error) (*Process, error) {
+	if err := step(StepSpawn); err != nil {
+		return nil, errors.Join(&StepError{Step: StepSpawn, Err: err}, g.Delete())
 	}
-	c.settled = true
-	return errors.Join(c.release.Close(), c.execErr.Close())
-}
-
-// Wait waits for the child and returns its state. It waits for the exit
-// on a pidfd in Go's netpoller and only then reaps: a waitid that blocks
-// holds an OS thread for the whole run, one thread per live run (207
-// threads at 200 runs, ~20 KiB of RSS each, bench/README.md).
-func (c *Child) Wait() (*os.ProcessState, error) {
-	if err := c.awaitExit(); err != nil {
-		// Reaping below still works, only on a blocked thread.
-		err = fmt.Errorf("wait for pid %d on a pidfd: %w", c.Pid(), err)
-		ps, werr := c.reap()
-		return ps, errors.Join(err, werr)
+	p, err := s.spawn(g)
+	if err != nil {
+		return nil, errors.Join(&StepError{Step: StepSpawn, Err: err}, g.Delete())
 	}
-	return c.reap()
-}
-
-// awaitExit returns once the child has exited, without reaping it.
-func (c *Child) awaitExit() error {
-	fd, err := unix.PidfdOpen(c.Pid(), unix.PIDFD_NONBLOCK)
-	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
-		// A kernel before 5.10 (no pidfd, or no PIDFD_NONBLOCK): the
-		// reap that follows waits on a blocked thread instead, correctly.
-		return nil
+	err = step(StepCgroupJoin)
+	if err == nil {
+		err = g.Join(p.Pid())
 	}
 	if err != nil {
-		return fmt.Errorf("pidfd_open: %w", err)
+		return nil, errors.Join(&StepError{Step: StepCgroupJoin, Err: err}, p.discard())
 	}
-	f := os.NewFile(uintptr(fd), "pidfd")
-	rc, err := f.SyscallConn()
+	if err := p.awaitReady(30 * time.Second); err != nil {
+		return nil, errors.Join(&StepError{Step: StepSpawn, Err: err}, p.discard())
+	}
+	cpu, err := g.CPUTime()
 	if err != nil {
-		return errors.Join(fmt.Errorf("pidfd: %w", err), f.Close())
+		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
 	}
-	var werr error
-	err = rc.Read(func(fd uintptr) bool {
-		var info unix.Siginfo
-		// WNOWAIT: look, leave the zombie for exec.Cmd.Wait to reap.
-		if e := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); e != nil {
-			if errors.Is(e, unix.EINTR) {
-				return false
-			}
-			werr = fmt.Errorf("waitid: %w", e)
-			return true
-		}
-		return info.Signo == int32(unix.SIGCHLD)
-	})
-	return errors.Join(err, werr, f.Close())
+	p.cpuBase = cpu
+	return p, nil
 }
 
-func (c *Child) reap() (*os.ProcessState, error) {
-	err := c.cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ProcessState, nil
+// warmRunning counts warm runs up or down and weighs warm.pool's CPU to
+// match, so that a warm run gets what a cold one would.
+func (s *Sandbox) warmRunning(delta int64) {
+	n := s.warmActive.Add(delta)
+	if err := s.cfg.Cgroups.SetWarmShare(int(n)); err != nil {
+		s.cfg.Log.Warn("weigh warm runs' CPU", "running", n, "err", err)
 	}
-	if err != nil {
-		return c.cmd.ProcessState, fmt.Errorf("wait for pid %d: %w", c.Pid(), err)
-	}
-	return c.cmd.ProcessState, nil
 }
+
+// WarmReady is how many warm helpers wait for a run now.
+func (s *Sandbox) WarmReady() int {
+	if s.pool == nil {
+		return 0
+	}
+	return len(s.pool.slots)
+}
+
+// WarmStarts is how many runs started on a warm helper.
+func (s *Sandbox) WarmStarts() int64 { return s.warmStarts.Load() }
+
+// Close stops refilling the pool and discards the waiting helpers.
+func (s *Sandbox) Close() error { return s.pool.close() }

@@ -7,12 +7,15 @@ package testutil
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,6 +30,7 @@ import (
 	"github.com/idexd/idexd/internal/quota"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
@@ -42,7 +46,7 @@ const Interpreter = "/usr/bin/python3"
 // binary is then also a run's child (without idexd-sandbox beside it, the
 // engine re-executes its own binary in helper mode).
 func Main(m *testing.M) {
-	sandbox.Helper()
+	inside.Main()
 	os.Exit(m.Run())
 }
 
@@ -117,17 +121,87 @@ func (l *LogBuffer) Lines(msg string) []string {
 	return out
 }
 
+// ScratchRoot holds the directories of TraversableDir. Not under /tmp:
+// every run gets a private /tmp, which would hide a student's directory
+// there (config refuses such a workdir_root).
+const ScratchRoot = "/var/lib/idexd-test"
+
 // TraversableDir returns a new temporary directory that students' uids can
-// traverse (t.TempDir makes 0700 directories).
+// traverse, outside the directories each run gets private, removed when
+// the test ends.
 func TraversableDir(t testing.TB) string {
 	t.Helper()
-	d := t.TempDir()
-	for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+	if err := os.MkdirAll(ScratchRoot, 0o755); err != nil {
+		t.Fatalf("create %s: %v", ScratchRoot, err)
+	}
+	d, err := os.MkdirTemp(ScratchRoot, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"-")
+	if err != nil {
+		t.Fatalf("create scratch directory: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(d); err != nil {
+			t.Errorf("remove scratch directory: %v", err)
+		}
+	})
+	for _, p := range []string{ScratchRoot, d} {
 		if err := os.Chmod(p, 0o755); err != nil {
 			t.Fatalf("chmod %s: %v", p, err)
 		}
 	}
 	return d
+}
+
+var helper struct {
+	once sync.Once
+	bin  sandbox.Binary
+	err  error
+}
+
+// HelperBinary is cmd/idexd-sandbox, built once per test process and
+// pinned, as idexd runs it: a run's PID 1 is then the small helper of
+// production (3 MiB of RSS, charged to the run), not the test binary
+// re-executed (25 MiB with the race detector).
+func HelperBinary(t testing.TB) sandbox.Binary {
+	t.Helper()
+	helper.once.Do(func() {
+		// One path per checkout, replaced atomically: test processes of
+		// other packages (or another checkout) may build at the same time.
+		out, err := exec.Command("go", "list", "-f", "{{.Dir}}", "github.com/idexd/idexd/cmd/idexd-sandbox").Output()
+		if err != nil {
+			helper.err = fmt.Errorf("find cmd/idexd-sandbox: %w", err)
+			return
+		}
+		src := strings.TrimSpace(string(out))
+		sum := sha256.Sum256([]byte(src))
+		dir := filepath.Join(ScratchRoot, "bin", hex.EncodeToString(sum[:8]))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			helper.err = err
+			return
+		}
+		tmp, err := os.CreateTemp(dir, "idexd-sandbox-*")
+		if err != nil {
+			helper.err = err
+			return
+		}
+		if err := tmp.Close(); err != nil {
+			helper.err = err
+			return
+		}
+		if out, err := exec.Command("go", "build", "-o", tmp.Name(), src).CombinedOutput(); err != nil {
+			helper.err = fmt.Errorf("build idexd-sandbox: %w\n%s", err, out)
+			return
+		}
+		path := filepath.Join(dir, "idexd-sandbox")
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			helper.err = err
+			return
+		}
+		helper.bin, helper.err = sandbox.Open(path)
+	})
+	if helper.err != nil {
+		t.Fatalf("sandbox helper: %v", helper.err)
+	}
+	return helper.bin
 }
 
 // Env is a complete engine stack for one test.
@@ -177,8 +251,8 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 		Host: "test", Interpreter: Interpreter,
 		Defaults: def.Defaults, Max: def.Max, MaxRuns: 1000,
 		UIDSource: students.UIDSourceRange, UIDMin: def.UIDMin, UIDMax: def.UIDMax,
-		KeepEnded: time.Minute,
-		Log:       log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
+		KeepEnded: time.Minute, Helper: HelperBinary(t),
+		Log: log, Cgroups: cg, Dirs: dirs, Store: st, Locks: locks,
 	}
 	for _, o := range opts {
 		o(&cfg)

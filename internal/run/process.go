@@ -1,0 +1,52 @@
+package run
+
+import (
+	"context"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/sandbox"
+	"github.com/idexd/idexd/internal/sandbox/inside"
+)
+
+// Sandbox starts the processes of runs. The real one is *sandbox.Sandbox
+// (through Real); tests of the lifecycle use a fake that needs no root.
+type Sandbox interface {
+	// Prepare returns a process ready to launch, in a cgroup with lim; on
+	// error nothing is left behind and the error names the step
+	// (*sandbox.StepError).
+	Prepare(student, id string, lim cgroup.Limits) (Process, error)
+	WarmReady() int
+	WarmStarts() int64
+	Close() error
+}
+
+// Process is one run's process tree (see sandbox.Process).
+type Process interface {
+	Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) error
+	Abort() error
+	Wait() (sandbox.Exit, error)
+	Interrupt(sig syscall.Signal) error
+	Kill() error
+	KillAndWait(ctx context.Context) error
+	CPUTime() (time.Duration, error)
+	Stats() (cgroup.Stats, error)
+	Close() error
+	Pid() int
+	Warm() bool
+}
+
+// Real adapts a *sandbox.Sandbox to Sandbox.
+func Real(sb *sandbox.Sandbox) Sandbox { return realSandbox{sb} }
+
+type realSandbox struct{ *sandbox.Sandbox }
+
+func (s realSandbox) Prepare(student, id string, lim cgroup.Limits) (Process, error) {
+	p, err := s.Sandbox.Prepare(student, id, lim)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}

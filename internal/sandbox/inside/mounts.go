@@ -1,0 +1,154 @@
+package inside
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Private are the directories every run gets fresh and empty, so nothing
+// written there is shared with other runs or outlives this one. A student's
+// directory cannot live beneath them (config refuses it): the run's own
+// mount would hide it.
+var Private = []string{"/tmp", "/var/tmp", "/dev/shm", "/run"}
+
+// Shadowed reports whether path lies under a directory that a run sees
+// replaced (Private, /proc, /dev): a directory there is invisible to runs.
+func Shadowed(path string) bool {
+	clean := filepath.Clean(path)
+	for _, p := range append([]string{"/proc", "/dev", "/sys"}, Private...) {
+		if clean == p || strings.HasPrefix(clean, p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// prepare builds the run's view of the filesystem in its own mount
+// namespace, as root, before any job: the host's tree read-only, private
+// tmpfs on /tmp, /var/tmp and /dev/shm, an empty /run (no host sockets), a
+// /proc of the run's own PID namespace, a devpts of its own, and lo up in
+// its network namespace.
+func prepare(s Setup) error {
+	// Nothing done below may reach the host's mount table.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("helper: make mounts private: %w", err)
+	}
+	// One call makes every mount of the copied tree read-only and nosuid;
+	// what is mounted afterwards (tmpfs, proc, the student's directory)
+	// carries its own flags.
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, &unix.MountAttr{
+		Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID,
+	}); err != nil {
+		return fmt.Errorf("helper: make the host's filesystem read-only: %w", err)
+	}
+	tmpOpts := fmt.Sprintf("mode=1777,size=%d,nr_inodes=%d", s.TmpBytes, s.TmpInodes)
+	for _, d := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+		if err := mountOver(d, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpOpts); err != nil {
+			return err
+		}
+	}
+	// /run holds the host's sockets (databases, the journal, D-Bus, idexd
+	// itself): connect() needs no write access to the filesystem, only to
+	// the socket file, so a read-only /run would not be enough.
+	if err := mountOver("/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, "mode=755,size=4k,nr_inodes=16"); err != nil {
+		return err
+	}
+	// This helper is PID 1 of the run's PID namespace, so the new proc
+	// shows the run's processes only.
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("helper: mount the run's /proc: %w", err)
+	}
+	// A devpts of its own: ptys a program opens come from a pool of 16,
+	// not from the host's (kernel.pty.max), and the host's are not listed.
+	if err := mountOver("/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5,max=16"); err != nil {
+		return err
+	}
+	if isDir("/dev/pts") {
+		if err := unix.Mount("/dev/pts/ptmx", "/dev/ptmx", "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("helper: bind /dev/ptmx: %w", err)
+		}
+	}
+	// The host's POSIX queues' names otherwise show through /dev/mqueue.
+	if mounted("/dev/mqueue") {
+		if err := unix.Mount("mqueue", "/dev/mqueue", "mqueue", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("helper: mount the run's /dev/mqueue: %w", err)
+		}
+	}
+	if s.Network != NetworkHost {
+		if err := loopbackUp(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mountOver mounts a new filesystem on dir when dir exists.
+func mountOver(dir, fstype string, flags uintptr, opts string) error {
+	if !isDir(dir) {
+		return nil
+	}
+	if err := unix.Mount(fstype, dir, fstype, flags, opts); err != nil {
+		return fmt.Errorf("helper: mount %s on %s: %w", fstype, dir, err)
+	}
+	return nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// mounted reports whether p is a mount point: its device differs from its
+// parent's.
+func mounted(p string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(p, &st) != nil || unix.Stat(filepath.Dir(p), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
+}
+
+// bindWorkdir makes the student's directory the one writable place of the
+// host's tree, at its own path, so paths read the same inside and out.
+func bindWorkdir(dir string) error {
+	if !filepath.IsAbs(dir) || Shadowed(dir) {
+		return fmt.Errorf("helper: workdir %q: want an absolute path outside %v", dir, Private)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("helper: bind %s: %w", dir, err)
+	}
+	// A bind remount sets exactly these flags on the new mount: read-write
+	// (the host's tree stays read-only), no set-uid, no devices.
+	if err := unix.Mount("", dir, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("helper: make %s writable: %w", dir, err)
+	}
+	return nil
+}
+
+// loopbackUp brings lo up, the only interface of the run's network
+// namespace, so programs can serve and connect on 127.0.0.1.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("helper: socket for lo: %w", err)
+	}
+	ifr, err := unix.NewIfreq("lo")
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr)
+	}
+	if err == nil {
+		ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+		err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+	}
+	if cerr := unix.Close(fd); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("helper: bring lo up: %w", err)
+	}
+	return nil
+}
