@@ -319,11 +319,12 @@ check_run() {
 	out=$(idexctl student alice 2>&1) || rc=$?
 	expect "(c) run: 'idexctl student alice' exits 0" 0 "$rc"
 	local st uid
-	st=$(ce 10 stat -c '%a %u %G' /srv/idexd/students/alice 2>&1)
+	# The private layout (the default): the student's, 0700.
+	st=$(ce 10 stat -c '%a %u %g' /srv/idexd/students/alice 2>&1)
 	uid=${st#* }; uid=${uid%% *}
-	if [[ $st == "2770 "*" idex" && $uid =~ ^[0-9]+$ ]] && ((uid >= 200000)); then
-		pass "(c) run: alice's directory is 2770 $uid:idex"
-	else fail "(c) run: alice's directory is '$st', want 2770 <uid >= 200000>:idex"; fi
+	if [[ $uid =~ ^[0-9]+$ && $st == "700 $uid $uid" ]] && ((uid >= 200000)); then
+		pass "(c) run: alice's directory is 700 $uid:$uid"
+	else fail "(c) run: alice's directory is '$st', want 700 <uid >= 200000>:<the same gid>"; fi
 	csh 10 'cat > /srv/idexd/students/alice/hello.py <<"PY"
 import os
 print("hello from idexd")

@@ -130,12 +130,13 @@ check_b() {
 	out=$(ictl student alice 2>&1) || rc=$?
 	expect "(b) 'idexctl student alice' exits 0" 0 "$rc"
 	local st uid
-	st=$(stat -c '%a %u %G' "$stu" 2>&1)
+	# The private layout (the default): the student's, 0700.
+	st=$(stat -c '%a %u %g' "$stu" 2>&1)
 	uid=${st#* }
 	uid=${uid%% *}
-	if [[ $st == "2770 "*" idex" && $uid =~ ^[0-9]+$ ]] && ((uid >= 200000)); then
-		pass "(b) alice's directory is 2770 $uid:idex"
-	else fail "(b) alice's directory is '$st', want 2770 <uid >= 200000>:idex"; fi
+	if [[ $uid =~ ^[0-9]+$ && $st == "700 $uid $uid" ]] && ((uid >= 200000)); then
+		pass "(b) alice's directory is 700 $uid:$uid"
+	else fail "(b) alice's directory is '$st', want 700 <uid >= 200000>:<the same gid>"; fi
 	put hello.py <<'PY'
 import os
 print("hello from idexd")
