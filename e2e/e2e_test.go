@@ -4,9 +4,7 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/harness"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -49,16 +48,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// daemon is a real idexd (package harness) with the idexctl helpers of
+// these tests.
 type daemon struct {
 	t            *testing.T
-	dir          string
+	h            *harness.Daemon
 	students     string
 	sock         string
 	cgroupParent string
-	args         []string
-	cmd          *exec.Cmd
-	logs         *bytes.Buffer
-	exited       chan error
 }
 
 // daemonOpts vary a daemon: its host name, extra config lines, and a
@@ -75,77 +72,53 @@ func newDaemon(t *testing.T) *daemon { return newDaemonWith(t, daemonOpts{}) }
 
 func newDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	testutil.RequireRoot(t)
-	dir := testutil.TraversableDir(t)
 	if o.host == "" {
 		o.host = "e2e"
 	}
-	if o.students == "" {
-		o.students = filepath.Join(dir, "students")
-	}
-	cfg := filepath.Join(dir, "idexd.toml")
-	conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nshutdown_grace = \"1s\"\ninterpreter = %q\nhost = %q\n%s",
-		testutil.Interpreter, o.host, o.extra)
-	// 0600: it may hold database_url, which idexd refuses in a file every
-	// user may read.
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := harness.Start(ctx, harness.Config{
+		Idexd: filepath.Join(binDir, "idexd"), Dir: testutil.TraversableDir(t), Students: o.students,
+		Name: "idexd-e2e", Host: o.host, Interpreter: testutil.Interpreter, Extra: o.extra, Degraded: o.degraded,
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "idexd.sock"), students: o.students,
-		cgroupParent: "idexd-e2e/" + randomName(t)}
-	d.args = []string{"--config", cfg, "--socket", d.sock, "--workdir-root", o.students,
-		"--state-dir", filepath.Join(dir, "state"), "--cgroup-parent", d.cgroupParent}
-	d.startWait(!o.degraded)
+	d := &daemon{t: t, h: h, sock: h.Socket, students: h.Workdir, cgroupParent: h.CgroupParent}
 	t.Cleanup(func() {
-		if d.cmd != nil {
+		if h.Running() {
 			if err := d.stop(syscall.SIGTERM); err != nil {
-				t.Errorf("idexd exit after SIGTERM: %v; logs:\n%s", err, d.logs)
+				t.Errorf("idexd exit after SIGTERM: %v; logs:\n%s", err, d.logs())
 			}
+		}
+		if err := h.Cleanup(); err != nil {
+			t.Errorf("clean up idexd: %v", err)
 		}
 	})
 	return d
 }
 
-func (d *daemon) start() { d.startWait(true) }
-
-// startWait starts idexd; with healthy it waits until health says ok, else
-// only until the socket answers at all.
-func (d *daemon) startWait(healthy bool) {
+// start starts idexd again (after stop) and waits until it is healthy.
+func (d *daemon) start() {
 	d.t.Helper()
-	d.logs = &bytes.Buffer{}
-	d.cmd = exec.Command(filepath.Join(binDir, "idexd"), d.args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.h.Restart(ctx); err != nil {
 		d.t.Fatal(err)
-	}
-	d.exited = make(chan error, 1)
-	go func() { d.exited <- d.cmd.Wait() }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, code := d.ctl("health"); code == 0 || (!healthy && code == 1) {
-			return
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("idexd not healthy within 20s; logs:\n%s", d.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// stop signals idexd and returns its exit error.
+// stop signals idexd and returns how it exited.
 func (d *daemon) stop(sig syscall.Signal) error {
 	d.t.Helper()
-	if err := d.cmd.Process.Signal(sig); err != nil {
-		d.t.Fatal(err)
+	if err := d.h.Signal(sig, 60*time.Second); err != nil {
+		d.t.Fatalf("%v; logs:\n%s", err, d.logs())
 	}
-	select {
-	case err := <-d.exited:
-		d.cmd = nil
-		return err
-	case <-time.After(60 * time.Second):
-		d.t.Fatalf("idexd did not exit after %s; logs:\n%s", sig, d.logs)
-		return nil
-	}
+	return d.h.ExitErr()
 }
+
+// logs is the end of idexd's log, for failure messages.
+func (d *daemon) logs() string { return d.h.LogTail(8000) }
 
 func (d *daemon) ctlCmd(args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(binDir, "idexctl"), append([]string{"--socket", d.sock}, args...)...)
@@ -315,7 +288,7 @@ sys.exit(7)
 		t.Fatal("resume failed")
 	}
 	if err := d.stop(syscall.SIGTERM); err != nil {
-		t.Fatalf("idexd exit after SIGTERM: %v, want 0; logs:\n%s", err, d.logs)
+		t.Fatalf("idexd exit after SIGTERM: %v, want 0; logs:\n%s", err, d.logs())
 	}
 	out, code = d.ctl("health")
 	if code != 2 || !strings.Contains(out, "is idexd running?") {
@@ -367,16 +340,6 @@ func TestCrashRecovery(t *testing.T) {
 	if out, code := d.ctl("run", "--student", "bob", "sleepy.py"); code != 0 || out != "again\n" {
 		t.Fatalf("same script after restart: %d %q (lock not free?)", code, out)
 	}
-}
-
-// randomName names a test's own cgroup parent: test directories end in
-// 001, 002, ... in every test binary, so their names would collide.
-func randomName(t *testing.T) string {
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b[:])
 }
 
 // procsOf lists the pids of uid's processes in cgroups under parent.

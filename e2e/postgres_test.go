@@ -157,7 +157,7 @@ func TestTwoHostsOnePostgres(t *testing.T) {
 	}
 	for _, d := range []*daemon{a, b} {
 		if err := d.stop(syscall.SIGTERM); err != nil {
-			t.Fatalf("exit after SIGTERM: %v; logs:\n%s", err, d.logs)
+			t.Fatalf("exit after SIGTERM: %v; logs:\n%s", err, d.logs())
 		}
 	}
 	if n := idexdConnections(t, url); n != 0 {
@@ -205,7 +205,7 @@ func TestPostgresOutage(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("health not ok after PostgreSQL came back; logs:\n%s", d.logs)
+			t.Fatalf("health not ok after PostgreSQL came back; logs:\n%s", d.logs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -249,7 +249,7 @@ func TestPostgresUnreachableAtStart(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("health not ok 60s after PostgreSQL came up; logs:\n%s", d.logs)
+			t.Fatalf("health not ok 60s after PostgreSQL came up; logs:\n%s", d.logs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -400,7 +400,7 @@ func TestLostLeaseStopsTheRun(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("host a's run did not end after a reached the database again: %d %s; logs:\n%s", code, out, a.logs)
+			t.Fatalf("host a's run did not end after a reached the database again: %d %s; logs:\n%s", code, out, a.logs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

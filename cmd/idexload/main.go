@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/idexd/idexd/internal/harness"
 	"github.com/idexd/idexd/internal/load"
 )
 
@@ -73,7 +74,7 @@ func run(args []string) int {
 		if mr == 0 {
 			mr = max(256, *hold+*conc+16)
 		}
-		d, err := load.StartDaemon(ctx, load.DaemonConfig{Idexd: *spawn, MaxRuns: mr, KeepEnded: *keepEnded, WarmRuns: *warmRuns})
+		d, err := harness.Start(ctx, harness.Config{Idexd: *spawn, Name: "idexload", Host: "idexload", MaxRuns: mr, KeepEnded: *keepEnded, WarmRuns: *warmRuns})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "idexload: start idexd:", err)
 			return 2

@@ -2,38 +2,30 @@ package bench
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
-	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/client"
+	"github.com/idexd/idexd/internal/harness"
 )
 
-// daemon is one idexd started from the built binary with a temporary
-// configuration, directories and cgroup parent of its own, as e2e does.
+// daemon is one idexd started from the built binary (package harness),
+// with what the benchmark reads of it.
 type daemon struct {
-	dir    string
-	sock   string
-	log    string // idexd's stderr: the "run started ... steps=" lines are read back
-	parent string // cgroup parent, removed after idexd exits
-	conf   string // the configuration file, for the results
-	keep   string // directory to copy the log into at stop, or ""
-	cmd    *exec.Cmd
-	exited chan struct{}
-	err    error // Wait's result, set before exited is closed
-	c      *client.Client
+	h    *harness.Daemon
+	sock string
+	log  string // idexd's stderr: the "run started ... steps=" lines are read back
+	conf string // the configuration file, for the results
+	keep string // directory to copy the log into at stop, or ""
+	c    *client.Client
 }
 
 // daemonConfig is what a section needs beyond the common configuration.
@@ -43,162 +35,37 @@ type daemonConfig struct {
 	databaseURL string
 }
 
-func randHex(n int) (string, error) {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("random name: %w", err)
-	}
-	return hex.EncodeToString(b), nil
-}
-
-// startDaemon starts idexd and waits until idexctl health answers.
+// startDaemon starts idexd and waits until it is healthy.
 func startDaemon(ctx context.Context, o Options, dc daemonConfig) (*daemon, error) {
-	// Not under /tmp: each run gets a private one, which would hide the
-	// students' directories there.
-	dir, err := os.MkdirTemp("/var/lib", "idexbench-")
-	if err != nil {
-		return nil, fmt.Errorf("daemon directory: %w", err)
-	}
-	// Students' uids must traverse it to reach their directories.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, errors.Join(fmt.Errorf("chmod %s: %w", dir, err), os.RemoveAll(dir))
-	}
-	id, err := randHex(4)
-	if err != nil {
-		return nil, errors.Join(err, os.RemoveAll(dir))
-	}
-	d := &daemon{
-		dir: dir, sock: filepath.Join(dir, "idexd.sock"), log: filepath.Join(dir, "idexd.log"),
-		parent: "idexbench-" + id, exited: make(chan struct{}),
-	}
-	conf := fmt.Sprintf(`client_group = "root"
-admin_group = "root"
-shutdown_grace = "1s"
-interpreter = %q
-host = "idexbench"
-max_runs = %d
-log_level = "info"
-`, o.Python, dc.maxRuns)
+	extra := ""
 	if dc.databaseURL != "" {
-		conf += fmt.Sprintf("database_url = %q\n", dc.databaseURL)
+		extra += fmt.Sprintf("database_url = %q\n", dc.databaseURL)
 	}
 	if dc.maxOutputKB > 0 {
-		conf += fmt.Sprintf("\n[max]\noutput_kb = %d\n", dc.maxOutputKB)
+		extra += fmt.Sprintf("\n[max]\noutput_kb = %d\n", dc.maxOutputKB)
 	}
-	d.conf, d.keep = conf, o.KeepLogs
-	cfgPath := filepath.Join(dir, "idexd.toml")
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
-		return nil, errors.Join(fmt.Errorf("write config: %w", err), os.RemoveAll(dir))
-	}
-	logf, err := os.Create(d.log)
+	h, err := harness.Start(ctx, harness.Config{
+		Idexd: o.Idexd, Name: "idexbench", Host: "idexbench", Interpreter: o.Python, MaxRuns: dc.maxRuns,
+		LogLevel: "info", Extra: extra,
+		// SIGTERM: idexd drains when idexbench goes, however it goes.
+		Pdeathsig: syscall.SIGTERM,
+	})
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("daemon log: %w", err), os.RemoveAll(dir))
+		return nil, err
 	}
-	d.cmd = exec.Command(o.Idexd, "--config", cfgPath, "--socket", d.sock,
-		"--workdir-root", filepath.Join(dir, "students"), "--state-dir", filepath.Join(dir, "state"),
-		"--cgroup-parent", d.parent)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	// idexd goes when idexbench goes, however it goes.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	err = launch(d.cmd, d.exited, &d.err)
-	if cerr := logf.Close(); cerr != nil && err == nil {
-		err = fmt.Errorf("close daemon log: %w", cerr)
-	}
-	if err != nil {
-		return nil, errors.Join(err, os.RemoveAll(dir))
-	}
-	d.c = client.New(d.sock)
-	if err := d.waitHealthy(ctx, o.Idexctl); err != nil {
-		return nil, errors.Join(err, d.stop())
-	}
-	return d, nil
+	return &daemon{h: h, sock: h.Socket, log: h.Log, conf: h.Conf, keep: o.KeepLogs, c: h.Client}, nil
 }
 
-// launch starts cmd from a goroutine locked to its OS thread and waits
-// for it there: the parent-death signal follows the thread that forked
-// the child, so that thread must live as long as the child does.
-func launch(cmd *exec.Cmd, exited chan struct{}, waitErr *error) error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- fmt.Errorf("start %s: %w", cmd.Path, err)
-			close(exited)
-			return
-		}
-		started <- nil
-		*waitErr = cmd.Wait()
-		close(exited)
-	}()
-	return <-started
-}
+func (d *daemon) pid() int { return d.h.PID() }
 
-// waitHealthy asks the built idexctl, as a sysadmin would, until idexd is
-// healthy; idexd exiting first is an error that quotes its log.
-func (d *daemon) waitHealthy(ctx context.Context, idexctl string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.exited:
-			if d.err == nil {
-				return fmt.Errorf("idexd exited at start with status 0: %s", d.logTail(2000))
-			}
-			return fmt.Errorf("idexd exited at start (%w): %s", d.err, d.logTail(2000))
-		case <-ctx.Done():
-			return fmt.Errorf("wait for idexd: %w", ctx.Err())
-		default:
-		}
-		out, err := exec.CommandContext(ctx, idexctl, "--socket", d.sock, "health").CombinedOutput()
-		if err == nil {
-			return nil
-		}
-		last = strings.TrimSpace(string(out))
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("idexd not healthy within 30s (idexctl health: %s): %s", last, d.logTail(2000))
-}
-
-func (d *daemon) pid() int { return d.cmd.Process.Pid }
-
-// stop sends SIGTERM, waits, and removes the directory and cgroup parent.
+// stop stops idexd (SIGTERM; killed after 60 s), keeps its log when asked
+// and removes its directory and cgroup parent.
 func (d *daemon) stop() error {
-	var errs []error
-	select {
-	case <-d.exited:
-	default:
-		if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			errs = append(errs, fmt.Errorf("signal idexd: %w", err))
-		}
-		select {
-		case <-d.exited:
-			if d.err != nil {
-				errs = append(errs, fmt.Errorf("idexd exit after SIGTERM: %w: %s", d.err, d.logTail(2000)))
-			}
-		case <-time.After(60 * time.Second):
-			errs = append(errs, errors.New("idexd did not exit within 60s of SIGTERM; killed"))
-			if err := d.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-				errs = append(errs, fmt.Errorf("kill idexd: %w", err))
-			}
-			<-d.exited
-		}
-	}
-	// The bench runs in idexd's cgroups (idexd is its child), so a
-	// Manager for the same relative parent names the same groups.
-	if m, err := cgroup.New(d.parent); err != nil {
-		errs = append(errs, fmt.Errorf("find cgroup parent %s to remove it: %w", d.parent, err))
-	} else if err := m.RemoveParent(); err != nil {
-		errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", d.parent, err))
-	}
+	err := d.h.Stop()
 	if d.keep != "" {
-		if err := copyFile(d.log, filepath.Join(d.keep, d.parent+".log")); err != nil {
-			errs = append(errs, err)
-		}
+		err = errors.Join(err, copyFile(d.log, filepath.Join(d.keep, d.h.CgroupParent+".log")))
 	}
-	if err := os.RemoveAll(d.dir); err != nil {
-		errs = append(errs, fmt.Errorf("remove %s: %w", d.dir, err))
-	}
-	return errors.Join(errs...)
+	return errors.Join(err, d.h.Cleanup())
 }
 
 func copyFile(from, to string) error {
@@ -213,17 +80,6 @@ func copyFile(from, to string) error {
 		return fmt.Errorf("keep idexd's log: %w", err)
 	}
 	return nil
-}
-
-func (d *daemon) logTail(n int) string {
-	b, err := os.ReadFile(d.log)
-	if err != nil {
-		return fmt.Sprintf("(cannot read idexd's log: %v)", err)
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return strings.TrimSpace(string(b))
 }
 
 var (

@@ -65,7 +65,7 @@ type CycleOptions struct {
 	// Warmup is the share of cycles left out of the slopes (default 0.1;
 	// see fit for the floor).
 	Warmup float64
-	// WarmRuns is the daemon's warm_runs, as in DaemonConfig (0: the
+	// WarmRuns is the daemon's warm_runs, as in harness.Config (0: the
 	// daemon's default, < 0: none): samples wait until that many warm
 	// helpers are ready.
 	WarmRuns int

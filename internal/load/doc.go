@@ -15,7 +15,7 @@
 //     the daemon's RSS, fds and goroutines sampled at rest, the
 //     least-squares slope of each checked against a documented threshold,
 //     and the namespaces and mounts of the last sample against the first.
-//   - a throwaway daemon (StartDaemon) for the tests and `make soak`.
+//   - a throwaway daemon (package harness) for the tests and `make soak`.
 //
 // The daemon is compared with itself only at rest (rest.go): no run active
 // and its warm pool full, three looks in a row. At the end of a mix, every

@@ -18,6 +18,7 @@ import (
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/client"
+	"github.com/idexd/idexd/internal/harness"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -93,7 +94,7 @@ while True:
 // no process of a student alive, every record ended (the killed runs
 // "lost"), every lock free (the same scripts start again).
 func TestKillUnderLoad(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{})
+	d := startDaemon(t, harness.Config{})
 	c := &client.Client{Socket: d.Socket, MaxIdleConns: 64}
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -268,7 +269,7 @@ func TestInterpreterRemoved(t *testing.T) {
 	dir := testutil.TraversableDir(t)
 	interp := filepath.Join(dir, "python3")
 	copyFile(t, testutil.Interpreter, interp, 0o755)
-	d := startDaemon(t, DaemonConfig{Interpreter: interp})
+	d := startDaemon(t, harness.Config{Interpreter: interp})
 	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -333,7 +334,7 @@ func v2Parent(t *testing.T, parent string) string {
 // Warm helpers are off: a warm slot's group exists already and would
 // (rightly) still serve a run or four.
 func TestCgroupParentUnwritable(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{WarmRuns: -1})
+	d := startDaemon(t, harness.Config{WarmRuns: -1})
 	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -430,7 +431,7 @@ func TestStateDiskFull(t *testing.T) {
 			t.Errorf("umount %s: %v %s", state, err, out)
 		}
 	})
-	d := startDaemon(t, DaemonConfig{Dir: dir, StateDir: state})
+	d := startDaemon(t, harness.Config{Dir: dir, StateDir: state})
 	c := &client.Client{Socket: d.Socket, MaxIdleConns: 4}
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -551,7 +552,7 @@ func TestStateDiskFull(t *testing.T) {
 // (ReadHeaderTimeout). Idle keep-alive ones are cut after the daemon's
 // IdleTimeout (2 min): too long for make test, measured by make soak.
 func TestManyConnections(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{})
+	d := startDaemon(t, harness.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rep, err := Connections(ctx, ConnOptions{Socket: d.Socket, PID: d.PID(), Conns: 1000, StuckReaders: 20,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/idexd/idexd/internal/harness"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -26,7 +27,7 @@ func TestCyclesCatchFDLeak(t *testing.T) {
 	bin := buildLeakyIdexd(t)
 	const every = 23
 	t.Setenv("IDEXD_TEST_LEAK_FD_EVERY", strconv.Itoa(every))
-	d := startDaemon(t, DaemonConfig{Idexd: bin, KeepEnded: "1s"})
+	d := startDaemon(t, harness.Config{Idexd: bin, KeepEnded: "1s"})
 	rep := shortCycles(t, d)
 	if rep.Pass() {
 		t.Fatalf("a daemon that leaks one fd every %d runs passed the cycles' check", every)

@@ -53,7 +53,7 @@ type Options struct {
 	// Settle bounds how long the checks wait for the daemon's counts to
 	// come back to what they were before the load.
 	Settle time.Duration
-	// WarmRuns is the daemon's warm_runs, as in DaemonConfig (0: the
+	// WarmRuns is the daemon's warm_runs, as in harness.Config (0: the
 	// daemon's default, < 0: none): the daemon is at rest, and compared,
 	// only with that many warm helpers ready.
 	WarmRuns int

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/harness"
 )
 
 // TestLoadShort is the short form of the soak inside make test: 60
@@ -14,7 +15,7 @@ import (
 // random stops and reattaching readers, bounded at 50 s of starting; then
 // every leftover check must read zero.
 func TestLoadShort(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{KeepEnded: "5m"})
+	d := startDaemon(t, harness.Config{KeepEnded: "5m"})
 	seed := uint64(time.Now().UnixNano())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -53,7 +54,7 @@ func TestLoadShort(t *testing.T) {
 // fds, goroutines, namespaces and mounts come back exactly. The RSS slope
 // needs tens of thousands of cycles to mean anything (make soak).
 func TestCyclesShort(t *testing.T) {
-	d := startDaemon(t, DaemonConfig{KeepEnded: "1s"})
+	d := startDaemon(t, harness.Config{KeepEnded: "1s"})
 	rep := shortCycles(t, d)
 	if !rep.Pass() || rep.Cycles != 240 {
 		t.Fatalf("cycles: %d done, failed: %v", rep.Cycles, rep.Failed)
@@ -71,7 +72,7 @@ func TestCyclesShort(t *testing.T) {
 }
 
 // shortCycles runs 240 cycles sampled every 60, RSS left unchecked.
-func shortCycles(t *testing.T, d *Daemon) *CycleReport {
+func shortCycles(t *testing.T, d *harness.Daemon) *CycleReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

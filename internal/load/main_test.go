@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idexd/idexd/internal/harness"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 // startDaemon starts a throwaway idexd (c.Idexd, or the one built for the
 // package) for the test and cleans it up (stop, cgroups swept and
 // removed, directory) when the test ends.
-func startDaemon(t *testing.T, c DaemonConfig) *Daemon {
+func startDaemon(t *testing.T, c harness.Config) *harness.Daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if c.Idexd == "" {
@@ -53,9 +54,12 @@ func startDaemon(t *testing.T, c DaemonConfig) *Daemon {
 	if c.Dir == "" {
 		c.Dir = testutil.TraversableDir(t)
 	}
+	if c.Name == "" {
+		c.Name, c.Host = "idexload", "idexload"
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := StartDaemon(ctx, c)
+	d, err := harness.Start(ctx, c)
 	if err != nil {
 		t.Fatalf("start idexd: %v", err)
 	}

@@ -31,7 +31,7 @@ const (
 )
 
 // WarmHelpers is the number of warm helpers a daemon configured with
-// warm (DaemonConfig.WarmRuns' convention: 0 the daemon's default, < 0
+// warm (harness.Config.WarmRuns' convention: 0 the daemon's default, < 0
 // none) keeps ready.
 func WarmHelpers(warm int) int {
 	switch {

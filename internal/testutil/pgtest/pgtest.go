@@ -37,7 +37,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +47,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/idexd/idexd/internal/harness"
 )
 
 // EnvURL names the variable that points the tests at an existing server;
@@ -79,7 +80,7 @@ func Start(t testing.TB) string {
 	requireInstalled(t)
 	shared.once.Do(func() {
 		var log []string
-		shared.c, log, shared.err = startCluster()
+		shared.c, log, shared.err = startCluster(ClusterOptions{})
 		for _, l := range log {
 			t.Log(l)
 		}
@@ -215,9 +216,7 @@ type Cluster struct {
 	dir  string
 	user string
 
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error // set before exited is closed
+	proc *harness.Process // the postmaster
 	// newCmd builds the postmaster's command again, for Resume.
 	newCmd func() (*exec.Cmd, *os.File, error)
 
@@ -231,7 +230,7 @@ type Cluster struct {
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
 	requireInstalled(t)
-	c, log, err := startCluster()
+	c, log, err := startCluster(ClusterOptions{})
 	for _, l := range log {
 		t.Log(l)
 	}
@@ -257,7 +256,7 @@ func (c *Cluster) Dir() string { return c.dir }
 // Pids returns the postmaster's pid followed by those of its children
 // (backends and auxiliary processes).
 func (c *Cluster) Pids() ([]int, error) {
-	pm := c.cmd.Process.Pid
+	pm := c.proc.PID()
 	out := []int{pm}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -288,17 +287,17 @@ func (c *Cluster) Pids() ([]int, error) {
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
-		if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		if err := c.proc.Cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			errs = append(errs, fmt.Errorf("signal postmaster: %w", err))
 		}
 		select {
-		case <-c.exited:
+		case <-c.proc.Exited():
 		case <-time.After(30 * time.Second):
 			errs = append(errs, errors.New("postmaster did not stop within 30s; killed"))
-			if err := c.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			if err := c.proc.Cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 				errs = append(errs, fmt.Errorf("kill postmaster: %w", err))
 			}
-			<-c.exited
+			<-c.proc.Exited()
 		}
 		if err := os.RemoveAll(c.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove cluster directory: %w", err))
@@ -308,9 +307,30 @@ func (c *Cluster) Stop() error {
 	return c.stopErr
 }
 
+// ClusterOptions vary a cluster.
+type ClusterOptions struct {
+	// Durable keeps PostgreSQL's default durability (fsync on), for a
+	// measurement (idexbench); tests turn it off for speed.
+	Durable bool
+}
+
+// Installed says why PostgreSQL's server cannot be started here, or nil.
+func Installed() error {
+	if _, err := binDir(); err != nil {
+		return fmt.Errorf("%s (%w)", installHint, err)
+	}
+	return nil
+}
+
+// StartCluster starts a cluster outside a test (idexbench): the caller
+// stops it. notes are lines for a log: leftover directories removed.
+func StartCluster(o ClusterOptions) (c *Cluster, notes []string, err error) {
+	return startCluster(o)
+}
+
 // startCluster runs initdb and starts the server; log holds notes for the
 // test log (directories of dead test binaries that were removed).
-func startCluster() (c *Cluster, log []string, err error) {
+func startCluster(o ClusterOptions) (c *Cluster, log []string, err error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, nil, err
@@ -329,7 +349,7 @@ func startCluster() (c *Cluster, log []string, err error) {
 	if err != nil {
 		return nil, log, fmt.Errorf("cluster directory: %w", err)
 	}
-	c = &Cluster{dir: dir, user: owner, exited: make(chan struct{})}
+	c = &Cluster{dir: dir, user: owner}
 	fail := func(err error) (*Cluster, []string, error) {
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove %s: %w", dir, rerr))
@@ -358,8 +378,10 @@ func startCluster() (c *Cluster, log []string, err error) {
 	}
 	// Only a socket in the cluster's own directory; durability is
 	// pointless for a throwaway cluster and slows every test.
-	conf := fmt.Sprintf("\n# pgtest\nlisten_addresses = ''\nunix_socket_directories = '%s'\n"+
-		"fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 32MB\nmax_connections = 100\n", dir)
+	conf := fmt.Sprintf("\n# pgtest\nlisten_addresses = ''\nunix_socket_directories = '%s'\nshared_buffers = 32MB\nmax_connections = 100\n", dir)
+	if !o.Durable {
+		conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+	}
 	if err := appendFile(filepath.Join(data, "postgresql.conf"), conf); err != nil {
 		return fail(err)
 	}
@@ -398,8 +420,7 @@ func (c *Cluster) start() error {
 	if err != nil {
 		return err
 	}
-	c.cmd, c.exited = cmd, make(chan struct{})
-	err = c.launch()
+	c.proc, err = harness.Launch(cmd)
 	if cerr := logf.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close server log: %w", cerr)
 	}
@@ -409,11 +430,11 @@ func (c *Cluster) start() error {
 // Halt stops the server (fast shutdown) and keeps its data, so that a test
 // can show what a database outage does; Resume starts it again.
 func (c *Cluster) Halt() error {
-	if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := c.proc.Cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("signal postmaster: %w", err)
 	}
 	select {
-	case <-c.exited:
+	case <-c.proc.Exited():
 		return nil
 	case <-time.After(30 * time.Second):
 		return errors.New("postmaster did not stop within 30s")
@@ -429,35 +450,13 @@ func (c *Cluster) Resume() error {
 	return c.waitReady(30 * time.Second)
 }
 
-// launch starts the postmaster from a goroutine locked to its OS thread.
-// The parent-death signal fires when the thread that forked the child
-// exits, not the process; a locked goroutine keeps its thread to itself,
-// and this one stays until the postmaster exits, so the signal fires only
-// when the whole test binary dies. (Returning still locked ends the
-// thread, which is harmless by then.)
-func (c *Cluster) launch() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := c.cmd.Start(); err != nil {
-			started <- fmt.Errorf("start postgres: %w", err)
-			close(c.exited)
-			return
-		}
-		started <- nil
-		c.waitErr = c.cmd.Wait()
-		close(c.exited)
-	}()
-	return <-started
-}
-
 func (c *Cluster) waitReady(limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	var last error
 	for time.Now().Before(deadline) {
 		select {
-		case <-c.exited:
-			return fmt.Errorf("postgres exited at start (%w); its log:\n%s", c.waitErr, c.logTail())
+		case <-c.proc.Exited():
+			return fmt.Errorf("postgres exited at start (%w); its log:\n%s", c.proc.Err(), c.logTail())
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
