@@ -462,7 +462,20 @@ func moveSelfToLeaf(own string) (string, error) {
 // hierarchy only (v1 after their v2 twin went) go too. The parent stays
 // locked until it is gone, so no other idexd takes it meanwhile.
 func (m *Manager) RemoveParent() error {
-	dirs := []string{filepath.Join(m.v2Mount, m.v2Parent)}
+	dirs, err := m.dirsOf("")
+	errs := []error{err}
+	for _, d := range dirs {
+		errs = append(errs, removeTree(d))
+	}
+	return errors.Join(append(errs, m.Close())...)
+}
+
+// dirsOf is the directories of group rel under the parent: on a hybrid
+// host in each v1 hierarchy a run joins, then in v2. The v2 one comes last
+// because a sweep finds leftovers by it: removed last, a group whose v1
+// twin could not go is still found and tried again.
+func (m *Manager) dirsOf(rel string) ([]string, error) {
+	var dirs []string
 	var errs []error
 	if m.mode == ModeHybrid {
 		for _, n := range v1Controllers {
@@ -471,13 +484,10 @@ func (m *Manager) RemoveParent() error {
 				errs = append(errs, fmt.Errorf("find v1 %s parent: %w", n, err))
 				continue
 			}
-			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", string(n), p))
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", string(n), p, rel))
 		}
 	}
-	for _, d := range dirs {
-		errs = append(errs, removeTree(d))
-	}
-	return errors.Join(append(errs, m.Close())...)
+	return append(dirs, filepath.Join(m.v2Mount, m.v2Parent, rel)), errors.Join(errs...)
 }
 
 // removeTree removes the group dir and those under it, deepest first. A
@@ -505,23 +515,12 @@ func removeTree(dir string) error {
 
 // removeGroup removes the (empty) group rel under the parent in every hierarchy.
 func (m *Manager) removeGroup(rel string) error {
-	var errs []error
-	if m.mode == ModeHybrid {
-		for _, n := range v1Controllers {
-			p, err := m.v1Parent(n)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("find v1 %s parent: %w", n, err))
-				continue
-			}
-			d := filepath.Join("/sys/fs/cgroup", string(n), p, rel)
-			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove v1 cgroup %s: %w", d, err))
-			}
+	dirs, err := m.dirsOf(rel)
+	errs := []error{err}
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 		}
-	}
-	d := filepath.Join(m.v2Mount, m.v2Parent, rel)
-	if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 	}
 	return errors.Join(errs...)
 }
