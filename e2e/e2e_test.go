@@ -64,6 +64,7 @@ type daemonOpts struct {
 	host     string
 	extra    string
 	students string
+	maxRuns  int // 0: the harness's default
 	// degraded: do not wait for health ok at start, only for an answer.
 	degraded bool
 }
@@ -80,6 +81,7 @@ func newDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	h, err := harness.Start(ctx, harness.Config{
 		Idexd: filepath.Join(binDir, "idexd"), Dir: testutil.TraversableDir(t), Students: o.students,
 		Name: "idexd-e2e", Host: o.host, Interpreter: testutil.Interpreter, Extra: o.extra, Degraded: o.degraded,
+		MaxRuns: o.maxRuns,
 	})
 	if err != nil {
 		t.Fatal(err)

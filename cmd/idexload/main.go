@@ -74,7 +74,8 @@ func run(args []string) int {
 		if mr == 0 {
 			mr = max(256, *hold+*conc+16)
 		}
-		d, err := harness.Start(ctx, harness.Config{Idexd: *spawn, Name: "idexload", Host: "idexload", MaxRuns: mr, KeepEnded: *keepEnded, WarmRuns: *warmRuns})
+		d, err := harness.Start(ctx, harness.Config{Idexd: *spawn, Name: "idexload", Host: "idexload", MaxRuns: mr, KeepEnded: *keepEnded, WarmRuns: *warmRuns,
+			NoStudentLimits: true})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "idexload: start idexd:", err)
 			return 2

@@ -129,6 +129,11 @@ type RunRequest struct {
 	Args    []string `json:"args,omitempty"`
 	Mode    Mode     `json:"mode,omitempty"`
 	Limits  Limits   `json:"limits"`
+	// WaitSeconds is how long the start may wait in this host's admission
+	// queue for a free slot when the host runs max_runs already (at most
+	// the configured max_wait_seconds; a longer wait is cut to it). 0:
+	// refused at_capacity at once.
+	WaitSeconds int `json:"wait_seconds,omitempty"`
 }
 
 // Run is the run object: what the server knows of one run.
@@ -226,8 +231,31 @@ type Health struct {
 	Store      string `json:"store"`
 	// Network is what network runs get: "none" (a namespace with only lo)
 	// or "host" (the host's, the instance metadata service included).
-	Network string  `json:"network"`
-	Checks  []Check `json:"checks"`
+	Network string `json:"network"`
+	// Queue is the admission queue: starts waiting for a free slot.
+	Queue  QueueHealth `json:"queue"`
+	Checks []Check     `json:"checks"`
+}
+
+// QueueHealth is the admission queue as health shows it.
+type QueueHealth struct {
+	// Length is how many starts wait now, OldestWaitMS how long the one
+	// that waits longest has waited.
+	Length       int   `json:"length"`
+	OldestWaitMS int64 `json:"oldest_wait_ms"`
+	// Max is how many may wait at once (queue_max); 0: there is no queue
+	// (max_wait_seconds = 0).
+	Max int `json:"max"`
+}
+
+// StudentStop is the body of POST /v1/students/{name}/stop: every run of
+// the student that was stopped, as it ended, and how many starts of the
+// student that waited in the admission queue were refused
+// (student_stopped).
+type StudentStop struct {
+	Student         string `json:"student"`
+	Stopped         []Run  `json:"stopped"`
+	QueuedCancelled int    `json:"queued_cancelled"`
 }
 
 // Health statuses.

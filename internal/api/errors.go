@@ -41,6 +41,12 @@ const (
 	CodeFileTooLarge      Code = "file_too_large"
 	CodeQuotaExceeded     Code = "quota_exceeded"
 	CodeDiskFull          Code = "disk_full"
+	// Codes of fair admission (POST /v1/runs): a student past
+	// max_runs_per_student, past student_starts_per_minute, and a start
+	// that waited in the queue while an admin stopped the student's runs.
+	CodeStudentBusy    Code = "student_busy"
+	CodeRateLimited    Code = "rate_limited"
+	CodeStudentStopped Code = "student_stopped"
 )
 
 // Codes lists every Code, for the tests that hold the documentation and
@@ -52,6 +58,7 @@ var Codes = []Code{
 	CodeTimeout, CodeInternal,
 	CodeFileNotFound, CodeNotRegular, CodeNotDirectory, CodeFileExists, CodeDirectoryNotEmpty,
 	CodePermissionDenied, CodeFileTooLarge, CodeQuotaExceeded, CodeDiskFull,
+	CodeStudentBusy, CodeRateLimited, CodeStudentStopped,
 }
 
 // Error is the one error type of the protocol. The server writes it as
@@ -63,6 +70,12 @@ type Error struct {
 	// RunID names the run an error is about: the running run for
 	// `locked`, the failed run for `start_failed`.
 	RunID string `json:"run_id,omitempty"`
+	// RunIDs names the student's running runs for `student_busy`, so that
+	// the web tier can offer to stop one.
+	RunIDs []string `json:"run_ids,omitempty"`
+	// RetryAfterS is, for `rate_limited`, how many seconds until the
+	// student may start again; the server also sends it as Retry-After.
+	RetryAfterS int `json:"retry_after_s,omitempty"`
 	// Cause is the error underneath, on this side of the wire only: the
 	// daemon's logs and errors.Is/As see it; clients get its text in
 	// Message.
@@ -130,6 +143,10 @@ var (
 	ErrFileTooLarge      = &Error{Code: CodeFileTooLarge}
 	ErrQuotaExceeded     = &Error{Code: CodeQuotaExceeded}
 	ErrDiskFull          = &Error{Code: CodeDiskFull}
+
+	ErrStudentBusy    = &Error{Code: CodeStudentBusy}
+	ErrRateLimited    = &Error{Code: CodeRateLimited}
+	ErrStudentStopped = &Error{Code: CodeStudentStopped}
 )
 
 // Errorf builds an *Error with a formatted message.
@@ -149,7 +166,7 @@ func AsError(err error) *Error {
 
 		return e
 	}
-	return &Error{Code: e.Code, Message: trimCode(err, e), RunID: e.RunID, Cause: e.Cause}
+	return &Error{Code: e.Code, Message: trimCode(err, e), RunID: e.RunID, RunIDs: e.RunIDs, RetryAfterS: e.RetryAfterS, Cause: e.Cause}
 }
 
 // trimCode returns err's text without the " (code)" suffix that the inner

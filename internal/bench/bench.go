@@ -42,6 +42,7 @@ type Options struct {
 	OutputN        int
 	OutputMiB      int
 	Live           int
+	ClassRounds    int
 	Only           map[string]bool
 	// KeepLogs, when set, is a directory where each idexd's log is copied
 	// before its temporary directory is removed, for a closer look.
@@ -49,7 +50,7 @@ type Options struct {
 }
 
 // sections in the order they run.
-var sections = []string{"latency", "idle", "throughput", "stop", "output", "memory", "postgres"}
+var sections = []string{"latency", "idle", "throughput", "stop", "output", "memory", "class", "postgres"}
 
 func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	o := Options{}
@@ -70,6 +71,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.OutputN, "output-n", 5, "output-throughput pairs")
 	fs.IntVar(&o.OutputMiB, "output-mib", 64, "MiB the output script writes")
 	fs.IntVar(&o.Live, "live", 200, "live sleeping runs for the memory figures")
+	fs.IntVar(&o.ClassRounds, "class-rounds", 3, "rounds of the class-at-once burst per side")
 	fs.StringVar(&o.KeepLogs, "keep-logs", "", "copy each idexd's log into this directory before removing it")
 	only := fs.String("only", "", "comma-separated sections to run: "+strings.Join(sections, ","))
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +104,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"n", o.N}, {"idle-n", o.IdleN}, {"rounds", o.Rounds}, {"stop-n", o.StopN}, {"output-n", o.OutputN}, {"output-mib", o.OutputMiB}, {"live", o.Live}} {
+	}{{"n", o.N}, {"idle-n", o.IdleN}, {"rounds", o.Rounds}, {"stop-n", o.StopN}, {"output-n", o.OutputN}, {"output-mib", o.OutputMiB}, {"live", o.Live}, {"class-rounds", o.ClassRounds}} {
 		if v.n < 1 {
 			return Options{}, fmt.Errorf("-%s must be at least 1, got %d", v.name, v.n)
 		}
@@ -193,6 +195,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		b.progress("memory: %d live sleeping runs on a fresh idexd", o.Live)
 		if err := b.memory(ctx); err != nil {
 			b.fail("memory", err)
+		}
+	}
+	if ctx.Err() == nil && o.wants("class") {
+		b.progress("class: %d students press Run within %s while another runs %d hogs", classStudents, classSpread, classHogs)
+		if err := b.class(ctx); err != nil {
+			b.fail("class", err)
 		}
 	}
 	if ctx.Err() == nil && o.wants("postgres") {

@@ -27,29 +27,37 @@ type cpuUse struct {
 // whatever the kernel's own tick rate.
 const userHZ = 100
 
-func readCPU(daemonPid int) (cpuUse, error) {
-	var u cpuUse
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(daemonPid) + "/stat")
+// statTimes reads utime, stime, cutime and cstime of a process.
+func statTimes(pid int) ([4]time.Duration, error) {
+	var out [4]time.Duration
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return u, fmt.Errorf("read idexd's stat: %w", err)
+		return out, fmt.Errorf("read stat of %d: %w", pid, err)
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	// After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
 	if len(f) < 15 {
-		return u, fmt.Errorf("idexd's stat has %d fields after the command", len(f))
+		return out, fmt.Errorf("stat of %d has %d fields after the command", pid, len(f))
 	}
-	ticks := make([]int64, 4)
-	for i := range ticks {
+	for i := range out {
 		v, err := strconv.ParseInt(f[11+i], 10, 64)
 		if err != nil {
-			return u, fmt.Errorf("parse idexd's stat field %d %q: %w", 14+i, f[11+i], err)
+			return out, fmt.Errorf("parse stat field %d %q of %d: %w", 14+i, f[11+i], pid, err)
 		}
-		ticks[i] = v
+		out[i] = time.Duration(v) * (time.Second / userHZ)
 	}
-	tick := time.Second / userHZ
-	u.daemon = time.Duration(ticks[0]+ticks[1]) * tick
-	u.daemonKids = time.Duration(ticks[2]+ticks[3]) * tick
+	return out, nil
+}
+
+func readCPU(daemonPid int) (cpuUse, error) {
+	var u cpuUse
+	t, err := statTimes(daemonPid)
+	if err != nil {
+		return u, fmt.Errorf("idexd: %w", err)
+	}
+	u.daemon = t[0] + t[1]
+	u.daemonKids = t[2] + t[3]
 	var self, kids unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &self); err != nil {
 		return u, fmt.Errorf("getrusage self: %w", err)

@@ -23,8 +23,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -81,6 +79,9 @@ type Manager struct {
 	// (a container that delegates none): runs there are tracked and
 	// killed, but not limited.
 	missing []string
+	// studentTotals bound all of a student's runs together, in the
+	// student's group (SetStudentTotals); zero fields: no bound.
+	studentTotals Limits
 }
 
 // limitControllers are the v2 controllers that hold a run's limits.
@@ -161,30 +162,6 @@ func New(parent string) (*Manager, error) {
 	return m, nil
 }
 
-// SetWarmShare weighs warm.pool's CPU like n student groups, as it holds n
-// running runs (and idle helpers, which use none): without it every warm
-// run would share one group's weight against each cold student's.
-func (m *Manager) SetWarmShare(n int) error {
-	n = max(n, 1)
-	var file, val string
-	switch {
-	case m.mode == ModeHybrid:
-		rel, err := m.v1Parent(cgroup1.Cpu)
-		if err != nil {
-			return fmt.Errorf("find v1 cpu parent: %w", err)
-		}
-		file, val = filepath.Join("/sys/fs/cgroup/cpu", rel, WarmDir, "cpu.shares"), strconv.Itoa(1024*n)
-	case !slices.Contains(m.missing, "cpu"):
-		file, val = filepath.Join(m.v2Mount, m.v2Parent, WarmDir, "cpu.weight"), strconv.Itoa(min(100*n, 10000))
-	default:
-		return nil
-	}
-	if err := os.WriteFile(file, []byte(val), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("weigh warm runs' CPU (%s = %s): %w", file, val, err)
-	}
-	return nil
-}
-
 // Close gives up the parent, for the next idexd.
 func (m *Manager) Close() error {
 	if err := m.lock.Close(); err != nil {
@@ -236,19 +213,27 @@ func (m *Manager) Check() error {
 	return nil
 }
 
-// WarmDir holds the groups prepared ahead of time for warm helpers; the
-// dot keeps it apart from every student's name.
-const WarmDir = "warm.pool"
+// WarmPrefix starts the name of each group prepared ahead of time for a
+// warm helper, <parent>/warm.<id>; the dot keeps it apart from every
+// student's name. The groups sit beside the students' groups, not in a
+// directory of their own: a claimed helper's group must weigh its CPU as
+// a part of its student's share (SetShare), which only a sibling of the
+// students' groups can do (see SetShare).
+const WarmPrefix = "warm."
 
-// Create makes the groups of one run with its limits applied.
+// Create makes the groups of one run with its limits applied, under the
+// student's group (which gets the student's totals first, when set).
 func (m *Manager) Create(student, id string, lim Limits) (*Group, error) {
+	if err := m.prepareStudent(student); err != nil {
+		return nil, err
+	}
 	return m.create(filepath.Join(student, id), lim)
 }
 
 // CreateWarm makes a group for a warm helper, with lim until a run claims
 // it and sets its own.
 func (m *Manager) CreateWarm(id string, lim Limits) (*Group, error) {
-	return m.create(filepath.Join(WarmDir, id), lim)
+	return m.create(WarmPrefix+id, lim)
 }
 
 func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
@@ -534,7 +519,8 @@ func (m *Manager) RunGroups() ([]string, error) {
 	}
 	var out []string
 	for _, s := range studs {
-		if !s.IsDir() || strings.HasPrefix(s.Name(), ".") || s.Name() == WarmDir {
+		// Students' names have no dot; probes and warm groups do.
+		if !s.IsDir() || strings.Contains(s.Name(), ".") {
 			continue
 		}
 		runs, err := os.ReadDir(filepath.Join(dir, s.Name()))
@@ -550,9 +536,9 @@ func (m *Manager) RunGroups() ([]string, error) {
 	return out, nil
 }
 
-// WarmGroups lists the prepared groups of idle warm helpers.
+// WarmGroups lists the groups of warm helpers, idle or claimed by a run.
 func (m *Manager) WarmGroups() ([]string, error) {
-	dir := filepath.Join(m.v2Mount, m.v2Parent, WarmDir)
+	dir := filepath.Join(m.v2Mount, m.v2Parent)
 	ds, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -562,8 +548,8 @@ func (m *Manager) WarmGroups() ([]string, error) {
 	}
 	var out []string
 	for _, d := range ds {
-		if d.IsDir() {
-			out = append(out, WarmDir+"/"+d.Name())
+		if d.IsDir() && strings.HasPrefix(d.Name(), WarmPrefix) {
+			out = append(out, d.Name())
 		}
 	}
 	return out, nil

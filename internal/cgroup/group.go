@@ -52,28 +52,12 @@ func (g *Group) Update(lim Limits) error {
 	return setV2Swap(g.v2Path)
 }
 
-// updateV1Memory writes the v1 memory limits itself: memsw must never be
-// below memory, so raising writes memsw first and lowering memory first.
-// cgroup1's Update swaps the wrong pair of settings, and raising a warm
-// group's 256 MiB to 512 failed with EINVAL.
+// updateV1Memory writes the v1 memory limits itself (setV1MemoryLimit),
+// then the cap on socket buffers.
 func (g *Group) updateV1Memory(lim Limits) error {
 	dir := g.v1Dirs[cgroup1.Memory]
-	cur, err := readInt(filepath.Join(dir, "memory.limit_in_bytes"))
-	if err != nil {
+	if err := setV1MemoryLimit(dir, lim.MemoryBytes, g.v1Swap); err != nil {
 		return err
-	}
-	mem := strconv.FormatInt(lim.MemoryBytes, 10)
-	order := []string{"memory.limit_in_bytes"}
-	if g.v1Swap {
-		order = append(order, "memory.memsw.limit_in_bytes")
-		if lim.MemoryBytes > cur {
-			order[0], order[1] = order[1], order[0]
-		}
-	}
-	for _, f := range order {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte(mem), 0); err != nil {
-			return fmt.Errorf("set %s of %s to %s: %w", f, dir, mem, err)
-		}
 	}
 	tcp := strconv.FormatInt(socketBytes(lim), 10)
 	if err := os.WriteFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp), 0); err != nil {

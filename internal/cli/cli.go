@@ -285,13 +285,30 @@ func (a *app) show(ctx context.Context, c *call) (int, error) {
 }
 
 func (a *app) stop(ctx context.Context, c *call) (int, error) {
+	if len(c.args) == 0 && !c.isSet("student") {
+		return ExitError, usagef(c.cmd, "name the runs to stop (their ids) or a student (--student NAME)")
+	}
 	var errs []error
+	var stopped []api.Run
+	if name := c.str("student"); name != "" {
+		out, err := a.c.StopStudent(ctx, name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stop the runs of %s: %w", name, err))
+		}
+		stopped = out.Stopped
+		if err == nil && !a.json {
+			fmt.Fprintf(a.stdout, "%s: %d runs stopped, %d waiting starts refused\n", name, len(out.Stopped), out.QueuedCancelled)
+		}
+	}
 	for _, id := range c.args {
 		r, err := a.c.StopRun(ctx, id)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("stop %s: %w", id, err))
 			continue
 		}
+		stopped = append(stopped, r)
+	}
+	for _, r := range stopped {
 		if a.json {
 			if err := a.printJSON(r); err != nil {
 				return ExitError, err

@@ -171,9 +171,19 @@ escaped on a terminal, as for run, unless --raw.`,
 			run: (*app).logs,
 		},
 		{
-			name: "stop", args: "ID...", minArgs: 1, maxArgs: -1, argComplete: compLive,
-			summary: "stop runs; returns once each run's processes are gone",
-			run:     (*app).stop,
+			name: "stop", args: "[ID...]", minArgs: 0, maxArgs: -1, argComplete: compLive,
+			summary: "stop runs, or every run of a student; returns once the processes are gone",
+			help: `Stops each run ID, or with --student every run of that student on this
+host (an admin's command: idexd answers forbidden to the web tier's
+group), and refuses the student's starts that wait for a free slot
+(student_stopped). Returns once every stopped run's processes are gone;
+prints each run's id and end reason. idexd logs who asked.
+
+  idexctl stop 3f2a9c0d1e4b5a69
+  idexctl stop --student mallory`,
+			flags: []*flagDef{{name: "student", arg: "NAME", usage: "stop every run of this student (admin)",
+				parse: parseStudent, complete: compStudents}},
+			run: (*app).stop,
 		},
 		{
 			name: "history", maxArgs: 0,

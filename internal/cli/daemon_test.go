@@ -118,8 +118,13 @@ func TestPsShowsStartDate(t *testing.T) {
 	if got := complete(t, "zsh", "run", "--socket="+sock, "--student", "al"); len(got) != 2 || !strings.HasPrefix(got[1], "alice:uid ") {
 		t.Errorf("completion of --student: %q, want alice", got)
 	}
-	if out, errOut, code := ctl(t, nil, "--socket", sock, "stop", id); code != 0 {
-		t.Fatalf("stop: %d %s %s", code, out, errOut)
+	// An admin's stop of every run of a student (root is admin).
+	out, errOut, code = ctl(t, nil, "--socket", sock, "stop", "--student", "alice")
+	if code != 0 || out != "alice: 1 runs stopped, 0 waiting starts refused\n"+id+" stopped\n" {
+		t.Fatalf("stop --student: exit %d, stdout %q, stderr %q; want the run %s stopped", code, out, errOut, id)
+	}
+	if _, errOut, code := ctl(t, nil, "--socket", sock, "stop"); code != 1 || !strings.Contains(errOut, "--student NAME") {
+		t.Errorf("stop without ids or --student: exit %d, stderr %q", code, errOut)
 	}
 }
 

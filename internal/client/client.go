@@ -246,6 +246,13 @@ func (c *Client) StopRun(ctx context.Context, id string) (api.Run, error) {
 	return r, c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/stop", nil, &r)
 }
 
+// StopStudent stops every run of a student (admin) and returns them as
+// they ended, once their processes are gone.
+func (c *Client) StopStudent(ctx context.Context, name string) (api.StudentStop, error) {
+	var out api.StudentStop
+	return out, c.send(ctx, "POST", "/v1/students/"+url.PathEscape(name)+"/stop", nil, &out)
+}
+
 // WriteStdin feeds the run's stdin; eof closes it afterwards.
 func (c *Client) WriteStdin(ctx context.Context, id string, p []byte, eof bool) error {
 	path := "/v1/runs/" + url.PathEscape(id) + "/stdin"

@@ -69,6 +69,23 @@ type Config struct {
 	// WarmRuns is how many helpers wait, already in their cgroups, for the
 	// next runs: it takes the slow cgroup move off the start path.
 	WarmRuns int `toml:"warm_runs"`
+	// MaxRunsPerStudent caps one student's runs, running or waiting in the
+	// admission queue (student_busy); 0: no cap.
+	MaxRunsPerStudent int `toml:"max_runs_per_student"`
+	// StudentStartsPerMinute is each student's start rate, a token bucket
+	// that holds this many starts (rate_limited); 0: no limit.
+	StudentStartsPerMinute int `toml:"student_starts_per_minute"`
+	// MaxWaitSeconds caps how long a start may wait for a free slot in the
+	// admission queue when the host runs max_runs (its wait_seconds); 0:
+	// no queue.
+	MaxWaitSeconds int `toml:"max_wait_seconds"`
+	// QueueMax is how many starts may wait in the queue at once.
+	QueueMax int `toml:"queue_max"`
+	// StudentMemoryMB and StudentPids bound all of a student's runs
+	// together, in the student's cgroup; 0: no bound. They need warm_runs
+	// = 0: a warm helper's group is not under the student's.
+	StudentMemoryMB int64 `toml:"student_memory_mb"`
+	StudentPids     int64 `toml:"student_pids"`
 	// ShutdownGrace is how long running runs may go on after SIGTERM.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// KeepEnded is how long an ended run's events stay in memory for late readers.
@@ -151,6 +168,13 @@ func Default() Config {
 		QuotaMB:       100,
 		QuotaFiles:    10000,
 		FileMaxMB:     16,
+
+		// Issue 12's fair share: a student may run 4 at once and start 60
+		// a minute; a start may wait half a minute for a slot.
+		MaxRunsPerStudent:      4,
+		StudentStartsPerMinute: 60,
+		MaxWaitSeconds:         30,
+		QueueMax:               1024,
 	}
 }
 
@@ -321,6 +345,7 @@ func (c *Config) Validate() error {
 	if c.WarmRuns < 0 || c.WarmRuns > c.MaxRuns {
 		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
 	}
+	errs = append(errs, c.validateFair()...)
 	if c.KeepEndedMB < 1 {
 		errs = append(errs, fmt.Errorf("keep_ended_mb must be at least 1, got %d", c.KeepEndedMB))
 	}
@@ -364,6 +389,34 @@ func checkLimits(section string, l api.Limits) []error {
 	var errs []error
 	for _, err := range l.Unset() {
 		errs = append(errs, fmt.Errorf("%s.%w", section, err))
+	}
+	return errs
+}
+
+// maxWaitCap keeps a start's wait inside the server's 60 s bound on a
+// request, with time left for the start itself.
+const maxWaitCap = 50
+
+// validateFair checks issue 12's fair-share keys.
+func (c *Config) validateFair() []error {
+	var errs []error
+	if c.MaxRunsPerStudent < 0 {
+		errs = append(errs, fmt.Errorf("max_runs_per_student must be 0 (no cap) or positive, got %d", c.MaxRunsPerStudent))
+	}
+	if c.StudentStartsPerMinute < 0 {
+		errs = append(errs, fmt.Errorf("student_starts_per_minute must be 0 (no limit) or positive, got %d", c.StudentStartsPerMinute))
+	}
+	if c.MaxWaitSeconds < 0 || c.MaxWaitSeconds > maxWaitCap {
+		errs = append(errs, fmt.Errorf("max_wait_seconds must be 0 (no queue)..%d (a request is cut after 60 s), got %d", maxWaitCap, c.MaxWaitSeconds))
+	}
+	if c.QueueMax < 1 || c.QueueMax > 100000 {
+		errs = append(errs, fmt.Errorf("queue_max must be 1..100000, got %d", c.QueueMax))
+	}
+	if c.StudentMemoryMB < 0 || c.StudentPids < 0 {
+		errs = append(errs, fmt.Errorf("student_memory_mb and student_pids must be 0 (no bound) or positive, got %d and %d", c.StudentMemoryMB, c.StudentPids))
+	}
+	if (c.StudentMemoryMB > 0 || c.StudentPids > 0) && c.WarmRuns > 0 {
+		errs = append(errs, fmt.Errorf("student_memory_mb and student_pids bound the runs in each student's cgroup, where warm helpers are not: set warm_runs = 0 with them (got warm_runs = %d)", c.WarmRuns))
 	}
 	return errs
 }

@@ -46,6 +46,7 @@ func checkConfig(ctx context.Context, cfg config.Config, loadErr error, out io.W
 		cfg.Socket, cfg.WorkdirRoot, cfg.StateDir, cfg.CgroupParent, db, cfg.Host)
 	fmt.Fprintf(out, "      uids %s %d-%d, max_runs %d, warm_runs %d, defaults %s, max %s\n",
 		cfg.UIDSource, cfg.UIDMin, cfg.UIDMax, cfg.MaxRuns, cfg.WarmRuns, limitsText(cfg.Defaults), limitsText(cfg.Max))
+	fmt.Fprintf(out, "      %s\n", fairText(cfg))
 	var root error
 	if os.Geteuid() != 0 {
 		root = errors.New("not root: idexd must run as root (it creates cgroups and starts runs as per-student uids)")
@@ -99,4 +100,11 @@ func checkUIDRange(cfg config.Config, log *slog.Logger) error {
 		log.Warn(warn)
 	}
 	return nil
+}
+
+// fairText says the fair-share settings (0 is off), for --check-config
+// and the start-up log.
+func fairText(cfg config.Config) string {
+	return fmt.Sprintf("per student: max_runs_per_student %d, student_starts_per_minute %d, student_memory_mb %d, student_pids %d; queue: max_wait_seconds %d, queue_max %d",
+		cfg.MaxRunsPerStudent, cfg.StudentStartsPerMinute, cfg.StudentMemoryMB, cfg.StudentPids, cfg.MaxWaitSeconds, cfg.QueueMax)
 }

@@ -163,6 +163,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	d.closers = append(d.closers, d.closeCgroups)
+	d.cg.SetStudentTotals(cgroup.Limits{MemoryBytes: cfg.StudentMemoryMB << 20, Pids: cfg.StudentPids})
 	if missing := d.cg.Missing(); len(missing) > 0 {
 		if !cfg.AllowUnlimited {
 			return nil, fmt.Errorf("cgroups: the controllers %v are not available under %s, so runs could not be limited: "+
@@ -238,13 +239,16 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		Helper: helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
 		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,
 		Setup: inside.Setup{Network: inside.Network(cfg.Network), TmpBytes: cfg.TmpMB << 20},
+		Fair: run.Fair{MaxPerStudent: cfg.MaxRunsPerStudent, StartsPerMinute: cfg.StudentStartsPerMinute,
+			MaxWait: time.Duration(cfg.MaxWaitSeconds) * time.Second, QueueMax: cfg.QueueMax},
 	})
 	if err != nil {
 		return nil, err
 	}
+	log.Info("fair share between students", "settings", fairText(cfg))
 	// Discards the warm helpers; after Run's drain there is nothing left.
 	d.closers = append(d.closers, func() error { return d.eng.Shutdown(context.Background(), 0) })
-	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts, StoreErrors: d.st.Errors}
+	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts, StoreErrors: d.st.Errors, Queue: d.eng.Queue}
 	if stats, ok := d.locker.(lock.Stats); ok {
 		src.LockCounts, src.LocksLost = stats.Counts, stats.Lost
 	}

@@ -45,6 +45,10 @@ type Config struct {
 	WarmRuns    int    // -1: 0 warm runs; 0: the daemon's default
 	KeepEnded   string // default the daemon's (10m)
 	LogLevel    string // default the daemon's (info)
+	// NoStudentLimits turns off the per-student cap and start rate
+	// (issue 12) for a load or a benchmark that starts one student's runs
+	// far more often, and more at once, than a class does.
+	NoStudentLimits bool
 	// Extra is appended to the TOML configuration.
 	Extra string
 	// Degraded: Start waits only until health answers, not until it is ok
@@ -149,6 +153,9 @@ func config(c Config) string {
 	}
 	if c.LogLevel != "" {
 		conf += fmt.Sprintf("log_level = %q\n", c.LogLevel)
+	}
+	if c.NoStudentLimits {
+		conf += "max_runs_per_student = 0\nstudent_starts_per_minute = 0\n"
 	}
 	return conf + c.Extra
 }

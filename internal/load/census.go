@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/idexd/idexd/internal/cgroup"
 )
 
 // nsTypes are the namespace types counted. A process's pid_for_children
@@ -40,7 +42,7 @@ func fdKind(fd int, target string) string {
 	case fd <= 2:
 		return "stdio"
 	case strings.HasPrefix(target, "/sys/fs/cgroup/"):
-		if strings.Contains(target, "/warm.pool/") {
+		if strings.HasPrefix(filepath.Base(target), cgroup.WarmPrefix) {
 			return "warm cgroup"
 		}
 		return "cgroup"

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/client"
 )
 
@@ -237,7 +238,7 @@ type cgroupDirs struct {
 
 // learn records the parent from a run's cgroups (its /proc/self/cgroup,
 // as the run printed it): its path in a hierarchy ends with
-// /<student>/<run id> (a cold start) or /warm.pool/<slot> (a warm start).
+// /<student>/<run id> (a cold start) or /warm.<slot> (a warm start).
 func (c *cgroupDirs) learn(cgroups, student, runID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -249,8 +250,8 @@ func (c *cgroupDirs) learn(cgroups, student, runID string) {
 		switch {
 		case strings.HasSuffix(p, "/"+student+"/"+runID):
 			parent = strings.TrimSuffix(p, "/"+student+"/"+runID)
-		case strings.Contains(p, "/warm.pool/"):
-			parent = p[:strings.Index(p, "/warm.pool/")]
+		case strings.HasPrefix(filepath.Base(p), cgroup.WarmPrefix):
+			parent = filepath.Dir(p)
 		default:
 			continue
 		}
@@ -332,24 +333,25 @@ func (c *cgroupDirs) leftovers(students []student) (int, []string, error) {
 	// unified one, or a v1 group outlived its run.
 	ref, hasRef := -1, false
 	if p, ok := c.parents[""]; ok {
-		ref, hasRef = countDirs(filepath.Join(p, "warm.pool")), true
+		ref, hasRef = countWarm(p), true
 	}
 	for h, p := range c.parents {
-		if n := countDirs(filepath.Join(p, "warm.pool")); hasRef && h != "" && n != ref {
-			left = append(left, fmt.Sprintf("%s holds %d warm groups, the unified hierarchy %d", filepath.Join(p, "warm.pool"), n, ref))
+		if n := countWarm(p); hasRef && h != "" && n != ref {
+			left = append(left, fmt.Sprintf("%s holds %d warm groups (%s*), the unified hierarchy %d", p, n, cgroup.WarmPrefix, ref))
 		}
 	}
 	return len(left), left, errors.Join(errs...)
 }
 
-func countDirs(dir string) int {
+// countWarm counts the warm helpers' groups in the cgroup parent dir.
+func countWarm(dir string) int {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0
 	}
 	n := 0
 	for _, e := range ents {
-		if e.IsDir() {
+		if e.IsDir() && strings.HasPrefix(e.Name(), cgroup.WarmPrefix) {
 			n++
 		}
 	}

@@ -57,6 +57,7 @@ func startDaemon(t *testing.T, c harness.Config) *harness.Daemon {
 	if c.Name == "" {
 		c.Name, c.Host = "idexload", "idexload"
 	}
+	c.NoStudentLimits = true
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	d, err := harness.Start(ctx, c)

@@ -22,6 +22,8 @@ type Sources struct {
 	LocksLost   func() int64
 	StoreErrors func() int64
 	WarmStarts  func() int64
+	// Queue is the admission queue: its length and its oldest wait.
+	Queue func() (int, time.Duration)
 }
 
 // Metrics is the registry and its collectors.
@@ -32,6 +34,9 @@ type Metrics struct {
 	refused      *prometheus.CounterVec
 	startLatency prometheus.Histogram
 	stopLatency  prometheus.Histogram
+	admissions   *prometheus.CounterVec
+	admitRefused *prometheus.CounterVec
+	queueWait    prometheus.Histogram
 }
 
 // New registers every metric that the engine and the server feed; Watch
@@ -52,8 +57,21 @@ func New() *Metrics {
 		stopLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "idexd_run_stop_seconds", Help: "From a kill (stop, timeout, limit) to cgroup empty and lock free.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idexd_admissions_total",
+			Help: "Run starts by what admission did: admitted (a slot at once), queued (waited for one), waited (got one after waiting), refused."},
+			[]string{"outcome"}),
+		admitRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idexd_admissions_refused_total", Help: "Run starts refused by admission, by code (student_busy, rate_limited, at_capacity, draining, student_stopped)."},
+			[]string{"code"}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "idexd_queue_wait_seconds", Help: "How long a start that got a slot waited in the admission queue.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 13)}),
 	}
-	reg.MustRegister(m.started, m.ended, m.refused, m.startLatency, m.stopLatency,
+	for _, o := range []string{run.AdmittedAtOnce, run.Queued, run.AdmittedAfterWait, run.Refused} {
+		m.admissions.WithLabelValues(o) // every outcome shows, 0 until it happens
+	}
+	reg.MustRegister(m.started, m.ended, m.refused, m.startLatency, m.stopLatency, m.admissions, m.admitRefused, m.queueWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -84,6 +102,13 @@ func (m *Metrics) Watch(src Sources) {
 			Name: "idexd_store_errors_total", Help: "Store writes that failed (and were queued or refused)."},
 			func() float64 { return float64(src.StoreErrors()) }))
 	}
+	if src.Queue != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "idexd_queue_length", Help: "Run starts waiting for a free slot."},
+				func() float64 { n, _ := src.Queue(); return float64(n) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "idexd_queue_oldest_wait_seconds", Help: "How long the start that waits longest has waited."},
+				func() float64 { _, d := src.Queue(); return d.Seconds() }))
+	}
 	if src.WarmStarts != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "idexd_runs_warm_started_total", Help: "Runs started on a warm helper (no cgroup move on the start path)."},
@@ -102,6 +127,15 @@ func (m *Metrics) Hooks() run.Hooks {
 			m.ended.WithLabelValues(string(r.Reason)).Inc()
 			if stop > 0 {
 				m.stopLatency.Observe(stop.Seconds())
+			}
+		},
+		Admission: func(outcome string, code api.Code, waited time.Duration) {
+			m.admissions.WithLabelValues(outcome).Inc()
+			switch outcome {
+			case run.Refused:
+				m.admitRefused.WithLabelValues(string(code)).Inc()
+			case run.AdmittedAfterWait:
+				m.queueWait.Observe(waited.Seconds())
 			}
 		},
 	}

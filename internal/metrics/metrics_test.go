@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
 )
 
 func TestScrape(t *testing.T) {
@@ -17,12 +18,18 @@ func TestScrape(t *testing.T) {
 		LockCounts: func() (int64, int64) { return 10, 7 },
 		LocksLost:  func() int64 { return 2 },
 		WarmStarts: func() int64 { return 5 },
+		Queue:      func() (int, time.Duration) { return 7, 1500 * time.Millisecond },
 	})
 	h := m.Hooks()
 	h.Started(&api.Run{ID: "r1"}, 12*time.Millisecond)
 	h.Ended(&api.Run{ID: "r1", Reason: api.ReasonOOMKilled}, 4*time.Millisecond)
 	h.Ended(&api.Run{ID: "r2", Reason: api.ReasonExited}, 0)
 	m.Refused(api.CodeLocked)
+	h.Admission(run.AdmittedAtOnce, "", 0)
+	h.Admission(run.Queued, "", 0)
+	h.Admission(run.AdmittedAfterWait, "", 2*time.Second)
+	h.Admission(run.Refused, api.CodeStudentBusy, 0)
+	h.Admission(run.Refused, api.CodeStudentBusy, 0)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, err := io.ReadAll(rec.Body)
@@ -41,6 +48,14 @@ func TestScrape(t *testing.T) {
 		"idexd_runs_warm_started_total 5",
 		"idexd_run_start_seconds_count 1",
 		"idexd_run_stop_seconds_count 1",
+		`idexd_admissions_total{outcome="admitted"} 1`,
+		`idexd_admissions_total{outcome="queued"} 1`,
+		`idexd_admissions_total{outcome="waited"} 1`,
+		`idexd_admissions_total{outcome="refused"} 2`,
+		`idexd_admissions_refused_total{code="student_busy"} 2`,
+		"idexd_queue_wait_seconds_count 1",
+		"idexd_queue_length 7",
+		"idexd_queue_oldest_wait_seconds 1.5",
 		"go_goroutines",
 	} {
 		if !strings.Contains(string(body), want) {

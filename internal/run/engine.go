@@ -46,6 +46,10 @@ const (
 type Hooks struct {
 	Started func(r *api.Run, latency time.Duration)
 	Ended   func(r *api.Run, stopLatency time.Duration)
+	// Admission is told what became of each start request (admit.go):
+	// AdmittedAtOnce, Queued, AdmittedAfterWait (with the wait), or
+	// Refused (with the code).
+	Admission func(outcome string, code api.Code, waited time.Duration)
 }
 
 // Config wires an Engine.
@@ -99,6 +103,10 @@ type Config struct {
 	// FailAt, when set (by tests), is called before each start-up step; an
 	// error it returns fails that step as if the step itself had failed.
 	FailAt func(step string) error
+
+	// Fair is the fair share between students: per-student cap, start
+	// rate, admission queue (admit.go).
+	Fair Fair
 }
 
 // Engine owns the live runs of this host.
@@ -121,6 +129,9 @@ type Engine struct {
 	keptBytes int64
 
 	created time.Time // for Health's uptime
+
+	// fair is admission's state (admit.go), under mu.
+	fair fairState
 }
 
 type keptRun struct {
@@ -206,6 +217,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.KeepEndedBytes = 256 << 20
 	}
 	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run), sb: cfg.Sandbox, created: time.Now()}
+	e.fair.init(e)
 	if e.sb == nil {
 		sb, err := sandbox.New(sandbox.Config{
 			Cgroups: cfg.Cgroups, Helper: cfg.Helper, Setup: cfg.Setup, WarmRuns: cfg.WarmRuns,
@@ -252,13 +264,14 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.admit(); err != nil {
+	epoch, err := e.admit(ctx, req.Student, req.WaitSeconds)
+	if err != nil {
 		return nil, err
 	}
 	admitted := true
 	defer func() {
 		if admitted {
-			e.unadmit()
+			e.unadmit(req.Student)
 		}
 	}()
 	st, err := e.runStudent(ctx, req.Student)
@@ -304,6 +317,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
 	if err := r.start(st.Workdir, t0, time.Now()); err != nil {
 		return nil, err
 	}
+	e.place(r, epoch)
 	return r, nil
 }
 
@@ -340,25 +354,6 @@ func (e *Engine) step(name string) error {
 		return nil
 	}
 	return e.cfg.FailAt(name)
-}
-
-func (e *Engine) admit() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.draining {
-		return api.Errorf(api.CodeDraining, "idexd is draining: no new runs on this host")
-	}
-	if e.active >= e.cfg.MaxRuns {
-		return api.Errorf(api.CodeAtCapacity, "this host runs %d runs already (max_runs)", e.active)
-	}
-	e.active++
-	return nil
-}
-
-func (e *Engine) unadmit() {
-	e.mu.Lock()
-	e.active--
-	e.mu.Unlock()
 }
 
 // SetLimits replaces the default and maximum limits for new runs (SIGHUP);
@@ -416,10 +411,14 @@ func (e *Engine) Draining() bool {
 	return e.draining
 }
 
-// SetDraining refuses (true) or accepts again (false) new runs.
+// SetDraining refuses (true) or accepts again (false) new runs. Starts
+// waiting in the queue are refused too (draining).
 func (e *Engine) SetDraining(v bool) {
 	e.mu.Lock()
 	e.draining = v
+	if v {
+		e.failWaitersLocked("", api.Errorf(api.CodeDraining, "idexd is draining: no new runs on this host"))
+	}
 	e.mu.Unlock()
 }
 
@@ -433,6 +432,7 @@ func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
 			e.log.Error("discard warm helpers", "err", err)
 		}
 	})
+	defer e.fair.refusals.flushAll()
 	done := make(chan struct{})
 	go func() {
 		e.live.Wait()

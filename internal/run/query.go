@@ -137,6 +137,7 @@ func (e *Engine) Health(ctx context.Context) api.Health {
 		CgroupMode: string(e.cfg.Cgroups.Mode()),
 		Store:      e.cfg.Store.Kind(),
 		Network:    e.Network(),
+		Queue:      e.queueHealth(),
 	}
 	check := func(name string, err error) {
 		c := api.Check{Name: name, OK: err == nil}

@@ -468,9 +468,7 @@ func (r *Run) doFinish(ex *sandbox.Exit) {
 	}
 	// The capacity slot is free before anyone can see the end, so a client
 	// that starts again on the end event is never refused at_capacity.
-	e.mu.Lock()
-	e.active--
-	e.mu.Unlock()
+	e.release(r)
 	// Shutdown waits for this, so nothing logs after it returns.
 	defer e.live.Done()
 	r.mu.Lock()

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,65 +177,101 @@ func TestWarmConcurrentStudents(t *testing.T) {
 	}
 }
 
-// warmShareFile is warm.pool's CPU weight file in this host's layout.
-func warmShareFile(t *testing.T, env *testutil.Env) string {
+// cpuWeight reads the CPU weight (v1 cpu.shares, v2 cpu.weight) of the
+// group that holds run r's PID 1, or of that group's parent (up = 1).
+func cpuWeight(t *testing.T, env *testutil.Env, r *run.Run, up int) int {
 	t.Helper()
-	if env.Cgroups.Mode() == cgroup.ModeUnified {
-		return filepath.Join("/sys/fs/cgroup", env.Cgroups.Parent(), cgroup.WarmDir, "cpu.weight")
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) == 3 && slices.Contains(strings.Split(parts[1], ","), "cpu") {
-			return filepath.Join("/sys/fs/cgroup/cpu", parts[2], env.Cgroups.Parent(), cgroup.WarmDir, "cpu.shares")
-		}
+	dir, file := cgroupDir(t, env, string(b), "cpu"), "cpu.shares"
+	if env.Cgroups.Mode() == cgroup.ModeUnified {
+		file = "cpu.weight"
 	}
-	t.Fatal("no v1 cpu line in /proc/self/cgroup")
-	return ""
+	for range up {
+		dir = filepath.Dir(dir)
+	}
+	w, err := strconv.Atoi(readTrimmed(t, filepath.Join(dir, file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
-// TestWarmRunsWeighLikeStudents: warm.pool holds n running runs and
-// weighs like n student groups, back to one when they end.
-func TestWarmRunsWeighLikeStudents(t *testing.T) {
-	env := testutil.NewEnv(t, warm(3))
-	unit := "1024"
+// TestRunsWeighAsTheirStudent: a student's runs share one student's CPU
+// weight wherever they run: each warm helper's group (a sibling of the
+// students' groups) weighs one run's part, the student's own group the
+// parts of its cold runs; as runs end, the parts grow back.
+func TestRunsWeighAsTheirStudent(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	unit := 1024.0
 	if env.Cgroups.Mode() == cgroup.ModeUnified {
-		unit = "100"
+		unit = 100
 	}
-	u, _ := strconv.Atoi(unit)
+	for i := range 3 {
+		env.WriteScript(t, "alice", fmt.Sprintf("s%d.py", i), "import time\ntime.sleep(60)\n")
+	}
+	env.WriteScript(t, "bob", "s.py", "import time\ntime.sleep(60)\n")
+	waitWarm(t, env, 1)
+	// The first run is warm; the pool refills at once when empty, and the
+	// next two start on whatever is ready: warm, cold or both.
 	var runs []*run.Run
 	for i := range 3 {
-		env.WriteScript(t, fmt.Sprintf("c%d", i), "s.py", "import time\ntime.sleep(30)\n")
+		runs = append(runs, startRun(t, env, api.RunRequest{Student: "alice", Script: fmt.Sprintf("s%d.py", i)}))
 	}
-	waitWarm(t, env, 3)
-	for i := range 3 {
-		runs = append(runs, startRun(t, env, api.RunRequest{Student: fmt.Sprintf("c%d", i), Script: "s.py"}))
+	check := func(live []*run.Run) {
+		t.Helper()
+		cold := 0
+		for i, r := range live {
+			if w := cpuWeight(t, env, r, 0); isWarm(t, r) {
+				if want := int(math.Round(unit / float64(len(live)))); w != want {
+					t.Errorf("warm run %d of %d weighs %d, want %d", i, len(live), w, want)
+				}
+			} else {
+				cold++
+			}
+		}
+		for _, r := range live {
+			if !isWarm(t, r) {
+				want := int(math.Round(unit * float64(cold) / float64(len(live))))
+				if w := cpuWeight(t, env, r, 1); w != want {
+					t.Errorf("alice's group, holding %d of her %d runs, weighs %d, want %d", cold, len(live), w, want)
+				}
+				break
+			}
+		}
+		t.Logf("%d runs, %d of them cold: weights as one student's", len(live), cold)
 	}
-	if env.Engine.WarmStarts() != 3 {
-		t.Fatalf("warm starts %d, want 3", env.Engine.WarmStarts())
+	check(runs)
+	waitWarm(t, env, 1)
+	bob := startRun(t, env, api.RunRequest{Student: "bob", Script: "s.py"})
+	if w := cpuWeight(t, env, bob, 0); w != int(unit) {
+		t.Errorf("bob's only run (warm) weighs %d, want a whole student's %v", w, unit)
 	}
-	f := warmShareFile(t, env)
-	read := func() string {
-		b, err := os.ReadFile(f)
-		if err != nil {
+	for len(runs) > 0 {
+		if _, err := runs[0].Stop(ctxT(t, 10*time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		return strings.TrimSpace(string(b))
-	}
-	if got := read(); got != strconv.Itoa(3*u) {
-		t.Fatalf("%s = %s with 3 warm runs, want %d", f, got, 3*u)
-	}
-	for _, r := range runs {
-		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
-			t.Fatal(err)
+		runs = runs[1:]
+		if len(runs) > 0 {
+			check(runs)
 		}
 	}
-	if got := read(); got != unit {
-		t.Fatalf("%s = %s after the runs ended, want %s", f, got, unit)
+	if _, err := bob.Stop(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
 	}
+	assertClean(t, env)
+}
+
+// isWarm reports whether run r runs in a warm helper's group.
+func isWarm(t *testing.T, r *run.Run) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), "/"+cgroup.WarmPrefix)
 }
 
 // TestMemoryAboveWarmDefault: limits above the warm pool's 256 MiB (the

@@ -345,11 +345,7 @@ func (p *Process) Close() error {
 	if closed {
 		return nil
 	}
-	err := errors.Join(p.group.Delete(), p.ctl.Close())
-	if p.warm {
-		p.sb.warmRunning(-1)
-	}
-	return err
+	return errors.Join(p.group.Delete(), p.ctl.Close())
 }
 
 // discard ends a helper that no run will use: it exits without running

@@ -68,7 +68,6 @@ type Sandbox struct {
 	setupArg   string
 	pool       *pool
 	warmStarts atomic.Int64
-	warmActive atomic.Int64
 }
 
 // New returns a Sandbox and starts filling its warm pool.
@@ -115,12 +114,13 @@ func (s *Sandbox) Prepare(student, id string, lim cgroup.Limits) (*Process, erro
 	return s.cold(student, id, lim)
 }
 
-// claim gives a warm helper the run's limits. Its group stays in
-// warm.pool: moving the helper elsewhere would cost the v1 cgroup move the
-// pool exists to avoid.
+// claim gives a warm helper the run's limits. Its group stays where the
+// pool made it, beside the students' groups: moving the helper into the
+// student's group would cost the v1 cgroup move the pool exists to avoid.
+// The run engine weighs the group as a part of its student's CPU share
+// (cgroup.Group.SetShare).
 func (s *Sandbox) claim(p *Process, lim cgroup.Limits) (*Process, error) {
 	s.warmStarts.Add(1)
-	s.warmRunning(1)
 	p.warm = true
 	err := s.step(StepCgroup)
 	if err == nil {
@@ -185,15 +185,6 @@ func (s *Sandbox) start(g *cgroup.Group, step func(string) error) (*Process, err
 	}
 	p.cpuBase = cpu
 	return p, nil
-}
-
-// warmRunning counts warm runs up or down and weighs warm.pool's CPU to
-// match, so that a warm run gets what a cold one would.
-func (s *Sandbox) warmRunning(delta int64) {
-	n := s.warmActive.Add(delta)
-	if err := s.cfg.Cgroups.SetWarmShare(int(n)); err != nil {
-		s.cfg.Log.Warn("weigh warm runs' CPU", "running", n, "err", err)
-	}
 }
 
 // WarmReady is how many warm helpers wait for a run now.

@@ -160,6 +160,7 @@ func (s *Server) routes() []route {
 		{method: "GET", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.getFile)},
 		{method: "POST", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.moveFile)},
 		{method: "PUT", path: "/v1/students/{name}/files/{path...}", role: RoleClient, h: s.withFiles(s.putFile)},
+		{method: "POST", path: "/v1/students/{name}/stop", role: RoleAdmin, h: s.stopStudent},
 		{method: "GET", path: "/v1/version", role: RoleClient, h: s.version},
 	}
 }
@@ -201,6 +202,9 @@ func (s *Server) handle(rt route) http.Handler {
 }
 
 func writeError(w http.ResponseWriter, log *slog.Logger, e *api.Error) {
+	if e.RetryAfterS > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfterS))
+	}
 	writeJSON(w, log, httpStatus(e.Code), api.ErrorBody{Error: e})
 }
 
@@ -403,6 +407,25 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, s.log, http.StatusOK, info)
+	return nil
+}
+
+// stopStudent stops every run of a student (an admin's hand on a class
+// that a student's runs disturb), logged with who asked.
+func (s *Server) stopStudent(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	peer := peerFrom(r.Context()).attrs()
+	s.log.Info("stop of every run of a student requested", append([]any{"student", name}, peer...)...)
+	out, err := s.cfg.Engine.StopStudent(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, len(out.Stopped))
+	for i, run := range out.Stopped {
+		ids[i] = run.ID
+	}
+	s.log.Info("stopped every run of a student", append([]any{"student", name, "runs", ids, "queued_cancelled", out.QueuedCancelled}, peer...)...)
+	writeJSON(w, s.log, http.StatusOK, out)
 	return nil
 }
 

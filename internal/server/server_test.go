@@ -219,6 +219,8 @@ func TestRolesFromPeerCredentials(t *testing.T) {
 		{"client in supplementary group", 5000, 5000, []uint32{testutil.ClientGID}, "GET", "/v1/health", "200 -"},
 		{"client may not drain", 5000, testutil.ClientGID, nil, "POST", "/v1/drain", "403 forbidden"},
 		{"client may not list students", 5000, testutil.ClientGID, nil, "GET", "/v1/students", "403 forbidden"},
+		{"client may not stop a student", 5000, testutil.ClientGID, nil, "POST", "/v1/students/alice/stop", "403 forbidden"},
+		{"admin group stops a student", 5001, testutil.AdminGID, []uint32{testutil.ClientGID}, "POST", "/v1/students/alice/stop", "200 -"},
 		// Admins reach the socket through the client group, like everyone.
 		{"admin group resumes", 5001, testutil.AdminGID, []uint32{testutil.ClientGID}, "POST", "/v1/resume", "200 -"},
 		{"admin without client group cannot connect", 5001, testutil.AdminGID, nil, "GET", "/v1/health", "EACCES"},
@@ -631,5 +633,73 @@ func TestLogSaysWho(t *testing.T) {
 	refused := logs.Lines("request refused")
 	if len(refused) != 1 || !strings.Contains(refused[0], "peer_uid=5002") || strings.Contains(refused[0], "peer_err") {
 		t.Fatalf("refusal lines: %q, want one naming uid 5002 and no peer_err", refused)
+	}
+}
+
+// TestFairAdmissionOverTheSocket: the fair-share refusals as the web tier
+// sees them: 429 with the student's running runs (student_busy) and with
+// Retry-After (rate_limited); an admin's stop of a student, logged with
+// who asked.
+func TestFairAdmissionOverTheSocket(t *testing.T) {
+	logs := &testutil.LogBuffer{}
+	env := testutil.NewEnv(t, func(c *run.Config) {
+		c.Log = logs.Logger()
+		c.Fair = run.Fair{MaxPerStudent: 1, StartsPerMinute: 2}
+	})
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	env.WriteScript(t, "alice", "w.py", "input()\n")
+	env.WriteScript(t, "alice", "x.py", "pass\n")
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "w.py", Limits: api.Limits{WallSeconds: 300}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// post answers the status, the Retry-After header and the error.
+	post := func() (int, string, *api.Error) {
+		t.Helper()
+		resp, err := rawHTTP(srv.Socket).Post("http://idexd/v1/runs", "application/json", strings.NewReader(`{"student":"alice","script":"x.py"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close() //nolint:errcheck // test
+		var eb api.ErrorBody
+		if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || eb.Error == nil {
+			t.Fatalf("decode error body (HTTP %d): %v", resp.StatusCode, err)
+		}
+		return resp.StatusCode, resp.Header.Get("Retry-After"), eb.Error
+	}
+	status, _, e := post()
+	if status != http.StatusTooManyRequests || e.Code != api.CodeStudentBusy || len(e.RunIDs) != 1 || e.RunIDs[0] != r.ID {
+		t.Errorf("a second run of alice: HTTP %d %+v, want 429 student_busy naming %s", status, e, r.ID)
+	}
+	out, err := c.StopStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Stopped) != 1 || out.Stopped[0].ID != r.ID || out.Stopped[0].Reason != api.ReasonStopped {
+		t.Errorf("stop of alice's runs: %+v, want %s stopped", out, r.ID)
+	}
+	for _, msg := range []string{"stop of every run of a student requested", "stopped every run of a student"} {
+		if got := logs.Lines(msg); len(got) != 1 || !strings.Contains(got[0], "student=alice") || !strings.Contains(got[0], "peer_uid=0") {
+			t.Errorf("%q lines: %q, want one naming alice and the peer", msg, got)
+		}
+	}
+	// Two starts of alice's bucket are spent (w.py, then x.py refused
+	// student_busy took none): one more fits, the next is refused.
+	if _, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "x.py"}); err != nil {
+		t.Fatal(err)
+	}
+	// Once it ended, the cap lets alice start again: the rate does not.
+	deadline := time.Now().Add(30 * time.Second)
+	for env.Engine.Active() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	status, retry, e := post()
+	if status != http.StatusTooManyRequests || e.Code != api.CodeRateLimited || e.RetryAfterS < 1 || retry != fmt.Sprint(e.RetryAfterS) {
+		t.Errorf("a third start within a minute: HTTP %d Retry-After %q %+v, want 429 rate_limited with Retry-After", status, retry, e)
+	}
+	if _, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "x.py"}); !errors.Is(err, api.ErrRateLimited) {
+		t.Errorf("the Go client: %v, want rate_limited", err)
 	}
 }

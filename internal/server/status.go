@@ -19,8 +19,11 @@ func httpStatus(code api.Code) int {
 		return http.StatusNotFound
 	case api.CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case api.CodeLocked, api.CodeRunEnded, api.CodeStdinClosed, api.CodeFileExists, api.CodeDirectoryNotEmpty:
+	case api.CodeLocked, api.CodeRunEnded, api.CodeStdinClosed, api.CodeFileExists, api.CodeDirectoryNotEmpty,
+		api.CodeStudentStopped:
 		return http.StatusConflict
+	case api.CodeStudentBusy, api.CodeRateLimited:
+		return http.StatusTooManyRequests
 	case api.CodeBodyTooLarge, api.CodeFileTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case api.CodeQuotaExceeded, api.CodeDiskFull:

@@ -496,9 +496,9 @@ chown --reference=/srv/idexd/students/alice /srv/idexd/students/alice/forker.py
 	if [[ $(prop idexd MainPID) != "$before" ]]; then pass "(f) restart: new MainPID"; else fail "(f) restart: MainPID unchanged"; fi
 	py=$(count_python)
 	expect "(f) restart: no python3 processes left" 0 "$py"
-	# warm.pool holds the new instance's idle helpers (warm_runs), not runs.
+	# idexd/warm.<slot> hold the new instance's idle helpers (warm_runs), not runs.
 	expect "(f) restart: no run cgroups left under idexd.service" "" \
-		"$(csh 10 'find /sys/fs/cgroup/system.slice/idexd.service -mindepth 2 -name cgroup.procs -path "*/idexd/*" ! -path "*/warm.pool/*" -exec cat {} +')"
+		"$(csh 10 'find /sys/fs/cgroup/system.slice/idexd.service -mindepth 2 -name cgroup.procs -path "*/idexd/*" ! -path "*/idexd/warm.*" -exec cat {} +')"
 }
 
 # (g) reload (SIGHUP) keeps the process and returns to active.

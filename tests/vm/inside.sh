@@ -206,7 +206,7 @@ want_limits() {
 # limits_run TAG MIB: one run of limits.py with --memory MIB MiB. The
 # limits are read twice while it runs: by the script itself (its own
 # group's files, as the student) and by root from the same group. Sets
-# kind to warm (the group is a warm.pool slot) or cold.
+# kind to warm (the group is a warm helper's, idexd/warm.<slot>) or cold.
 kind=""
 limits_run() {
 	local tag=$1 mib=$2 out=/root/limits.out rc=0 cg="" i f outside="" text
@@ -234,7 +234,7 @@ limits_run() {
 	rc=$(cat /root/limits.rc 2>/dev/null)
 	text=$(cat "$out" 2>/dev/null)
 	kind=cold
-	[[ $cg == */warm.pool/* ]] && kind=warm
+	[[ $cg == */idexd/warm.* ]] && kind=warm
 	expect "$tag --memory ${mib}MiB: exits 0 ($kind start, group $cg)" 0 "$rc"
 	if [[ $cg == /system.slice/idexd.service/idexd/* ]]; then
 		pass "$tag the run's group is in idexd's delegated tree"
@@ -432,7 +432,7 @@ limits_burst() {
 			bad+=" run $i: no group ($(head -c 200 "/root/burst$i.out" 2>/dev/null | tr '\n' ' '));"
 			continue
 		fi
-		[[ $cg == */warm.pool/* ]] && warm=$((warm + 1)) || cold=$((cold + 1))
+		[[ $cg == */idexd/warm.* ]] && warm=$((warm + 1)) || cold=$((cold + 1))
 		out=""
 		pids_max=$((64 + $(helper_threads "$cg")))
 		for f in memory.max memory.swap.max pids.max cpu.max; do
@@ -476,7 +476,7 @@ check_g() {
 		pass "(g) idexd_runs_warm_started_total = $after > 0"
 	else fail "(g) idexd_runs_warm_started_total = '${after:-missing}', want > 0"; fi
 	if ((warm > 0)); then pass "(g) at least one limits run started warm ($kinds), with the limits it asked for (above)"; else
-		fail "(g) no limits run started in warm.pool ($kinds)"; fi
+		fail "(g) no limits run started in a warm helper's group ($kinds)"; fi
 }
 
 # ---- (h) ---------------------------------------------------------------------------
@@ -517,11 +517,11 @@ check_h() {
 	snap=$(cat /run/vmtest-cgroups-at-stop 2>&1)
 	say "(h) groups under idexd.service right after idexd exited: $(oneline "$snap")"
 	expect "(h) stop: no run cgroups left when idexd exited (idexd/<student>/<run>)" "" \
-		"$(grep -E '^\./idexd/[^/]+/[^/]+$' <<<"$snap" | grep -v '/warm.pool' | paste -sd' ')"
-	# The helpers' groups (warm.pool/<slot>) must be gone; an empty
-	# warm.pool or <student> directory is a container that systemd trims.
-	expect "(h) stop: no warm helper groups (warm.pool/<slot>) left when idexd exited" "" \
-		"$(grep -E '/warm\.pool/' <<<"$snap" | paste -sd' ')"
+		"$(grep -E '^\./idexd/[^/]+/[^/]+$' <<<"$snap" | grep -v '/warm\.' | paste -sd' ')"
+	# The helpers' groups (idexd/warm.<slot>) must be gone; an empty
+	# <student> directory is a container that systemd trims.
+	expect "(h) stop: no warm helper groups (idexd/warm.<slot>) left when idexd exited" "" \
+		"$(grep -E '^\./idexd/warm\.' <<<"$snap" | paste -sd' ')"
 	expect "(h) stop: no process left in idexd.service's groups when idexd exited" "procs:" "$(grep '^procs:' <<<"$snap" | xargs echo)"
 	expect "(h) stop: nothing left under idexd.service now" "" \
 		"$(find "$svc_cg" -mindepth 1 -type d 2>/dev/null | paste -sd' ')"

@@ -17,7 +17,7 @@ import unittest
 import idexd_client
 from idexd_client import (Client, DirectoryNotEmpty, FileExists, FileNotFound, FileTooLarge, InvalidPath,
                           InvalidStudent, Locked, NotDirectory, NotRegular, QuotaExceeded, RunEnded,
-                          StudentNotFound, Unreachable, event_bytes)
+                          StudentBusy, StudentNotFound, Unreachable, event_bytes)
 
 FILE_MAX = int(os.environ.get("IDEXD_TEST_FILE_MAX_BYTES", str(1 << 20)))
 
@@ -151,6 +151,23 @@ class ClientTest(unittest.TestCase):
                 break
         final = self.c.stop_run(run["id"])
         self.assertEqual(final["reason"], "stopped")
+
+    def test_student_busy_and_stop_student(self) -> None:
+        # The test daemon keeps the default max_runs_per_student, 4.
+        s = new_student(self.c)
+        ids = []
+        for i in range(4):
+            self.c.write_file(s, "w%d.py" % i, "input()\n")
+            ids.append(self.c.start_run(s, "w%d.py" % i, limits={"wall_seconds": 300})["id"])
+        self.c.write_file(s, "one_more.py", "pass\n")
+        with self.assertRaises(StudentBusy) as cm:
+            self.c.start_run(s, "one_more.py")
+        self.assertEqual(cm.exception.status, 429)
+        self.assertEqual(sorted(cm.exception.run_ids), sorted(ids))
+        out = self.c.stop_student(s)
+        self.assertEqual(sorted(r["id"] for r in out["stopped"]), sorted(ids))
+        self.assertEqual({r["reason"] for r in out["stopped"]}, {"stopped"})
+        self.assertEqual(self.c.start_run(s, "one_more.py")["student"], s)
 
     def test_quota(self) -> None:
         s = new_student(self.c)

@@ -88,7 +88,8 @@ class Client:
     def _error(status: int, data: bytes) -> IdexdError:
         try:
             err = json.loads(data)["error"]
-            return error_for(err["code"], err.get("message", ""), status, err.get("run_id"))
+            return error_for(err["code"], err.get("message", ""), status, err.get("run_id"),
+                             err.get("run_ids"), err.get("retry_after_s", 0))
         except (ValueError, KeyError, TypeError):
             return error_for("internal", "HTTP %d: %s" % (status, data[:200].decode("utf-8", "replace")), status)
 
@@ -166,15 +167,20 @@ class Client:
     # -- runs -------------------------------------------------------------
 
     def start_run(self, student: str, script: str, args: Optional[List[str]] = None,
-                  mode: str = "script", limits: Optional[Dict[str, int]] = None) -> JSON:
+                  mode: str = "script", limits: Optional[Dict[str, int]] = None,
+                  wait_seconds: int = 0) -> JSON:
         """Starts a run and returns the run object. ``mode`` is "script" or
         "repl"; ``limits`` may lower or raise (up to the maximum) memory_mb,
-        pids, cpu_percent, wall_seconds, cpu_seconds, output_kb."""
+        pids, cpu_percent, wall_seconds, cpu_seconds, output_kb;
+        ``wait_seconds`` lets the start wait that long (at most idexd's
+        max_wait_seconds) for a free slot when the host is full."""
         body: JSON = {"student": student, "script": script, "mode": mode}
         if args:
             body["args"] = list(args)
         if limits:
             body["limits"] = dict(limits)
+        if wait_seconds:
+            body["wait_seconds"] = wait_seconds
         return self._call("POST", "/v1/runs", body)
 
     def get_run(self, run_id: str) -> JSON:
@@ -216,6 +222,11 @@ class Client:
     def stop_run(self, run_id: str) -> JSON:
         """Stops a run; returns the final run once its processes are gone."""
         return self._call("POST", "/v1/runs/%s/stop" % quote(run_id, safe=""))
+
+    def stop_student(self, student: str) -> JSON:
+        """Stops every run of a student (admin only); returns
+        ``{"student", "stopped": [runs], "queued_cancelled"}``."""
+        return self._call("POST", "/v1/students/%s/stop" % quote(student, safe=""))
 
     # -- the daemon -------------------------------------------------------
 

@@ -13,27 +13,33 @@ this client does not know yet), so callers catch exactly what they handle::
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Type
 
 
 class IdexdError(Exception):
     """An error answered by idexd (or, for ``Unreachable``, no answer).
 
     Attributes: ``code`` (the stable code), ``message`` (for people),
-    ``status`` (the HTTP status, 0 when there was none) and ``run_id`` (the
-    run the error is about, for ``locked`` and ``start_failed``).
+    ``status`` (the HTTP status, 0 when there was none), ``run_id`` (the
+    run the error is about, for ``locked`` and ``start_failed``),
+    ``run_ids`` (the student's running runs, for ``student_busy``) and
+    ``retry_after`` (seconds until the student may start again, for
+    ``rate_limited``; 0 otherwise).
     """
 
     code = ""
 
     def __init__(self, message: str, *, code: Optional[str] = None, status: int = 0,
-                 run_id: Optional[str] = None) -> None:
+                 run_id: Optional[str] = None, run_ids: Optional[List[str]] = None,
+                 retry_after: int = 0) -> None:
         super().__init__(f"{message} ({code or self.code})")
         if code is not None:
             self.code = code
         self.message = message
         self.status = status
         self.run_id = run_id
+        self.run_ids = list(run_ids or [])
+        self.retry_after = retry_after
 
 
 class Unreachable(IdexdError, ConnectionError):
@@ -184,6 +190,24 @@ class DiskFull(IdexdError):
     code = "disk_full"
 
 
+class StudentBusy(IdexdError):
+    """The student runs (or waits for) max_runs_per_student runs already;
+    ``run_ids`` names the running ones, so that one can be stopped."""
+    code = "student_busy"
+
+
+class RateLimited(IdexdError):
+    """The student started student_starts_per_minute runs within the last
+    minute; ``retry_after`` says in how many seconds the next may start."""
+    code = "rate_limited"
+
+
+class StudentStopped(IdexdError):
+    """An admin stopped every run of the student while this start waited
+    for a free slot."""
+    code = "student_stopped"
+
+
 ERRORS: Dict[str, Type[IdexdError]] = {
     cls.code: cls
     for cls in (
@@ -191,13 +215,14 @@ ERRORS: Dict[str, Type[IdexdError]] = {
         ScriptNotFound, NotFound, StudentNotFound, Locked, RunEnded, StdinClosed, BodyTooLarge,
         StartFailed, Draining, AtCapacity, StoreUnavailable, Timeout, Internal, FileNotFound,
         NotRegular, NotDirectory, FileExists, DirectoryNotEmpty, PermissionDenied, FileTooLarge,
-        QuotaExceeded, DiskFull,
+        QuotaExceeded, DiskFull, StudentBusy, RateLimited, StudentStopped,
     )
 }
 """Maps each code to its exception class."""
 
 
-def error_for(code: str, message: str, status: int = 0, run_id: Optional[str] = None) -> IdexdError:
+def error_for(code: str, message: str, status: int = 0, run_id: Optional[str] = None,
+              run_ids: Optional[List[str]] = None, retry_after: int = 0) -> IdexdError:
     """Returns the exception for an error answer."""
     cls = ERRORS.get(code, IdexdError)
-    return cls(message, code=code, status=status, run_id=run_id)
+    return cls(message, code=code, status=status, run_id=run_id, run_ids=run_ids, retry_after=retry_after)

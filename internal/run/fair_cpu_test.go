@@ -1,0 +1,172 @@
+package run_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+// pinToOneCPU keeps this test process, and so every helper and program it
+// starts from now on (the affinity is inherited), on one CPU until the
+// test ends. On one CPU the split between two students is the scheduler's
+// weights alone, not the load balancer's placement of tasks over cores or
+// what other tenants of the machine run meanwhile.
+func pinToOneCPU(t *testing.T) int {
+	t.Helper()
+	var orig unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		t.Fatalf("read CPU affinity: %v", err)
+	}
+	cpu := -1
+	for i := range 1024 {
+		if orig.IsSet(i) {
+			cpu = i
+		}
+	}
+	if cpu < 0 {
+		t.Fatal("no CPU in this process's affinity")
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	setAll := func(set *unix.CPUSet) {
+		// Twice: a thread started meanwhile by one not yet set inherits
+		// the old mask.
+		for range 2 {
+			tids, err := os.ReadDir("/proc/self/task")
+			if err != nil {
+				t.Fatalf("list threads: %v", err)
+			}
+			for _, d := range tids {
+				tid, err := strconv.Atoi(d.Name())
+				if err != nil {
+					continue
+				}
+				if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
+					t.Fatalf("set CPU affinity of thread %d: %v", tid, err)
+				}
+			}
+		}
+	}
+	setAll(&one)
+	t.Cleanup(func() { setAll(&orig) })
+	return cpu
+}
+
+// runCPU is the CPU time so far of the cgroup that holds run r's PID 1
+// (the run's own group: warm or cold).
+func runCPU(t *testing.T, env *testutil.Env, r *run.Run) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
+	if err != nil {
+		t.Fatalf("read cgroup of run %s: %v", r.ID(), err)
+	}
+	if env.Cgroups.Mode() == cgroup.ModeUnified {
+		dir := cgroupDir(t, env, string(b), "")
+		for _, line := range strings.Split(readTrimmed(t, filepath.Join(dir, "cpu.stat")), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				us, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return time.Duration(us) * time.Microsecond
+			}
+		}
+		t.Fatalf("no usage_usec in %s/cpu.stat", dir)
+	}
+	dir := cgroupDir(t, env, string(b), "cpuacct")
+	ns, err := strconv.ParseInt(readTrimmed(t, filepath.Join(dir, "cpuacct.usage")), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ns)
+}
+
+// victimWork is a fixed piece of CPU-bound work, a few hundred ms of CPU.
+const victimWork = `n = 0
+for i in range(4_000_000):
+    n += i
+print(n)
+`
+
+// TestFairCPU is issue 12's fairness: a victim's fixed piece of work must
+// not take more than 1.3x as long while another student runs
+// max_runs_per_student (4) hogs as while that student runs one. "As long"
+// is measured as the victim's share of the CPU that the two students got
+// during its work, so that what other tenants of this shared machine do
+// meanwhile cancels out; all of it on one CPU (pinToOneCPU). Both ways a
+// run starts: cold (its group under the student's) and warm (a helper
+// prepared ahead in a group of its own, which must weigh as the student's
+// share and not as a student of its own).
+func TestFairCPU(t *testing.T) {
+	cpu := pinToOneCPU(t)
+	const hogs = 4
+	for _, mode := range []struct {
+		name string
+		warm int
+	}{{"cold", 0}, {"warm", hogs + 1}} {
+		t.Run(mode.name, func(t *testing.T) {
+			env := testutil.NewEnv(t, warm(mode.warm))
+			for i := range hogs {
+				env.WriteScript(t, "hog", fmt.Sprintf("hog%d.py", i), "print('go', flush=True)\nwhile True:\n    pass\n")
+			}
+			env.WriteScript(t, "victim", "work.py", victimWork)
+			long := api.Limits{WallSeconds: 300, CPUSeconds: 300}
+			share := map[int]float64{}
+			for _, k := range []int{1, hogs} {
+				if mode.warm > 0 {
+					waitWarm(t, env, mode.warm)
+				}
+				var running []*run.Run
+				for i := range k {
+					r := startRun(t, env, api.RunRequest{Student: "hog", Script: fmt.Sprintf("hog%d.py", i), Limits: long})
+					waitOutput(t, r, "go\n", 60*time.Second)
+					running = append(running, r)
+				}
+				if mode.warm > 0 {
+					// The victim starts warm too.
+					waitWarm(t, env, 1)
+				}
+				hogCPU := func() time.Duration {
+					var sum time.Duration
+					for _, r := range running {
+						sum += runCPU(t, env, r)
+					}
+					return sum
+				}
+				h0, t0 := hogCPU(), time.Now()
+				res := runToEnd(t, env, api.RunRequest{Student: "victim", Script: "work.py", Limits: long})
+				h1, wall := hogCPU(), time.Since(t0)
+				if res.Run.Reason != api.ReasonExited {
+					t.Fatalf("victim ended %s: %s %s", res.Run.Reason, res.Stderr, res.Run.Error)
+				}
+				victim := time.Duration(res.Run.CPUMS) * time.Millisecond
+				share[k] = victim.Seconds() / (victim + h1 - h0).Seconds()
+				t.Logf("%s, %d hog(s) on CPU %d: victim %v CPU in %v wall, hogs %v CPU meanwhile: victim's share %.3f",
+					mode.name, k, cpu, victim, wall.Round(time.Millisecond), (h1 - h0).Round(time.Millisecond), share[k])
+				for _, r := range running {
+					if _, err := r.Stop(ctxT(t, 30*time.Second)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			ratio := share[1] / share[hogs]
+			t.Logf("%s: the victim's work takes %.2fx as long beside %d hogs as beside 1", mode.name, ratio, hogs)
+			if ratio > 1.3 {
+				t.Errorf("%s: the victim's work took %.2fx as long while the other student ran %d hogs as while it ran 1 (shares %.3f and %.3f), want at most 1.3x",
+					mode.name, ratio, hogs, share[1], share[hogs])
+			}
+			assertClean(t, env)
+		})
+	}
+}
