@@ -436,5 +436,8 @@ func (d *Daemon) reload() {
 	if next.Socket != d.cfg.Socket || next.DatabaseURL != d.cfg.DatabaseURL || next.CgroupParent != d.cfg.CgroupParent {
 		d.log.Warn("reload: only limits are reloaded; restart idexd for socket, database or cgroup changes")
 	}
+	if fairText(next) != fairText(d.cfg) {
+		d.log.Warn("reload: the fair-share settings are not reloaded; restart idexd for them", "now", fairText(d.cfg), "file", fairText(next))
+	}
 	d.log.Info("reloaded limits", "defaults", limitsText(next.Defaults), "max", limitsText(next.Max))
 }

@@ -170,3 +170,63 @@ func TestFairCPU(t *testing.T) {
 		})
 	}
 }
+
+// TestStudentTotals: student_pids and student_memory_mb bound all of a
+// student's runs together, in the student's group: one run holds 20
+// processes, and the next cannot make its 30 although its own limit (64)
+// would let it; the memory total is the student's group's limit.
+func TestStudentTotals(t *testing.T) {
+	env := testutil.NewEnv(t, warm(0))
+	env.Cgroups.SetStudentTotals(cgroup.Limits{MemoryBytes: 300 << 20, Pids: 40})
+	env.WriteScript(t, "alice", "fork.py", `import os, sys, time
+n = 0
+for _ in range(int(sys.argv[1])):
+    try:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+    except OSError:
+        break
+print(n, flush=True)
+sys.stdin.readline()
+`)
+	env.WriteScript(t, "alice", "fork2.py", "exec(open('fork.py').read())\n")
+	first := startRun(t, env, api.RunRequest{Student: "alice", Script: "fork.py", Args: []string{"20"}, Limits: api.Limits{WallSeconds: 120}})
+	if out := waitOutput(t, first, "\n", 60*time.Second); out != "20\n" {
+		t.Fatalf("the first run made %q processes, want 20", out)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", first.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ controller, file, want string }{
+		{"pids", "pids.max", "40"},
+		{"memory", "memory.limit_in_bytes", strconv.Itoa(300 << 20)},
+	} {
+		file := c.file
+		if env.Cgroups.Mode() == cgroup.ModeUnified && c.controller == "memory" {
+			file = "memory.max"
+		}
+		dir := filepath.Dir(cgroupDir(t, env, string(b), c.controller))
+		if got := readTrimmed(t, filepath.Join(dir, file)); got != c.want {
+			t.Errorf("alice's group %s/%s = %s, want %s", dir, file, got, c.want)
+		}
+	}
+	second := startRun(t, env, api.RunRequest{Student: "alice", Script: "fork2.py", Args: []string{"30"}, Limits: api.Limits{WallSeconds: 120}})
+	out := waitOutput(t, second, "\n", 60*time.Second)
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("the second run printed %q", out)
+	}
+	if n >= 30 {
+		t.Errorf("the second run made all %d processes beside the first run's 20, want it held by student_pids = 40", n)
+	}
+	t.Logf("beside the first run's 21 processes and both helpers, the second made %d of 30", n)
+	for _, r := range []*run.Run{first, second} {
+		if _, err := r.Stop(ctxT(t, 30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertClean(t, env)
+}
