@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
@@ -68,16 +69,9 @@ type fairState struct {
 	pruned  time.Time
 	// weighing serializes weigh, so that the last weights written are
 	// those of the latest state.
-	weighing chanMutex
+	weighing sync.Mutex
 	refusals *burstLog
 }
-
-// chanMutex is a mutex that is not a sync.Mutex value, so that fairState
-// (inside Engine) is never copied with a lock in it by accident.
-type chanMutex chan struct{}
-
-func (m chanMutex) lock()   { m <- struct{}{} }
-func (m chanMutex) unlock() { <-m }
 
 // studentState is what admission knows of one student.
 type studentState struct {
@@ -110,7 +104,6 @@ type bucket struct {
 func (f *fairState) init(e *Engine) {
 	f.students = map[string]*studentState{}
 	f.buckets = map[string]*bucket{}
-	f.weighing = make(chanMutex, 1)
 	window := e.cfg.Fair.BurstWindow
 	if window <= 0 {
 		window = 10 * time.Second
@@ -407,8 +400,8 @@ func (e *Engine) weigh(student string) {
 	if e.cfg.Cgroups == nil {
 		return
 	}
-	e.fair.weighing.lock()
-	defer e.fair.weighing.unlock()
+	e.fair.weighing.Lock()
+	defer e.fair.weighing.Unlock()
 	e.mu.Lock()
 	var warm []*cgroup.Group
 	cold, n := 0, 0
