@@ -101,7 +101,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 
 clean:
-	rm -rf $(BIN)/idexd $(BIN)/idexctl $(BIN)/idexd-sandbox $(BIN)/idexctl.1.gz $(BIN)/idexctl.bash $(BIN)/_idexctl $(BIN)/copyright $(RUNDIR) dist
+	rm -rf $(BIN)/idexd $(BIN)/idexctl $(BIN)/idexd-sandbox $(BIN)/idexctl.1.gz $(BIN)/idexctl.bash $(BIN)/_idexctl $(BIN)/copyright $(BIN)/e2e.test $(RUNDIR) dist
 
 # --- packaging and systemd (owned by packaging) ---
 # make package: dist/*.deb and dist/*.rpm (nfpm, pinned below).
@@ -111,7 +111,8 @@ clean:
 # stop and restart (root; see docs/systemd.md).
 # make vm-test: boots Debian 12 in qemu (software emulation) with systemd on
 # a real cgroup v2, installs the .deb and checks limits, OOM, a fork bomb,
-# the CPU-time limit and warm starts (root; see docs/vm-test.md).
+# the CPU-time limit, warm starts and the hostile corpus (root; see
+# docs/vm-test.md).
 NFPM_VERSION := v2.45.2
 NFPM         := $(BIN)/nfpm-$(NFPM_VERSION)/nfpm
 PKG_VERSION  := $(shell packaging/version.sh $(VERSION))
@@ -136,6 +137,9 @@ systemd-verify: build
 systemd-test: package
 	tests/systemd/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb
 
+# The e2e test binary goes along: inside the VM it runs the hostile corpus
+# (TestHostile) against the installed idexd.
 vm-test: package
-	tests/vm/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb
+	CGO_ENABLED=0 $(GO) test -c -o $(BIN)/e2e.test ./e2e
+	tests/vm/run.sh $(DIST)/idexd_$(PKG_VERSION)-1_amd64.deb $(BIN)/e2e.test
 # --- end packaging ---

@@ -9,6 +9,7 @@
 #   (c) the limits, read from the run's own v2 group while it runs
 #   (d) OOM kill -> oom_killed      (e) fork bomb held by pids.max
 #   (f) CPU-time limit -> timed_out (g) warm starts get their own limits
+#   (x) the hostile corpus (e2e TestHostile), when e2e.test is beside it
 #   (h) systemctl stop during 3 runs: drained, shutdown, nothing left
 # Its stdout is the test's result (the wrapper copies it to the serial
 # console and to results.txt on the vmtest disk); it ends with one line
@@ -479,6 +480,44 @@ check_g() {
 		fail "(g) no limits run started in a warm helper's group ($kinds)"; fi
 }
 
+# ---- (x) ---------------------------------------------------------------------------
+
+# check_x runs the hostile corpus against the installed idexd: every case
+# of e2e/hostile_test.go (each an attack sent through the socket, judged
+# from outside the run) is one PASS/FAIL line here; a failing case's
+# findings follow it.
+check_x() {
+	local bin=$here/e2e.test out=/root/hostile.out rc=0 t=$SECONDS
+	if [[ ! -x $bin ]]; then
+		say "(x) no e2e.test on the vmtest disk: the hostile corpus is not run"
+		return 0
+	fi
+	cd /root || return 0
+	IDEXD_E2E_BIN=/usr/bin IDEXD_HOSTILE_SOCKET=/run/idexd/idexd.sock IDEXD_HOSTILE_STUDENTS=/srv/idexd/students \
+		timeout -k 10 900 "$bin" -test.run '^TestHostile$' -test.v -test.timeout 14m >"$out" 2>&1 || rc=$?
+	local name verdict n=0
+	while read -r verdict name; do
+		n=$((n + 1))
+		if [[ $verdict == PASS ]]; then
+			pass "(x) hostile: $name"
+		else
+			fail "(x) hostile: $name"
+			# Its findings: the test's own lines between its RUN and its end.
+			awk -v n="TestHostile/$name" '$0 ~ "^=== (RUN|NAME|CONT) +" n "$" { on = 1; next }
+				/^=== (RUN|NAME|CONT)/ { on = 0 }
+				on && /_test\.go:[0-9]+:/ && !/proves:/ { print }' "$out" | cut -c1-400 | head -n 30 | sed 's/^ */    /'
+		fi
+	done < <(sed -n 's/^ *--- \(PASS\|FAIL\|SKIP\): TestHostile\/\([^ ]*\) .*/\1 \2/p' "$out")
+	if ((n == 0 || rc != 0)) && ! grep -q '^ *--- FAIL: TestHostile/' "$out"; then
+		fail "(x) hostile: the corpus exited $rc without a failing case ($n cases ran)"
+		tail -n 30 "$out" | cut -c1-400 | sed 's/^/    /'
+	fi
+	# The figures read on the host before, during and after.
+	grep -E 'host before:|host after the corpus|host Shmem before|sockets, .* queued|run ended .*peak memory|three together reached' "$out" |
+		sed 's/^ *[a-z_]*_test\.go:[0-9]*: /(x) /' | cut -c1-300 | while read -r line; do say "$line"; done
+	say "(x) the hostile corpus took $((SECONDS - t))s ($n cases, exit $rc)"
+}
+
 # ---- (h) ---------------------------------------------------------------------------
 
 check_h() {
@@ -535,7 +574,7 @@ check_h() {
 	expect "(h) stop: after a new start, history has the 3 runs ended with reason shutdown" 3 "$n"
 }
 
-for c in check_a check_b check_c check_d check_e check_f check_g check_h; do
+for c in check_a check_b check_c check_d check_e check_f check_g check_x check_h; do
 	t=$SECONDS
 	"$c" || true
 	say "$c took $((SECONDS - t))s"

@@ -6,10 +6,12 @@
 # (tests/systemd/run.sh) cannot show: the limits, OOM detection, a fork bomb
 # held by pids.max, the CPU-time limit and warm starts, under systemd. The
 # checks themselves are tests/vm/inside.sh, run inside the VM by a oneshot
-# unit that powers the VM off afterwards. One PASS/FAIL line per check;
+# unit that powers the VM off afterwards. Given the e2e test binary (built
+# with `go test -c ./e2e`), inside.sh also runs its hostile corpus
+# (TestHostile) against the installed idexd. One PASS/FAIL line per check;
 # exits non-zero if any failed or the VM did not finish in time.
 #
-# Usage: tests/vm/run.sh PATH/TO/idexd_*.deb     (make vm-test)
+# Usage: tests/vm/run.sh PATH/TO/idexd_*.deb [PATH/TO/e2e.test]    (make vm-test)
 #
 # Needs root. Installs qemu-system-x86, debootstrap and e2fsprogs with
 # apt-get when missing. Caches, in $IDEXD_TEST_CACHE (default
@@ -35,6 +37,11 @@ set -euo pipefail
 deb=${1:?usage: $0 PATH/TO/idexd.deb}
 [[ -f $deb ]] || { echo "run.sh: no package at $deb (make package)" >&2; exit 2; }
 deb=$(realpath "$deb")
+corpus=${2:-}
+if [[ -n $corpus ]]; then
+	[[ -x $corpus ]] || { echo "run.sh: no test binary at $corpus" >&2; exit 2; }
+	corpus=$(realpath "$corpus")
+fi
 [[ $(id -u) == 0 ]] || { echo "run.sh: needs root (debootstrap, chroot)" >&2; exit 2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -42,9 +49,11 @@ cache_dir=${IDEXD_TEST_CACHE:-/var/cache/idexd-test}
 vmdir=$cache_dir/vm-bookworm
 # Installed into the VM image by chroot: the kernel (and with it
 # initramfs-tools), udev (without it systemd waits for device units that
-# never appear), curl (for /metrics over the socket) and jq (inside.sh reads
-# idexd's JSON; python3-minimal has no json module).
-vm_packages=(linux-image-amd64 udev curl jq)
+# never appear), curl (for /metrics over the socket), jq (inside.sh reads
+# idexd's JSON; python3-minimal has no json module) and python3 (the whole
+# standard library, as students have it: the hostile corpus's programs use
+# ctypes and json).
+vm_packages=(linux-image-amd64 udev curl jq python3)
 vm_timeout=${IDEXD_VM_TIMEOUT:-600}
 t_start=$SECONDS
 
@@ -254,6 +263,7 @@ make_io() {
 	mkdir "$work/io"
 	cp "$deb" "$work/io/"
 	install -m 0755 "$here/inside.sh" "$work/io/inside.sh"
+	[[ -n $corpus ]] && install -m 0755 "$corpus" "$work/io/e2e.test"
 	[[ ${IDEXD_VM_HOLD:-0} == 1 ]] && touch "$work/io/hold"
 	local mb
 	mb=$(($(du -sm "$work/io" | cut -f1) + 32))
