@@ -371,6 +371,8 @@ configure_test() {
 allow_unlimited = true
 debug_endpoints = true
 shutdown_grace = "3s"
+# (e) drains ten runs of one student: above the default cap of 4 per student.
+max_runs_per_student = 16
 EOF
 mkdir -p /etc/systemd/system/idexd.service.d
 cat > /etc/systemd/system/idexd.service.d/test.conf <<"EOF"
