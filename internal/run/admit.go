@@ -236,8 +236,8 @@ func (e *Engine) admit(ctx context.Context, student string, waitSeconds int) (in
 }
 
 // runningLocked lists the student's runs that have not begun to end.
-func (e *Engine) runningLocked(student string) []*Run {
-	var rs []*Run
+func (e *Engine) runningLocked(student string) []*Execution {
+	var rs []*Execution
 	for _, r := range e.runs {
 		if r.info.Student == student && !r.ending.Load() {
 			rs = append(rs, r)
@@ -247,8 +247,8 @@ func (e *Engine) runningLocked(student string) []*Run {
 }
 
 // runIDs are the runs' ids, oldest run first.
-func runIDs(rs []*Run) []string {
-	slices.SortFunc(rs, func(a, b *Run) int { return a.startedAt().Compare(b.startedAt()) })
+func runIDs(rs []*Execution) []string {
+	slices.SortFunc(rs, func(a, b *Execution) int { return a.startedAt().Compare(b.startedAt()) })
 	ids := make([]string, len(rs))
 	for i, r := range rs {
 		ids[i] = r.id
@@ -347,7 +347,7 @@ func (e *Engine) unadmit(student string) { e.freeSlot(student, "") }
 
 // release gives back the slot of run r, which has ended: the next waiting
 // start takes it, and the student's other runs are weighed again.
-func (e *Engine) release(r *Run) {
+func (e *Engine) release(r *Execution) {
 	e.freeSlot(r.info.Student, r.id)
 	e.weigh(r.info.Student)
 }
@@ -367,7 +367,7 @@ func (e *Engine) freeSlot(student, id string) {
 // place records where run r runs once it started, weighs its student's
 // runs, and stops it when an admin stopped the student's runs since it
 // was admitted (epoch).
-func (e *Engine) place(r *Run, epoch int) {
+func (e *Engine) place(r *Execution, epoch int) {
 	r.mu.Lock()
 	proc := r.proc
 	r.mu.Unlock()

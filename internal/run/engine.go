@@ -4,7 +4,7 @@
 // one end, after which the cgroup is empty and gone and the lock is free.
 //
 // Every path out of a run, from a failed start-up step to a daemon
-// shutdown, goes through Run.finish, which runs once (sync.Once). That is
+// shutdown, goes through Execution.finish, which runs once (sync.Once). That is
 // the one place the lock is released.
 package run
 
@@ -117,7 +117,7 @@ type Engine struct {
 	sb Sandbox
 
 	mu       sync.Mutex
-	runs     map[string]*Run
+	runs     map[string]*Execution
 	active   int // admitted and not yet ended
 	draining bool
 	live     sync.WaitGroup
@@ -145,7 +145,7 @@ const eventOverhead = 128
 
 // keep holds an ended run's events for late readers, within KeepEnded and
 // KeepEndedBytes, and forgets what falls out of either.
-func (e *Engine) keep(r *Run) {
+func (e *Engine) keep(r *Execution) {
 	r.mu.Lock()
 	bytes := r.outBytes + int64(len(r.events))*eventOverhead
 	r.mu.Unlock()
@@ -216,7 +216,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.KeepEndedBytes == 0 {
 		cfg.KeepEndedBytes = 256 << 20
 	}
-	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Run), sb: cfg.Sandbox, created: time.Now()}
+	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Execution), sb: cfg.Sandbox, created: time.Now()}
 	e.fair.init(e)
 	if e.sb == nil {
 		sb, err := sandbox.New(sandbox.Config{
@@ -237,7 +237,7 @@ func New(cfg Config) (*Engine, error) {
 // Start admits, prepares and starts one run. When it returns without
 // error the child is running student code; when it returns an error
 // nothing is left held.
-func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Run, error) {
+func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, error) {
 	t0 := time.Now()
 	if err := students.ValidName(req.Student); err != nil {
 		return nil, err
@@ -368,7 +368,7 @@ func (e *Engine) SetLimits(defaults, max api.Limits) {
 func (e *Engine) Workdir(student string) string { return e.cfg.Dirs.Workdir(student) }
 
 // Get returns a live or recently ended run.
-func (e *Engine) Get(id string) (*Run, bool) {
+func (e *Engine) Get(id string) (*Execution, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r, ok := e.runs[id]
@@ -376,14 +376,14 @@ func (e *Engine) Get(id string) (*Run, bool) {
 }
 
 // List returns the runs in memory, newest first.
-func (e *Engine) List() []*Run {
+func (e *Engine) List() []*Execution {
 	e.mu.Lock()
-	out := make([]*Run, 0, len(e.runs))
+	out := make([]*Execution, 0, len(e.runs))
 	for _, r := range e.runs {
 		out = append(out, r)
 	}
 	e.mu.Unlock()
-	slices.SortFunc(out, func(a, b *Run) int { return b.startedAt().Compare(a.startedAt()) })
+	slices.SortFunc(out, func(a, b *Execution) int { return b.startedAt().Compare(a.startedAt()) })
 	return out
 }
 

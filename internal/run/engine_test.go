@@ -28,7 +28,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func startRun(t *testing.T, env *testutil.Env, req api.RunRequest) *run.Run {
+func startRun(t *testing.T, env *testutil.Env, req api.RunRequest) *run.Execution {
 	t.Helper()
 	r, err := env.Engine.Start(ctxT(t, 30*time.Second), req)
 	if err != nil {
@@ -404,7 +404,7 @@ func TestRandomStops(t *testing.T) {
 	}
 	var (
 		mu      sync.Mutex
-		live    []*run.Run
+		live    []*run.Execution
 		started atomic.Int64
 		locked  atomic.Int64
 		stops   atomic.Int64
@@ -418,7 +418,7 @@ func TestRandomStops(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(g), 42))
 			for stopCtx.Err() == nil {
 				mu.Lock()
-				var r *run.Run
+				var r *run.Execution
 				if len(live) > 0 {
 					r = live[rng.IntN(len(live))]
 				}
@@ -435,7 +435,7 @@ func TestRandomStops(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 24)
-	var all []*run.Run
+	var all []*run.Execution
 	for i := range total {
 		sem <- struct{}{}
 		wg.Add(1)
@@ -539,7 +539,7 @@ func TestStopIsSafeAnyTime(t *testing.T) {
 
 func TestShutdownEndsRunsWithReasonShutdown(t *testing.T) {
 	env := testutil.NewEnv(t)
-	var runs []*run.Run
+	var runs []*run.Execution
 	for i := range 5 {
 		env.WriteScript(t, fmt.Sprintf("u%d", i), "main.py", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n")
 		runs = append(runs, startRun(t, env, api.RunRequest{Student: fmt.Sprintf("u%d", i), Script: "main.py"}))

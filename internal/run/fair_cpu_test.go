@@ -65,7 +65,7 @@ func pinToOneCPU(t *testing.T) int {
 
 // runCPU is the CPU time so far of the cgroup that holds run r's PID 1
 // (the run's own group: warm or cold).
-func runCPU(t *testing.T, env *testutil.Env, r *run.Run) time.Duration {
+func runCPU(t *testing.T, env *testutil.Env, r *run.Execution) time.Duration {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
 	if err != nil {
@@ -127,7 +127,7 @@ func TestFairCPU(t *testing.T) {
 				if mode.warm > 0 {
 					waitWarm(t, env, mode.warm)
 				}
-				var running []*run.Run
+				var running []*run.Execution
 				for i := range k {
 					r := startRun(t, env, api.RunRequest{Student: "hog", Script: fmt.Sprintf("hog%d.py", i), Limits: long})
 					waitOutput(t, r, "go\n", 60*time.Second)
@@ -223,7 +223,7 @@ sys.stdin.readline()
 		t.Errorf("the second run made all %d processes beside the first run's 20, want it held by student_pids = 40", n)
 	}
 	t.Logf("beside the first run's 21 processes and both helpers, the second made %d of 30", n)
-	for _, r := range []*run.Run{first, second} {
+	for _, r := range []*run.Execution{first, second} {
 		if _, err := r.Stop(ctxT(t, 30*time.Second)); err != nil {
 			t.Fatal(err)
 		}

@@ -37,7 +37,7 @@ func waitQueue(t *testing.T, env *testutil.Env, n int) {
 
 // holdSlot starts a run that waits on its stdin: it holds one slot until
 // the returned function ends it.
-func holdSlot(t *testing.T, env *testutil.Env, student string) (*run.Run, func()) {
+func holdSlot(t *testing.T, env *testutil.Env, student string) (*run.Execution, func()) {
 	t.Helper()
 	env.WriteScript(t, student, "hold.py", "print('holding', flush=True)\ninput()\n")
 	r := startRun(t, env, api.RunRequest{Student: student, Script: "hold.py", Limits: api.Limits{WallSeconds: 300}})
@@ -68,7 +68,7 @@ func TestStudentCap(t *testing.T) {
 	}
 	env.WriteScript(t, "bob", "w0.py", "print('bob')\n")
 	var ids []string
-	var runs []*run.Run
+	var runs []*run.Execution
 	for i := range 2 {
 		r := startRun(t, env, api.RunRequest{Student: "alice", Script: fmt.Sprintf("w%d.py", i), Limits: api.Limits{WallSeconds: 300}})
 		runs, ids = append(runs, r), append(ids, r.ID())
@@ -88,7 +88,7 @@ func TestStudentCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startRun(t, env, api.RunRequest{Student: "alice", Script: "w2.py"})
-	for _, r := range []*run.Run{runs[1], r} {
+	for _, r := range []*run.Execution{runs[1], r} {
 		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +242,7 @@ func TestStopStudent(t *testing.T) {
 	for i := range 3 {
 		env.WriteScript(t, "mallory", fmt.Sprintf("hog%d.py", i), "print('up', flush=True)\nwhile True:\n    pass\n")
 	}
-	var hogs []*run.Run
+	var hogs []*run.Execution
 	for i := range 2 {
 		r := startRun(t, env, api.RunRequest{Student: "mallory", Script: fmt.Sprintf("hog%d.py", i), Limits: api.Limits{WallSeconds: 300, CPUSeconds: 300}})
 		waitOutput(t, r, "up\n", 30*time.Second)
@@ -289,7 +289,7 @@ func TestRefusalsLoggedOncePerBurst(t *testing.T) {
 	logs := &testutil.LogBuffer{}
 	env := testutil.NewEnv(t, fair(run.Fair{MaxPerStudent: 1, BurstWindow: 300 * time.Millisecond}),
 		func(c *run.Config) { c.Log = logs.Logger() })
-	var held []*run.Run
+	var held []*run.Execution
 	for _, s := range []string{"alice", "bob"} {
 		env.WriteScript(t, s, "w.py", "input()\n")
 		env.WriteScript(t, s, "x.py", "pass\n")

@@ -77,7 +77,7 @@ func hostileCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func hostileStart(t *testing.T, env *testutil.Env, req api.RunRequest) *run.Run {
+func hostileStart(t *testing.T, env *testutil.Env, req api.RunRequest) *run.Execution {
 	t.Helper()
 	r, err := env.Engine.Start(hostileCtx(t, 30*time.Second), req)
 	if err != nil {
@@ -106,7 +106,7 @@ func describeEnd(res testutil.Result) string {
 
 // waitOutput waits until the run's stdout contains want and returns the
 // stdout so far. A run that ends first, or a timeout, fails the test.
-func waitOutput(t *testing.T, r *run.Run, want string, d time.Duration) string {
+func waitOutput(t *testing.T, r *run.Execution, want string, d time.Duration) string {
 	t.Helper()
 	deadline := time.After(d)
 	for {
@@ -281,7 +281,7 @@ func readTrimmed(t *testing.T, path string) string {
 
 // hostPid finds the host pid of the process that has pid nsPid in run r's
 // PID namespace, among the descendants of the run's PID 1.
-func hostPid(t *testing.T, r *run.Run, nsPid int) int {
+func hostPid(t *testing.T, r *run.Execution, nsPid int) int {
 	t.Helper()
 	queue := []int{r.Pid()}
 	for len(queue) > 0 {
@@ -316,7 +316,7 @@ func hostPid(t *testing.T, r *run.Run, nsPid int) int {
 }
 
 // helperThreads counts the threads of run r's PID 1.
-func helperThreads(t *testing.T, r *run.Run) int {
+func helperThreads(t *testing.T, r *run.Execution) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.Pid()))
 	if err != nil {
@@ -354,7 +354,7 @@ func v2Mount(env *testutil.Env) string {
 // hostileRun is what a case's hooks see of its run.
 type hostileRun struct {
 	env     *testutil.Env
-	r       *run.Run
+	r       *run.Execution
 	student string
 	workdir string
 	// mustDie are pids the case learned about that must be dead once the

@@ -9,7 +9,7 @@ import (
 // and that another run (on any host) then took. Two runs of one script
 // would race over the same files; the newer holder has the lock, so this
 // one goes. Only leases that can be lost cost a goroutine.
-func (r *Run) watchLease() {
+func (r *Execution) watchLease() {
 	lost := r.lease.Lost()
 	if lost == nil {
 		return

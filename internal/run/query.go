@@ -92,7 +92,7 @@ func (e *Engine) StopRun(ctx context.Context, id string) (api.Run, error) {
 }
 
 // liveRun returns a run in memory, or not_found saying why.
-func (e *Engine) liveRun(id string) (*Run, error) {
+func (e *Engine) liveRun(id string) (*Execution, error) {
 	r, ok := e.Get(id)
 	if !ok {
 		return nil, api.Errorf(api.CodeNotFound, "run %s is not live on this host (its events are kept for keep_ended after its end)", id)

@@ -20,8 +20,8 @@ import (
 	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
-// Run is one run: its child, its output events and its end.
-type Run struct {
+// Execution is one run: its child, its output events and its end.
+type Execution struct {
 	e     *Engine
 	id    string
 	lim   api.Limits
@@ -62,17 +62,17 @@ type Run struct {
 	finished   sync.Once
 }
 
-func newRun(e *Engine, id string, lim api.Limits, lease lock.Lease) *Run {
-	return &Run{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{}),
+func newRun(e *Engine, id string, lim api.Limits, lease lock.Lease) *Execution {
+	return &Execution{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{}),
 		settled: make(chan struct{})}
 }
 
 // ID is the run's id.
-func (r *Run) ID() string { return r.id }
+func (r *Execution) ID() string { return r.id }
 
 // Pid is the host pid of the run's PID 1 (idexd's helper, the program's
 // parent), 0 before it exists.
-func (r *Run) Pid() int {
+func (r *Execution) Pid() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.proc == nil {
@@ -82,16 +82,16 @@ func (r *Run) Pid() int {
 }
 
 // Done is closed once the run has ended and its end event is published.
-func (r *Run) Done() <-chan struct{} { return r.done }
+func (r *Execution) Done() <-chan struct{} { return r.done }
 
 // Info returns a copy of the run object.
-func (r *Run) Info() api.Run {
+func (r *Execution) Info() api.Run {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.snapshot()
 }
 
-func (r *Run) snapshot() api.Run {
+func (r *Execution) snapshot() api.Run {
 	info := r.info
 	info.Args = append([]string(nil), r.info.Args...)
 	if info.State == api.StateRunning {
@@ -102,7 +102,7 @@ func (r *Run) snapshot() api.Run {
 	return info
 }
 
-func (r *Run) startedAt() time.Time {
+func (r *Execution) startedAt() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.info.StartedAt
@@ -112,7 +112,7 @@ func (r *Run) startedAt() time.Time {
 // the run is finished with start_failed (naming the step) and the error
 // says so. t0 is when the request arrived, admitted when the lock and
 // record were done; the step timings start from admitted.
-func (r *Run) start(workdir string, t0, admitted time.Time) error {
+func (r *Execution) start(workdir string, t0, admitted time.Time) error {
 	e := r.e
 	var steps stepTimer
 	steps.start(admitted)
@@ -254,7 +254,7 @@ func (r *Run) start(workdir string, t0, admitted time.Time) error {
 	return nil
 }
 
-func (r *Run) startFailedError(step string, err error) error {
+func (r *Execution) startFailedError(step string, err error) error {
 	return &api.Error{
 		Code:    api.CodeStartFailed,
 		Message: fmt.Sprintf("start run %s: step %s: %v", r.id, step, err),
@@ -294,7 +294,7 @@ func childEnv(student, workdir string) []string {
 const cpuPoll = 250 * time.Millisecond
 
 // supervise arms the wall-clock limit and the CPU-time checks.
-func (r *Run) supervise() {
+func (r *Execution) supervise() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ending.Load() {
@@ -306,7 +306,7 @@ func (r *Run) supervise() {
 
 // checkCPU ends the run once its group used its CPU time, else looks again
 // in cpuPoll.
-func (r *Run) checkCPU() {
+func (r *Execution) checkCPU() {
 	if r.ending.Load() {
 		return
 	}
@@ -328,7 +328,7 @@ func (r *Run) checkCPU() {
 }
 
 // stopLimits disarms the limit timers; finish calls it after setting ending.
-func (r *Run) stopLimits() {
+func (r *Execution) stopLimits() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, t := range []*time.Timer{r.wallTimer, r.cpuTimer} {
@@ -339,7 +339,7 @@ func (r *Run) stopLimits() {
 }
 
 // kill asks for the run to end with reason; the first reason asked wins.
-func (r *Run) kill(reason api.Reason) {
+func (r *Execution) kill(reason api.Reason) {
 	r.mu.Lock()
 	if r.reason == "" && r.info.State == api.StateRunning {
 		r.reason = reason
@@ -358,7 +358,7 @@ func (r *Run) kill(reason api.Reason) {
 
 // Stop ends the run with reason stopped (unless it already ends for
 // another reason) and returns its final object.
-func (r *Run) Stop(ctx context.Context) (api.Run, error) {
+func (r *Execution) Stop(ctx context.Context) (api.Run, error) {
 	r.kill(api.ReasonStopped)
 	select {
 	case <-r.done:
@@ -369,7 +369,7 @@ func (r *Run) Stop(ctx context.Context) (api.Run, error) {
 }
 
 // wait reaps the run's process, then finishes the run.
-func (r *Run) wait() {
+func (r *Execution) wait() {
 	ex, err := r.proc.Wait()
 	if err != nil {
 		r.e.log.Error("wait for run", "run", r.id, "err", err)
@@ -381,11 +381,11 @@ func (r *Run) wait() {
 // finish is the one way a run ends. It runs once: kill whatever is left in
 // the cgroup, wait until it is empty, read the stats, delete it, release
 // the lock, write the final record, and only then publish the end.
-func (r *Run) finish(ex *sandbox.Exit) {
+func (r *Execution) finish(ex *sandbox.Exit) {
 	r.finished.Do(func() { r.doFinish(ex) })
 }
 
-func (r *Run) doFinish(ex *sandbox.Exit) {
+func (r *Execution) doFinish(ex *sandbox.Exit) {
 	r.ending.Store(true)
 	r.stopLimits()
 	e := r.e
@@ -515,7 +515,7 @@ func classify(ex *sandbox.Exit, s cgroup.Stats) api.Reason {
 	return api.ReasonExited
 }
 
-func (r *Run) closeStdin(log interface{ Warn(string, ...any) }) {
+func (r *Execution) closeStdin(log interface{ Warn(string, ...any) }) {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
 	r.stdinGone = true
@@ -529,7 +529,7 @@ func (r *Run) closeStdin(log interface{ Warn(string, ...any) }) {
 }
 
 // WriteStdin feeds the run's stdin; eof closes it after p is written.
-func (r *Run) WriteStdin(ctx context.Context, p []byte, eof bool) error {
+func (r *Execution) WriteStdin(ctx context.Context, p []byte, eof bool) error {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
 	if r.stdin == nil {
@@ -570,7 +570,7 @@ func (r *Run) WriteStdin(ctx context.Context, p []byte, eof bool) error {
 }
 
 // readOutput turns one pipe into events until EOF.
-func (r *Run) readOutput(f *os.File, t api.EventType) {
+func (r *Execution) readOutput(f *os.File, t api.EventType) {
 	defer r.readers.Done()
 	defer func() {
 		if err := f.Close(); err != nil {
@@ -637,7 +637,7 @@ func incompleteTail(p []byte) int {
 	return 0
 }
 
-func (r *Run) appendOutput(t api.EventType, p []byte) {
+func (r *Execution) appendOutput(t api.EventType, p []byte) {
 	capBytes := r.lim.OutputKB << 10
 	r.mu.Lock()
 	if r.truncated {
@@ -664,7 +664,7 @@ func (r *Run) appendOutput(t api.EventType, p []byte) {
 }
 
 // appendLocked numbers and stores an event and wakes the readers.
-func (r *Run) appendLocked(ev api.Event) {
+func (r *Execution) appendLocked(ev api.Event) {
 	ev.Seq = int64(len(r.events)) + 1
 	r.events = append(r.events, ev)
 	close(r.changed)
@@ -673,7 +673,7 @@ func (r *Run) appendLocked(ev api.Event) {
 
 // EventsAfter returns the events after seq, and a channel closed when more
 // arrive. The slice is shared: callers must not change it.
-func (r *Run) EventsAfter(seq int64) ([]api.Event, <-chan struct{}) {
+func (r *Execution) EventsAfter(seq int64) ([]api.Event, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if seq < 0 {

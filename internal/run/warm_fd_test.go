@@ -59,7 +59,7 @@ func TestLiveRunsHoldNoThreads(t *testing.T) {
 		env.WriteScript(t, fmt.Sprintf("t%02d", i), "s.py", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
 	}
 	base := countThreads(t)
-	var runs []*run.Run
+	var runs []*run.Execution
 	for i := range n {
 		r := startRun(t, env, api.RunRequest{Student: fmt.Sprintf("t%02d", i), Script: "s.py"})
 		runs = append(runs, r)

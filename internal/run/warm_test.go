@@ -179,7 +179,7 @@ func TestWarmConcurrentStudents(t *testing.T) {
 
 // cpuWeight reads the CPU weight (v1 cpu.shares, v2 cpu.weight) of the
 // group that holds run r's PID 1, or of that group's parent (up = 1).
-func cpuWeight(t *testing.T, env *testutil.Env, r *run.Run, up int) int {
+func cpuWeight(t *testing.T, env *testutil.Env, r *run.Execution, up int) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
 	if err != nil {
@@ -216,11 +216,11 @@ func TestRunsWeighAsTheirStudent(t *testing.T) {
 	waitWarm(t, env, 1)
 	// The first run is warm; the pool refills at once when empty, and the
 	// next two start on whatever is ready: warm, cold or both.
-	var runs []*run.Run
+	var runs []*run.Execution
 	for i := range 3 {
 		runs = append(runs, startRun(t, env, api.RunRequest{Student: "alice", Script: fmt.Sprintf("s%d.py", i)}))
 	}
-	check := func(live []*run.Run) {
+	check := func(live []*run.Execution) {
 		t.Helper()
 		cold := 0
 		for i, r := range live {
@@ -265,7 +265,7 @@ func TestRunsWeighAsTheirStudent(t *testing.T) {
 }
 
 // isWarm reports whether run r runs in a warm helper's group.
-func isWarm(t *testing.T, r *run.Run) bool {
+func isWarm(t *testing.T, r *run.Execution) bool {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
 	if err != nil {

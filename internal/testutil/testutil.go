@@ -353,7 +353,7 @@ type Result struct {
 }
 
 // Collect waits for r to end (or ctx) and gathers its events.
-func Collect(ctx context.Context, t testing.TB, r *run.Run) Result {
+func Collect(ctx context.Context, t testing.TB, r *run.Execution) Result {
 	t.Helper()
 	var res Result
 	var seq int64
