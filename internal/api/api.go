@@ -129,6 +129,10 @@ type RunRequest struct {
 	Args    []string `json:"args,omitempty"`
 	Mode    Mode     `json:"mode,omitempty"`
 	Limits  Limits   `json:"limits"`
+	// Cwd is the directory the program starts in, relative to the
+	// student's directory (an IDE runs a script from its own folder);
+	// empty: the student's directory. Script is relative to it.
+	Cwd string `json:"cwd,omitempty"`
 	// WaitSeconds is how long the start may wait in this host's admission
 	// queue for a free slot when the host runs max_runs already (at most
 	// the configured max_wait_seconds; a longer wait is cut to it). 0:
@@ -146,6 +150,7 @@ type Run struct {
 	Script          string     `json:"script"`
 	ScriptSHA256    string     `json:"script_sha256,omitempty"`
 	Args            []string   `json:"args,omitempty"`
+	Cwd             string     `json:"cwd,omitempty"`
 	Mode            Mode       `json:"mode"`
 	State           State      `json:"state"`
 	Reason          Reason     `json:"reason,omitempty"`
@@ -160,6 +165,12 @@ type Run struct {
 	PeakMemoryBytes int64      `json:"peak_memory_bytes"`
 	OutputBytes     int64      `json:"output_bytes"`
 	Truncated       bool       `json:"truncated"`
+	// MemoryBytes is a live run's current memory (the cgroup's usage),
+	// read when the run is asked for; 0 once it has ended.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// Message is one sentence for a student about how the run ended
+	// (EndMessage); empty while it runs.
+	Message string `json:"message,omitempty"`
 }
 
 // Ended reports whether the run has its final record.

@@ -89,3 +89,30 @@ func TestNoTransport(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryReasonHasAMessage: a student reads a sentence for every end.
+func TestEveryReasonHasAMessage(t *testing.T) {
+	code := 3
+	lim := api.Limits{MemoryMB: 512, WallSeconds: 30, CPUSeconds: 30, OutputKB: 1024}
+	for _, reason := range api.Reasons {
+		r := api.Run{Reason: reason, Limits: lim, ExitCode: &code, Signal: "SIGSEGV"}
+		msg := api.EndMessage(&r)
+		if msg == "" || !strings.HasSuffix(msg, ".") {
+			t.Errorf("%s: message %q, want a sentence", reason, msg)
+		}
+	}
+	for _, c := range []struct {
+		run  api.Run
+		want string
+	}{
+		{api.Run{Reason: api.ReasonOOMKilled, Limits: lim}, "Your program used more than 512 MB of memory and was stopped."},
+		{api.Run{Reason: api.ReasonTimedOut, Limits: lim, CPUMS: 2000}, "Your program ran for more than 30 seconds and was stopped."},
+		{api.Run{Reason: api.ReasonTimedOut, Limits: lim, CPUMS: 30001}, "Your program used more than 30 seconds of CPU time and was stopped."},
+		{api.Run{Reason: api.ReasonOutputLimit, Limits: lim}, "Your program printed more than 1 MB; the rest was not shown."},
+		{api.Run{Reason: api.ReasonLost, Limits: lim}, "The server restarted while your program was running; run it again."},
+	} {
+		if got := api.EndMessage(&c.run); got != c.want {
+			t.Errorf("%s: %q, want %q", c.run.Reason, got, c.want)
+		}
+	}
+}

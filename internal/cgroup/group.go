@@ -168,6 +168,7 @@ func (g *Group) KillAndWait(ctx context.Context) error {
 type Stats struct {
 	CPU         time.Duration
 	PeakMemory  int64
+	Memory      int64 // now, for a live run's figures
 	OOMKills    uint64
 	MemoryLimit int64
 }
@@ -190,6 +191,7 @@ func (g *Group) Stats() (Stats, error) {
 	}
 	if m.Memory != nil {
 		s.PeakMemory = int64(m.Memory.MaxUsage)
+		s.Memory = int64(m.Memory.Usage)
 		s.MemoryLimit = int64(m.Memory.UsageLimit)
 	}
 	if m.MemoryEvents != nil {
@@ -206,12 +208,14 @@ func (g *Group) v1Stats() (Stats, error) {
 	}
 	s.CPU = cpu
 	mem := g.v1Dirs[cgroup1.Memory]
-	var tcpPeak int64
+	var tcpPeak, tcpNow int64
 	for _, f := range []struct {
 		name string
 		to   *int64
 	}{
 		{"memory.max_usage_in_bytes", &s.PeakMemory},
+		{"memory.usage_in_bytes", &s.Memory},
+		{"memory.kmem.tcp.usage_in_bytes", &tcpNow},
 		{"memory.limit_in_bytes", &s.MemoryLimit},
 		// Socket buffers are counted apart on v1; a run's peak is both.
 		{"memory.kmem.tcp.max_usage_in_bytes", &tcpPeak},
@@ -223,6 +227,7 @@ func (g *Group) v1Stats() (Stats, error) {
 		*f.to = v
 	}
 	s.PeakMemory += tcpPeak
+	s.Memory += tcpNow
 	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
 	if err != nil {
 		return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)

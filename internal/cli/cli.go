@@ -217,7 +217,7 @@ func (a *app) printRuns(runs []api.Run) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTUDENT\tSCRIPT\tSTATE\tREASON\tEXIT\tWALL\tSTARTED")
+	fmt.Fprintln(tw, "ID\tSTUDENT\tSCRIPT\tSTATE\tREASON\tEXIT\tWALL\tCPU\tMEM\tSTARTED")
 	for _, r := range runs {
 		exit := "-"
 		switch {
@@ -232,8 +232,14 @@ func (a *app) printRuns(runs []api.Run) error {
 		}
 		// A script's name is a student's choice: no control character
 		// of it reaches the terminal.
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Student, escapeString(r.Script), r.State, reason, exit,
-			(time.Duration(r.WallMS) * time.Millisecond).String(), r.StartedAt.Local().Format(startedLayout))
+		// MEM is what a live run uses now, an ended one's peak.
+		mem := r.MemoryBytes
+		if r.Ended() {
+			mem = r.PeakMemoryBytes
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fMiB\t%s\n", r.ID, r.Student, escapeString(r.Script), r.State, reason, exit,
+			(time.Duration(r.WallMS) * time.Millisecond).String(), (time.Duration(r.CPUMS) * time.Millisecond).String(),
+			float64(mem)/(1<<20), r.StartedAt.Local().Format(startedLayout))
 	}
 	return flushTable(tw)
 }
@@ -474,26 +480,51 @@ func (a *app) run(ctx context.Context, c *call) (int, error) {
 		OutputKB:    c.int64("output"),
 	}
 	r, err := a.c.StartRun(ctx, req)
+	if errors.Is(err, api.ErrStartFailed) {
+		return ExitStartFailed, err // as the run's end start_failed would
+	}
 	if err != nil {
 		return ExitError, err
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	go func() {
-		for range sigs {
-			// The stream goes on and shows the end with reason stopped.
-			if _, err := a.c.StopRun(context.Background(), r.ID); err != nil {
-				fmt.Fprintln(a.stderr, "idexctl: stop:", err)
-			}
-		}
-	}()
+	go a.onSignals(sigs, r.ID)
 	go a.forwardStdin(r.ID)
 	final, err := a.stream(ctx, r.ID, 0, true, c.bool("raw"))
 	if err != nil {
 		return ExitError, err
 	}
+	if final.Reason != api.ReasonExited && final.Message != "" && !a.json {
+		fmt.Fprintln(a.stderr, final.Message)
+	}
 	return ExitCode(final), nil
+}
+
+// stopAfter is how soon a second Ctrl-C must follow the first to stop the
+// run rather than interrupt it again.
+const stopAfter = 2 * time.Second
+
+// onSignals is Ctrl-C as in a terminal: the first interrupts the program
+// (KeyboardInterrupt, which it may catch), a second within stopAfter stops
+// the run; SIGTERM stops it. The stream goes on and shows the end.
+func (a *app) onSignals(sigs <-chan os.Signal, id string) {
+	var last time.Time
+	for sig := range sigs {
+		now := time.Now()
+		if sig == os.Interrupt && now.Sub(last) > stopAfter {
+			last = now
+			err := a.c.InterruptRun(context.Background(), id)
+			if err == nil || errors.Is(err, api.ErrRunEnded) {
+				continue
+			}
+			fmt.Fprintln(a.stderr, "idexctl: interrupt:", err, "(Ctrl-C again stops the run)")
+			continue
+		}
+		if _, err := a.c.StopRun(context.Background(), id); err != nil {
+			fmt.Fprintln(a.stderr, "idexctl: stop:", err)
+		}
+	}
 }
 
 // forwardStdin copies idexctl's stdin to the run's, then closes it.

@@ -68,7 +68,11 @@ func init() {
 			summary: "run a student's script, streaming its output",
 			help: `Runs SCRIPT (a path inside the student's directory) as the student, with
 ARGS as its arguments, streams its output, forwards idexctl's stdin to it
-and exits with the script's exit code. Ctrl-C stops the run.
+and exits with the script's exit code. Ctrl-C interrupts the program as
+in a terminal (KeyboardInterrupt, which it may catch); a second Ctrl-C
+within 2 seconds stops the run. When the run ends other than by exiting
+(stopped, out of memory, out of time, ...), idexctl prints why on stderr,
+in a sentence for the student.
 
 Flags may stand anywhere before "--"; the script's own arguments that
 start with "-" go after it ("--" itself is not passed to the script):

@@ -104,7 +104,7 @@ func TestPsShowsStartDate(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	out, errOut, code := ctl(t, []string{"TZ=UTC"}, "ps", "--socket", sock)
-	row := regexp.MustCompile(`(?m)^` + id + `\s+alice\s+sleep\.py\s+running\s+-\s+-\s+\S+\s+(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2}$`).FindStringSubmatch(out)
+	row := regexp.MustCompile(`(?m)^` + id + `\s+alice\s+sleep\.py\s+running\s+-\s+-\s+\S+\s+\S+\s+[0-9.]+MiB\s+(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2}$`).FindStringSubmatch(out)
 	if code != 0 || row == nil {
 		t.Fatalf("ps: exit %d, stderr %q, stdout:\n%s\nwant run %s with a start date and time", code, errOut, out, id)
 	}
@@ -245,5 +245,75 @@ func TestTerminalOutputEscaped(t *testing.T) {
 	out, _, code = ctl(t, nil, "--socket", sock, "logs", id)
 	if code != 0 || out != wantRaw {
 		t.Fatalf("logs into a pipe: exit %d, %q, want the bytes as they are: %q", code, out, wantRaw)
+	}
+}
+
+// TestCtrlC: in idexctl run, the first Ctrl-C interrupts the program (it
+// may catch KeyboardInterrupt and go on), a second one within 2 s stops the
+// run; an end other than exiting is explained on stderr.
+func TestCtrlC(t *testing.T) {
+	env, sock := served(t)
+	env.WriteScript(t, "alice", "bye.py", `import time
+print("ready", flush=True)
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("Goodbye!")
+`)
+	env.WriteScript(t, "alice", "stubborn.py", `import time
+print("ready", flush=True)
+while True:
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        print("caught", flush=True)
+`)
+	// runUntil starts idexctl run, waits for "ready", sends it SIGINT
+	// n times 200 ms apart, and returns its output and exit code.
+	runUntil := func(script string, n int) (string, string, int) {
+		cmd := exec.Command(filepath.Join(binDir, "idexctl"), "--socket", sock, "run", "--student", "alice", script)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var stdout bytes.Buffer
+		buf := make([]byte, 4096)
+		for !strings.Contains(stdout.String(), "ready\n") {
+			k, err := out.Read(buf)
+			stdout.Write(buf[:k])
+			if err != nil {
+				t.Fatalf("%s: %v before ready; stdout %q stderr %q", script, err, stdout.String(), stderr.String())
+			}
+		}
+		for i := 0; i < n; i++ {
+			if err := cmd.Process.Signal(os.Interrupt); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		rest, err := io.ReadAll(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout.Write(rest)
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	}
+	if out, errOut, code := runUntil("bye.py", 1); out != "ready\nGoodbye!\n" || code != 0 || errOut != "" {
+		t.Errorf("one Ctrl-C to bye.py: stdout %q stderr %q exit %d; want Goodbye! and exit 0", out, errOut, code)
+	}
+	out, errOut, code := runUntil("stubborn.py", 2)
+	if !strings.HasPrefix(out, "ready\ncaught\n") || code != 130 || errOut != "Your program was stopped.\n" {
+		t.Errorf("two Ctrl-C to stubborn.py: stdout %q stderr %q exit %d; want caught once, then stopped (130) with its message", out, errOut, code)
 	}
 }

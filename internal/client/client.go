@@ -246,6 +246,12 @@ func (c *Client) StopRun(ctx context.Context, id string) (api.Run, error) {
 	return r, c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/stop", nil, &r)
 }
 
+// InterruptRun delivers Ctrl-C to a run's program: SIGINT to its process
+// group. A program that catches KeyboardInterrupt goes on.
+func (c *Client) InterruptRun(ctx context.Context, id string) error {
+	return c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/interrupt", nil, nil)
+}
+
 // StopStudent stops every run of a student (admin) and returns them as
 // they ended, once their processes are gone.
 func (c *Client) StopStudent(ctx context.Context, name string) (api.StudentStop, error) {

@@ -155,12 +155,15 @@ func Default() Config {
 		LeaseTTL:      Duration{30 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
 		KeepEndedMB:   256,
+		// Defaults a class does not hit (issue 13): 100 threads, 1,000 open
+		// files and a 10-million-int list run as in a terminal. README
+		// "Limits" says why each is what it is.
 		Defaults: api.Limits{
-			MemoryMB: 256, Pids: 64, CPUPercent: 100,
+			MemoryMB: 512, Pids: 256, CPUPercent: 100,
 			WallSeconds: 30, CPUSeconds: 30, OutputKB: 1024,
 		},
 		Max: api.Limits{
-			MemoryMB: 1024, Pids: 256, CPUPercent: 200,
+			MemoryMB: 2048, Pids: 1024, CPUPercent: 200,
 			WallSeconds: 600, CPUSeconds: 600, OutputKB: 16 * 1024,
 		},
 		LogLevel:      "info",

@@ -17,7 +17,7 @@ func TestLoadOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Socket != "/tmp/flag.sock" || c.MaxRuns != 9 || c.Defaults.MemoryMB != 128 || c.Defaults.Pids != 64 || c.DatabaseURL != "postgres://x" {
+	if c.Socket != "/tmp/flag.sock" || c.MaxRuns != 9 || c.Defaults.MemoryMB != 128 || c.Defaults.Pids != 256 || c.DatabaseURL != "postgres://x" {
 		t.Fatalf("flags over file over defaults, env for the URL: got %+v", c)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -147,7 +148,7 @@ const eventOverhead = 128
 // KeepEndedBytes, and forgets what falls out of either.
 func (e *Engine) keep(r *Execution) {
 	r.mu.Lock()
-	bytes := r.outBytes + int64(len(r.events))*eventOverhead
+	bytes := r.log.bytes()
 	r.mu.Unlock()
 	e.mu.Lock()
 	e.kept = append(e.kept, keptRun{id: r.id, bytes: bytes, until: time.Now().Add(e.cfg.KeepEnded)})
@@ -208,7 +209,9 @@ func New(cfg Config) (*Engine, error) {
 		cfg.FileSizeBytes = 64 << 20
 	}
 	if cfg.OpenFiles == 0 {
-		cfg.OpenFiles = 256
+		// A program that opens 1,000 files (or a thread pool's sockets) runs
+		// as in a terminal; the pids limit bounds what a run can hold.
+		cfg.OpenFiles = 4096
 	}
 	if cfg.KeepEnded == 0 {
 		cfg.KeepEnded = 10 * time.Minute
@@ -283,7 +286,18 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, err
 			return nil, err
 		}
 	}
-	script, err := students.ResolveScript(st.Workdir, req.Script)
+	cwd, cwdRel := st.Workdir, ""
+	if req.Cwd != "" && req.Cwd != "." {
+		if cwd, cwdRel, err = students.ResolveDir(st.Workdir, req.Cwd); err != nil {
+			return nil, err
+		}
+	}
+	// The script is where the program will find it: relative to its cwd.
+	scriptPath := req.Script
+	if !filepath.IsAbs(scriptPath) {
+		scriptPath = filepath.Join(cwdRel, scriptPath)
+	}
+	script, err := students.ResolveScript(st.Workdir, scriptPath)
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +311,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, err
 	r := newRun(e, id, lim, lease)
 	r.info = api.Run{
 		ID: id, Host: e.cfg.Host, Student: st.Name, UID: st.UID, GID: st.GID,
-		Script: script.Rel, ScriptSHA256: script.SHA256, Args: req.Args, Mode: req.Mode,
+		Script: script.Rel, ScriptSHA256: script.SHA256, Args: req.Args, Cwd: cwdRel, Mode: req.Mode,
 		State: api.StateRunning, Limits: lim, StartedAt: t0.UTC(),
 	}
 	err = e.step(StepRecord)
@@ -314,7 +328,10 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, err
 	e.runs[id] = r
 	e.mu.Unlock()
 	r.watchLease()
-	if err := r.start(st.Workdir, t0, time.Now()); err != nil {
+	// The program gets the script's path as the student gave it
+	// (sys.argv[0] == "./main.py"), as a terminal would.
+	r.argv0 = req.Script
+	if err := r.start(st.Workdir, cwd, t0, time.Now()); err != nil {
 		return nil, err
 	}
 	e.place(r, epoch)

@@ -1167,7 +1167,7 @@ attempt("setgroups", lambda: os.setgroups([0]))
 attempt("nice -5", lambda: os.nice(-5))
 attempt("chroot", lambda: os.chroot("."))
 attempt("raise fsize", lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)))
-attempt("raise nofile", lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096)))
+attempt("raise nofile", lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536)))
 status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
 for k in ["CapEff", "CapPrm", "NoNewPrivs"]:
     print(k, status[k].strip())

@@ -31,13 +31,13 @@ func (e *Engine) StartRun(ctx context.Context, req api.RunRequest) (api.Run, err
 // knows more than its start record, else its record.
 func (e *Engine) GetRun(ctx context.Context, id string) (api.Run, error) {
 	if r, ok := e.Get(id); ok {
-		return r.Info(), nil
+		return r.Live(), nil
 	}
 	info, err := e.cfg.Store.GetRun(ctx, id)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		return api.Run{}, storeError(ctx, err, "read run %s", id)
 	}
-	return info, err
+	return withMessage(info), err
 }
 
 // ListRuns returns the runs f selects, newest first, live ones as the
@@ -55,13 +55,24 @@ func (e *Engine) ListRuns(ctx context.Context, f api.RunFilter) ([]api.Run, erro
 	}
 	for i := range runs {
 		if r, ok := e.Get(runs[i].ID); ok {
-			runs[i] = r.Info()
+			runs[i] = r.Live()
+			continue
 		}
+		runs[i] = withMessage(runs[i])
 	}
 	if runs == nil {
 		runs = []api.Run{}
 	}
 	return runs, nil
+}
+
+// withMessage gives a stored run its end message: the store keeps the
+// fields it is made of (reason, limits, exit code), not the sentence.
+func withMessage(info api.Run) api.Run {
+	if info.Ended() && info.Message == "" {
+		info.Message = api.EndMessage(&info)
+	}
+	return info
 }
 
 // liveRuns is this host's running runs that match f, newest first.
@@ -72,7 +83,7 @@ func (e *Engine) liveRuns(f api.RunFilter) []api.Run {
 		if info.State != api.StateRunning || (f.Student != "" && info.Student != f.Student) {
 			continue
 		}
-		out = append(out, info)
+		out = append(out, r.Live())
 		if len(out) == f.Limit {
 			break
 		}
@@ -115,6 +126,15 @@ func (e *Engine) Events(id string, after int64) (evs []api.Event, more <-chan st
 	}
 	evs, more = r.EventsAfter(after)
 	return evs, more, ended, nil
+}
+
+// InterruptRun delivers Ctrl-C to run id's program.
+func (e *Engine) InterruptRun(ctx context.Context, id string) error {
+	r, err := e.liveRun(id)
+	if err != nil {
+		return err
+	}
+	return r.Interrupt()
 }
 
 // WriteStdin feeds run id's stdin; eof closes it after p.

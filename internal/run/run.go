@@ -29,8 +29,9 @@ type Execution struct {
 
 	mu        sync.Mutex
 	info      api.Run
-	events    []api.Event
-	changed   chan struct{} // closed and replaced whenever events grow
+	argv0     string // the script as the request named it
+	log       *eventLog
+	out       *stdio // set once the process exists; finish ends its reader
 	outBytes  int64
 	truncated bool
 	reason    api.Reason // the first requested end reason wins
@@ -63,8 +64,9 @@ type Execution struct {
 }
 
 func newRun(e *Engine, id string, lim api.Limits, lease lock.Lease) *Execution {
-	return &Execution{e: e, id: id, lim: lim, lease: lease, changed: make(chan struct{}), done: make(chan struct{}),
-		settled: make(chan struct{})}
+	r := &Execution{e: e, id: id, lim: lim, lease: lease, done: make(chan struct{}), settled: make(chan struct{})}
+	r.log = newEventLog(&r.mu)
+	return r
 }
 
 // ID is the run's id.
@@ -102,6 +104,24 @@ func (r *Execution) snapshot() api.Run {
 	return info
 }
 
+// Live is Info with what the run uses now: its cgroup's memory and CPU
+// time, for GET /v1/runs and idexctl ps. Info alone reads no file.
+func (r *Execution) Live() api.Run {
+	info := r.Info()
+	r.mu.Lock()
+	proc, started := r.proc, r.started
+	r.mu.Unlock()
+	if info.State != api.StateRunning || !started || r.ending.Load() {
+		return info
+	}
+	// A run that ends meanwhile has its group deleted: its figures are
+	// then in its end record, and the live ones are left out.
+	if s, err := proc.Stats(); err == nil {
+		info.MemoryBytes, info.CPUMS = s.Memory, s.CPU.Milliseconds()
+	}
+	return info
+}
+
 func (r *Execution) startedAt() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -112,7 +132,7 @@ func (r *Execution) startedAt() time.Time {
 // the run is finished with start_failed (naming the step) and the error
 // says so. t0 is when the request arrived, admitted when the lock and
 // record were done; the step timings start from admitted.
-func (r *Execution) start(workdir string, t0, admitted time.Time) error {
+func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 	e := r.e
 	var steps stepTimer
 	steps.start(admitted)
@@ -125,14 +145,14 @@ func (r *Execution) start(workdir string, t0, admitted time.Time) error {
 	}
 	// "--" ends the interpreter's options: a script named "-c" or
 	// "--help.py" is a file, and sys.argv still reads as the student wrote it.
-	argv = append(argv, "--", r.info.Script)
+	argv = append(argv, "--", r.argv0)
 	argv = append(argv, r.info.Args...)
 	job := inside.Job{
 		Interpreter: e.cfg.Interpreter,
 		Argv:        argv,
 		Env:         childEnv(r.info.Student, workdir),
 		Dir:         workdir,
-		Cwd:         workdir,
+		Cwd:         cwd,
 		UID:         r.info.UID,
 		GID:         r.info.GID,
 		// What the layout of students' directories needs: private (077) or
@@ -177,7 +197,7 @@ func (r *Execution) start(workdir string, t0, admitted time.Time) error {
 	if err := e.step(StepPipes); err != nil {
 		return fail(StepPipes, err)
 	}
-	p, err := newPipes()
+	p, err := newStdio()
 	if err != nil {
 		return fail(StepPipes, err)
 	}
@@ -192,11 +212,10 @@ func (r *Execution) start(workdir string, t0, admitted time.Time) error {
 	}
 	// From here the process exists: every path ends through wait -> finish.
 	r.mu.Lock()
-	r.proc, r.stdin = proc, p.stdinW
+	r.proc, r.stdin, r.out = proc, p.stdinW, p
 	r.mu.Unlock()
-	r.readers.Add(2)
-	go r.readOutput(p.stdoutR, api.EventStdout)
-	go r.readOutput(p.stderrR, api.EventStderr)
+	r.readers.Add(1)
+	go r.readOutput(p)
 	go r.wait()
 	if proc.Warm() {
 		steps.mark("claim")
@@ -233,7 +252,8 @@ func (r *Execution) start(workdir string, t0, admitted time.Time) error {
 	if err := e.step(StepExec); err != nil {
 		return abort(StepExec, err)
 	}
-	err = proc.Launch(job, lim.Pids, p.stdinR, p.stdoutW, p.stderrW)
+	stdin, stdout, stderr := p.childFiles()
+	err = proc.Launch(job, lim.Pids, stdin, stdout, stderr)
 	// The program holds its own copies now (or never will): the end of its
 	// output must be EOF for the readers.
 	if cerr := p.closeChildEnds(); cerr != nil {
@@ -356,6 +376,25 @@ func (r *Execution) kill(reason api.Reason) {
 	}
 }
 
+// Interrupt is Ctrl-C: SIGINT to the helper, the run's PID 1, which passes
+// it to the program's process group (sandbox/inside). The program decides
+// what it does (KeyboardInterrupt in Python); the run is not ended here.
+func (r *Execution) Interrupt() error {
+	r.mu.Lock()
+	proc, started := r.proc, r.started
+	r.mu.Unlock()
+	if !started || r.ending.Load() {
+		return api.Errorf(api.CodeRunEnded, "run %s is not running its program (it is starting or has ended)", r.id)
+	}
+	if err := proc.Interrupt(syscall.SIGINT); err != nil {
+		if r.ending.Load() {
+			return api.Errorf(api.CodeRunEnded, "run %s has ended", r.id)
+		}
+		return fmt.Errorf("interrupt run %s: %w", r.id, err)
+	}
+	return nil
+}
+
 // Stop ends the run with reason stopped (unless it already ends for
 // another reason) and returns its final object.
 func (r *Execution) Stop(ctx context.Context) (api.Run, error) {
@@ -412,14 +451,26 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 		stats = s
 	}
 	r.closeStdin(log)
-	// Every writer is dead once the cgroup is empty, so the readers reach
-	// EOF; the bound only guards against a pipe leaked elsewhere.
+	// Every writer is dead once the cgroup is empty: what they sent is
+	// queued, and the reader takes it and returns. The bound only guards
+	// against a reader stuck elsewhere.
+	r.mu.Lock()
+	out := r.out
+	r.mu.Unlock()
+	if err := out.endOutput(); err != nil {
+		errs = append(errs, err)
+	}
 	readersDone := make(chan struct{})
 	go func() { r.readers.Wait(); close(readersDone) }()
 	select {
 	case <-readersDone:
 	case <-time.After(5 * time.Second):
 		errs = append(errs, errors.New("output readers did not finish within 5s"))
+	}
+	if out != nil {
+		if err := closeFiles(out.recv); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if proc != nil {
 		if err := proc.Close(); err != nil {
@@ -438,7 +489,9 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	}
 	info := &r.info
 	info.Reason = reason
-	if ex != nil {
+	// A start that failed ran no program: the helper's own exit status is
+	// not the student's exit code.
+	if ex != nil && reason != api.ReasonStartFailed {
 		if ex.Signal != 0 {
 			info.Signal = unixSignalName(ex.Signal)
 		} else {
@@ -459,6 +512,8 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	info.PeakMemoryBytes = stats.PeakMemory
 	info.OutputBytes = r.outBytes
 	info.Truncated = r.truncated
+	info.MemoryBytes = 0
+	info.Message = api.EndMessage(info)
 	final := r.snapshot()
 	killedAt := r.killedAt
 	r.mu.Unlock()
@@ -472,7 +527,8 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	// Shutdown waits for this, so nothing logs after it returns.
 	defer e.live.Done()
 	r.mu.Lock()
-	r.appendLocked(api.Event{Type: api.EventEnd, Run: &final})
+	r.log.appendEvent(api.Event{Type: api.EventEnd, Run: &final})
+	r.log.stop()
 	r.mu.Unlock()
 	close(r.done)
 	e.keep(r)
@@ -569,61 +625,6 @@ func (r *Execution) WriteStdin(ctx context.Context, p []byte, eof bool) error {
 	return nil
 }
 
-// readOutput turns one pipe into events until EOF.
-func (r *Execution) readOutput(f *os.File, t api.EventType) {
-	defer r.readers.Done()
-	defer func() {
-		if err := f.Close(); err != nil {
-			r.e.log.Warn("close output pipe", "run", r.id, "err", err)
-		}
-	}()
-	// A quiet run holds a small buffer; one that fills it gets a larger
-	// one, up to a pipe's whole 64 KiB.
-	buf := make([]byte, 4<<10)
-	var carry int // bytes of an incomplete UTF-8 sequence kept at buf's start
-	var lastSmall time.Time
-	for {
-		n, err := f.Read(buf[carry:])
-		n += carry
-		carry = 0
-		if n > 0 {
-			chunk := buf[:n]
-			if err == nil {
-				// Keep a character split across reads whole.
-				if cut := incompleteTail(chunk); cut > 0 {
-					chunk = chunk[:n-cut]
-					carry = cut
-				}
-			}
-			if len(chunk) > 0 {
-				r.appendOutput(t, chunk)
-			}
-			if carry > 0 {
-				copy(buf, buf[n-carry:n])
-			}
-			if n == len(buf) && len(buf) < 64<<10 {
-				grown := make([]byte, 2*len(buf))
-				copy(grown, buf[:carry])
-				buf = grown
-			}
-			// A writer of tiny pieces in a tight loop (print in a loop,
-			// unbuffered) is batched by a short pause, so a flood makes few
-			// large events instead of one per write; a single small write
-			// (a prompt, the last line) goes on at once.
-			if n < 1024 && err == nil {
-				now := time.Now()
-				if now.Sub(lastSmall) < 2*time.Millisecond {
-					time.Sleep(time.Millisecond)
-				}
-				lastSmall = now
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
 // incompleteTail is the length of a UTF-8 sequence cut off at p's end.
 func incompleteTail(p []byte) int {
 	for i := len(p) - 1; i >= 0 && i >= len(p)-3; i-- {
@@ -650,12 +651,10 @@ func (r *Execution) appendOutput(t api.EventType, p []byte) {
 		over = true
 	}
 	r.outBytes += int64(len(p))
-	if len(p) > 0 {
-		r.appendLocked(api.OutputEvent(0, t, p))
-	}
+	r.log.appendOutput(t, p)
 	if over {
 		r.truncated = true
-		r.appendLocked(api.Event{Type: api.EventTruncated, Data: fmt.Sprintf("output cut at %d KiB (output_kb)", r.lim.OutputKB)})
+		r.log.appendEvent(api.Event{Type: api.EventTruncated, Data: fmt.Sprintf("output cut at %d KiB (output_kb)", r.lim.OutputKB)})
 	}
 	r.mu.Unlock()
 	if over {
@@ -663,48 +662,12 @@ func (r *Execution) appendOutput(t api.EventType, p []byte) {
 	}
 }
 
-// appendLocked numbers and stores an event and wakes the readers.
-func (r *Execution) appendLocked(ev api.Event) {
-	ev.Seq = int64(len(r.events)) + 1
-	r.events = append(r.events, ev)
-	close(r.changed)
-	r.changed = make(chan struct{})
-}
-
 // EventsAfter returns the events after seq, and a channel closed when more
-// arrive. The slice is shared: callers must not change it.
+// arrive.
 func (r *Execution) EventsAfter(seq int64) ([]api.Event, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if seq < 0 {
-		seq = 0
-	}
-	if seq >= int64(len(r.events)) {
-		return nil, r.changed
-	}
-	return r.events[seq:], r.changed
-}
-
-// pipes are the child's stdio.
-type pipes struct {
-	stdinR, stdinW   *os.File
-	stdoutR, stdoutW *os.File
-	stderrR, stderrW *os.File
-}
-
-func newPipes() (*pipes, error) {
-	p := &pipes{}
-	var err error
-	if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
-		return nil, fmt.Errorf("create stdin pipe: %w", err)
-	}
-	if p.stdoutR, p.stdoutW, err = os.Pipe(); err != nil {
-		return nil, errors.Join(fmt.Errorf("create stdout pipe: %w", err), p.closeAll())
-	}
-	if p.stderrR, p.stderrW, err = os.Pipe(); err != nil {
-		return nil, errors.Join(fmt.Errorf("create stderr pipe: %w", err), p.closeAll())
-	}
-	return p, nil
+	return r.log.after(seq)
 }
 
 func closeFiles(fs ...*os.File) error {
@@ -717,17 +680,6 @@ func closeFiles(fs ...*os.File) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// closeChildEnds closes the program's ends; a second call does nothing.
-func (p *pipes) closeChildEnds() error {
-	err := closeFiles(p.stdinR, p.stdoutW, p.stderrW)
-	p.stdinR, p.stdoutW, p.stderrW = nil, nil, nil
-	return err
-}
-
-func (p *pipes) closeAll() error {
-	return errors.Join(p.closeChildEnds(), closeFiles(p.stdinW, p.stdoutR, p.stderrR))
 }
 
 // stepTimer records when each start-up step ended, for the log line that

@@ -24,6 +24,9 @@ type Engine interface {
 	// arrive, and whether the run has ended (nothing more will come).
 	Events(id string, after int64) (evs []api.Event, more <-chan struct{}, ended bool, err error)
 	WriteStdin(ctx context.Context, id string, p []byte, eof bool) error
+	// InterruptRun delivers Ctrl-C (SIGINT to the program's process
+	// group); the run goes on if the program catches it.
+	InterruptRun(ctx context.Context, id string) error
 	// StopStudent stops every run of a student and refuses the student's
 	// starts waiting in the admission queue.
 	StopStudent(ctx context.Context, name string) (api.StudentStop, error)

@@ -150,6 +150,7 @@ func (s *Server) routes() []route {
 		{method: "POST", path: "/v1/runs", role: RoleClient, h: s.startRun},
 		{method: "GET", path: "/v1/runs/{id}", role: RoleClient, h: s.getRun},
 		{method: "GET", path: "/v1/runs/{id}/events", role: RoleClient, stream: true, h: s.events},
+		{method: "POST", path: "/v1/runs/{id}/interrupt", role: RoleClient, h: s.interrupt},
 		{method: "POST", path: "/v1/runs/{id}/stdin", role: RoleClient, h: s.stdin},
 		{method: "POST", path: "/v1/runs/{id}/stop", role: RoleClient, h: s.stop},
 		{method: "GET", path: "/v1/students", role: RoleAdmin, h: s.listStudents},
@@ -407,6 +408,15 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, s.log, http.StatusOK, info)
+	return nil
+}
+
+// interrupt is Ctrl-C: the program may catch it and go on, unlike stop.
+func (s *Server) interrupt(w http.ResponseWriter, r *http.Request) error {
+	if err := s.cfg.Engine.InterruptRun(r.Context(), r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

@@ -200,6 +200,51 @@ type Script struct {
 // maxHashBytes bounds how much of a script is read for its hash.
 const maxHashBytes = 16 << 20
 
+// ResolveDir resolves rel, a directory a run may start in, beneath
+// workdir: no "..", absolute path or symlink may lead out of it, and it
+// must be a directory on the same filesystem. It returns the directory's
+// absolute path and its canonical path relative to workdir.
+func ResolveDir(workdir, rel string) (abs, canon string, err error) {
+	if rel == "" || strings.ContainsRune(rel, 0) || filepath.IsAbs(rel) {
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q: want a relative path inside the student's directory", rel)
+	}
+	dir, err := unix.Open(workdir, unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", "", fmt.Errorf("open workdir %s: %w", workdir, err)
+	}
+	defer unix.Close(dir) //nolint:errcheck // read-only directory fd
+	fd, err := unix.Openat2(dir, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q: no such directory in the student's directory", rel)
+	case errors.Is(err, unix.ENOTDIR):
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q is not a directory", rel)
+	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q leads outside the student's directory or through a symlink", rel)
+	case errors.Is(err, unix.ENAMETOOLONG):
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q is too long", rel)
+	case err != nil:
+		return "", "", fmt.Errorf("open cwd %q: %w", rel, err)
+	}
+	defer unix.Close(fd) //nolint:errcheck // O_PATH fd
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", "", fmt.Errorf("find path of cwd %q: %w", rel, err)
+	}
+	realDir, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", dir))
+	if err != nil {
+		return "", "", fmt.Errorf("find canonical path of %s: %w", workdir, err)
+	}
+	canon, err = filepath.Rel(realDir, real)
+	if err != nil || canon == ".." || strings.HasPrefix(canon, "../") {
+		return "", "", api.Errorf(api.CodeInvalidPath, "cwd %q resolved to %s, outside %s", rel, real, workdir)
+	}
+	return filepath.Join(workdir, canon), canon, nil
+}
+
 // ResolveScript checks that script names a regular file inside workdir.
 // The kernel does the check (openat2 with RESOLVE_BENEATH), so `..`,
 // absolute paths and symlinks leading out are refused even when they are

@@ -195,8 +195,8 @@ helper_threads() {
 }
 
 # want_limits TAG MIB SOURCE TEXT: checks "file value" lines in TEXT.
-# pids_max is the run's pids limit (64) plus its helper's threads.
-pids_max=64
+# pids_max is the run's pids limit (256) plus its helper's threads.
+pids_max=256
 want_limits() {
 	local tag=$1 mib=$2 src=$3 text=$4 swap
 	expect "$tag memory.max ($src)" "memory.max $((mib * 1048576))" "$(grep '^memory.max ' <<<"$text")"
@@ -204,7 +204,7 @@ want_limits() {
 	if [[ $swap == "memory.swap.max absent" ]]; then
 		pass "$tag memory.swap.max ($src): no such file on this kernel"
 	else expect "$tag memory.swap.max ($src)" "memory.swap.max 0" "$swap"; fi
-	expect "$tag pids.max, the default 64 and the helper's threads ($src)" "pids.max $pids_max" "$(grep '^pids.max ' <<<"$text")"
+	expect "$tag pids.max, the default 256 and the helper's threads ($src)" "pids.max $pids_max" "$(grep '^pids.max ' <<<"$text")"
 	expect "$tag cpu.max, 100% ($src)" "cpu.max 100000 100000" "$(grep '^cpu.max ' <<<"$text")"
 }
 
@@ -226,7 +226,7 @@ limits_run() {
 		sleep 0.1
 	done
 	if [[ -n $cg && -d /sys/fs/cgroup$cg ]]; then
-		pids_max=$((64 + $(helper_threads "$cg")))
+		pids_max=$((256 + $(helper_threads "$cg")))
 		for f in memory.max memory.swap.max pids.max cpu.max; do
 			if [[ -f /sys/fs/cgroup$cg/$f ]]; then
 				outside+="$f $(cat "/sys/fs/cgroup$cg/$f" 2>&1)"$'\n'
@@ -439,7 +439,7 @@ limits_burst() {
 		fi
 		[[ $cg == */idexd/warm.* ]] && warm=$((warm + 1)) || cold=$((cold + 1))
 		out=""
-		pids_max=$((64 + $(helper_threads "$cg")))
+		pids_max=$((256 + $(helper_threads "$cg")))
 		for f in memory.max memory.swap.max pids.max cpu.max; do
 			v=absent
 			[[ -f /sys/fs/cgroup$cg/$f ]] && v=$(cat "/sys/fs/cgroup$cg/$f" 2>&1)
@@ -465,7 +465,7 @@ check_g() {
 	before=$(metric idexd_runs_warm_started_total)
 	say "(g) idexd_runs_warm_started_total before: '${before:-none}'"
 	# Different memory limits each time: a warm helper was prepared with
-	# the defaults (256 MiB), so a claimed one must have been updated.
+	# the defaults (512 MiB), so a claimed one must have been updated.
 	for i in 1 2 3; do
 		mib=$((32 * (i + 1)))
 		limits_run "(g) run $i:" "$mib"

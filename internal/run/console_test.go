@@ -1,0 +1,323 @@
+package run_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+// merged is a run's output across streams, in event order, each piece
+// tagged o| or e| at a change of stream.
+func merged(evs []api.Event) string {
+	var b strings.Builder
+	var last api.EventType
+	for _, ev := range evs {
+		if ev.Type != api.EventStdout && ev.Type != api.EventStderr {
+			continue
+		}
+		if ev.Type != last {
+			b.WriteString(map[api.EventType]string{api.EventStdout: "o|", api.EventStderr: "e|"}[ev.Type])
+			last = ev.Type
+		}
+		b.Write(ev.Bytes())
+	}
+	return b.String()
+}
+
+// hostMerged runs src on the host with stdout and stderr on one pipe:
+// what a terminal shows, in write order.
+func hostMerged(t *testing.T, dir, script string) string {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/python3", script)
+	cmd.Dir = dir
+	cmd.Env = []string{"PYTHONUNBUFFERED=1", "LC_ALL=C.UTF-8", "PATH=/usr/bin:/bin"}
+	out, _ := cmd.CombinedOutput() // a traceback exits 1: the bytes are what matter
+	if len(out) == 0 {
+		t.Fatalf("host run of %s printed nothing", script)
+	}
+	return string(out)
+}
+
+func plain(evs []api.Event) string {
+	var b strings.Builder
+	for _, ev := range evs {
+		if ev.Type == api.EventStdout || ev.Type == api.EventStderr {
+			b.Write(ev.Bytes())
+		}
+	}
+	return b.String()
+}
+
+// TestOutputInWriteOrder: stdout and stderr reach the events in the order
+// the program wrote them (issue 13): order.py in 100 of 100 runs, 1000
+// alternations, threads, and the REPL's results before the next prompt.
+func TestOutputInWriteOrder(t *testing.T) {
+	env := testutil.NewEnv(t, warm(2))
+	order := "for i in range(3): print(\"line\", i)\nprint(1/0)\n"
+	dir := env.WriteScript(t, "alice", "order.py", order)
+	env.WriteScript(t, "alice", "alternate.py", `import sys
+for i in range(1000):
+    sys.stdout.write("o%d\n" % i); sys.stdout.flush()
+    sys.stderr.write("e%d\n" % i); sys.stderr.flush()
+`)
+	env.WriteScript(t, "alice", "threads.py", `import sys, threading
+lock = threading.Lock()
+def w(n):
+    for i in range(200):
+        with lock:
+            s = sys.stdout if i % 2 else sys.stderr
+            s.write("%d-%d\n" % (n, i)); s.flush()
+ts = [threading.Thread(target=w, args=(n,)) for n in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+`)
+	if got := hostMerged(t, strings.TrimSuffix(dir, "/order.py"), "order.py"); !strings.HasPrefix(got, "line 0\nline 1\nline 2\nTraceback") {
+		t.Fatalf("order.py on the host: %q", got)
+	}
+	// One run per (student, script) at a time: four students run it at
+	// once; each compared with the host's run in the same directory.
+	var wants [4]string
+	for k := 0; k < 4; k++ {
+		d := env.WriteScript(t, fmt.Sprintf("s%d", k), "order.py", order)
+		wants[k] = hostMerged(t, strings.TrimSuffix(d, "/order.py"), "order.py")
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bad := 0
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res := runToEnd(t, env, api.RunRequest{Student: fmt.Sprintf("s%d", i%4), Script: "order.py"})
+			if got, want := plain(res.Events), wants[i%4]; got != want {
+				mu.Lock()
+				bad++
+				if bad == 1 {
+					t.Errorf("order.py out of order:\n%q\nwant (host, one pipe):\n%q", got, want)
+				}
+				mu.Unlock()
+			}
+		}(i)
+		if i%4 == 3 {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	t.Logf("order.py: %d of 100 runs in write order", 100-bad)
+
+	res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "alternate.py", Limits: api.Limits{OutputKB: 64}})
+	var b strings.Builder
+	for i := 0; i < 1000; i++ {
+		fmt.Fprintf(&b, "o|o%d\ne|e%d\n", i, i)
+	}
+	if got := merged(res.Events); got != b.String() {
+		t.Errorf("alternate.py: not 1000 alternations in order (%d bytes, want %d); first 200: %q", len(got), b.Len(), got[:min(200, len(got))])
+	}
+
+	res = runToEnd(t, env, api.RunRequest{Student: "alice", Script: "threads.py"})
+	// Under the lock, each thread's lines are written in its own order; the
+	// streams must carry them in that order too.
+	next := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSuffix(plain(res.Events), "\n"), "\n") {
+		var n, i int
+		if _, err := fmt.Sscanf(line, "%d-%d", &n, &i); err != nil {
+			t.Fatalf("threads.py printed %q: %v", line, err)
+		}
+		k := fmt.Sprint(n)
+		if i != next[k] {
+			t.Fatalf("threads.py: thread %d's line %d came when %d was due", n, i, next[k])
+		}
+		next[k]++
+	}
+	if len(next) != 4 {
+		t.Errorf("threads.py: lines of %d threads, want 4", len(next))
+	}
+}
+
+// TestReplResultsBeforePrompt: in repl mode each result is shown before the
+// next ">>> " prompt (the prompt is on stderr), lines sent 250 ms apart.
+func TestReplResultsBeforePrompt(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "bob", "start.py", "x = 0\n")
+	r := startRun(t, env, api.RunRequest{Student: "bob", Script: "start.py", Mode: api.ModeRepl})
+	ctx := ctxT(t, 60*time.Second)
+	for i := 1; i <= 15; i++ {
+		time.Sleep(250 * time.Millisecond)
+		if err := r.WriteStdin(ctx, []byte(fmt.Sprintf("%d * 1000\n", i)), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.WriteStdin(ctx, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	res := testutil.Collect(ctx, t, r)
+	got := plain(res.Events)
+	ok := 0
+	for i := 1; i <= 15; i++ {
+		if strings.Contains(got, fmt.Sprintf("%d\n>>> ", i*1000)) {
+			ok++
+		}
+	}
+	if ok != 15 {
+		t.Errorf("%d of 15 results before the next prompt; output:\n%s", ok, got)
+	}
+}
+
+// TestTrickleIsBounded: a program writing one byte at a time makes few
+// events, not one per byte (issue 14.9), even with a reader following.
+func TestTrickleIsBounded(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "carol", "trickle.py", `import os, time
+for i in range(3000):
+    os.write(1, b".")
+    time.sleep(0.0011)
+`)
+	r := startRun(t, env, api.RunRequest{Student: "carol", Script: "trickle.py"})
+	res := testutil.Collect(ctxT(t, 60*time.Second), t, r)
+	if res.Stdout != strings.Repeat(".", 3000) {
+		t.Fatalf("trickle.py printed %d bytes, want 3000", len(res.Stdout))
+	}
+	// 3000 writes over about 3.3 s (more on a slow machine), one follower:
+	// at most one event per wake-up interval (10 ms), plus the end.
+	n := len(res.Events)
+	wall := time.Duration(res.Run.WallMS) * time.Millisecond
+	if limit := int(wall/(10*time.Millisecond)) + 2; n > limit {
+		t.Errorf("%d events for 3000 one-byte writes in %s, want at most %d (one per 10 ms)", n, wall, limit)
+	}
+	if n > 1000 {
+		t.Errorf("%d events for 3000 one-byte writes: not coalesced", n)
+	}
+	t.Logf("3000 one-byte writes in %s: %d events", wall, n)
+}
+
+// TestInterrupt: Ctrl-C reaches the program as KeyboardInterrupt, which
+// it may catch and go on; in the REPL it ends the computation, not the
+// session.
+func TestInterrupt(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "dave", "bye.py", `import time
+print("ready", flush=True)
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("Goodbye!")
+`)
+	r := startRun(t, env, api.RunRequest{Student: "dave", Script: "bye.py"})
+	waitOutput(t, r, "ready\n", 30*time.Second)
+	if err := r.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	res := testutil.Collect(ctxT(t, 30*time.Second), t, r)
+	if res.Stdout != "ready\nGoodbye!\n" || res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" {
+		t.Errorf("bye.py: %q, ended %s exit %s; want Goodbye! and exit 0", res.Stdout, res.Run.Reason, exitCode(res.Run))
+	}
+	if err := r.Interrupt(); !errors.Is(err, api.ErrRunEnded) {
+		t.Errorf("interrupt of an ended run: %v, want run_ended", err)
+	}
+
+	env.WriteScript(t, "dave", "calc.py", "n = 0\n")
+	r = startRun(t, env, api.RunRequest{Student: "dave", Script: "calc.py", Mode: api.ModeRepl})
+	ctx := ctxT(t, 30*time.Second)
+	if err := r.WriteStdin(ctx, []byte("print('spin', flush=True)\nwhile True: n += 1\n\n"), false); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, r, "spin\n", 30*time.Second)
+	if err := r.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteStdin(ctx, []byte("print('still here', n > 0)\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	res = testutil.Collect(ctx, t, r)
+	if !strings.Contains(res.Stderr, "KeyboardInterrupt") || !strings.Contains(res.Stdout, "still here True") || res.Run.Reason != api.ReasonExited {
+		t.Errorf("repl after Ctrl-C: stdout %q stderr %q reason %s; want KeyboardInterrupt, then the session going on", res.Stdout, res.Stderr, res.Run.Reason)
+	}
+}
+
+// TestEndsExplained: an end other than exit 0 carries a sentence for the
+// student, in the end event and in the record; a live run shows what it
+// uses now.
+func TestEndsExplained(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "erin", "hog.py", `import time
+x = bytearray(40 << 20)
+for i in range(0, len(x), 4096):
+    x[i] = 1
+print("allocated", flush=True)
+time.sleep(60)
+`)
+	r := startRun(t, env, api.RunRequest{Student: "erin", Script: "hog.py", Limits: api.Limits{WallSeconds: 10}})
+	waitOutput(t, r, "allocated\n", 30*time.Second)
+	live, err := env.Engine.GetRun(ctxT(t, 10*time.Second), r.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live.MemoryBytes < 40<<20 || live.MemoryBytes > 400<<20 {
+		t.Errorf("live run's memory_bytes %d, want about 40 MiB and more", live.MemoryBytes)
+	}
+	if live.Message != "" {
+		t.Errorf("live run has message %q", live.Message)
+	}
+	res := testutil.Collect(ctxT(t, 30*time.Second), t, r)
+	want := "Your program ran for more than 10 seconds and was stopped."
+	if res.Run.Reason != api.ReasonTimedOut || res.Run.Message != want {
+		t.Errorf("ended %s with message %q, want timed_out and %q", res.Run.Reason, res.Run.Message, want)
+	}
+	if res.Run.MemoryBytes != 0 {
+		t.Errorf("ended run's memory_bytes %d, want 0 (peak_memory_bytes is the figure then)", res.Run.MemoryBytes)
+	}
+	got, err := env.Engine.ListRuns(ctxT(t, 10*time.Second), api.RunFilter{Student: "erin", State: api.StateEnded})
+	if err != nil || len(got) != 1 || got[0].Message != want {
+		t.Errorf("listed: %+v %v, want one run with message %q", got, err, want)
+	}
+}
+
+// TestCwdAndArgv: a run may start in a directory beneath the student's
+// (an IDE runs a script from its own folder), the script is found
+// relative to it, and sys.argv[0] is the path as the student gave it.
+func TestCwdAndArgv(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	src := "import os, sys\nprint(sys.argv[0], os.path.basename(os.getcwd()), open('data.txt').read())\n"
+	env.WriteScript(t, "frank", "project1/main.py", src)
+	env.WriteScript(t, "frank", "project1/data.txt", "p1")
+	top := env.WriteScript(t, "frank", "main.py", src)
+	env.WriteScript(t, "frank", "data.txt", "top")
+	// A symlink planted by a run, out of the directory or not, is no cwd.
+	if err := os.Symlink("/etc", filepath.Join(filepath.Dir(top), "out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("project1", filepath.Join(filepath.Dir(top), "in")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cwd, script, want string
+	}{
+		{"project1", "./main.py", "./main.py project1 p1\n"},
+		{"project1", "main.py", "main.py project1 p1\n"},
+		{"project1", "../main.py", "../main.py project1 p1\n"},
+		{"", "./main.py", "./main.py frank top\n"},
+		{"", "project1/main.py", "project1/main.py frank top\n"},
+	} {
+		res := runToEnd(t, env, api.RunRequest{Student: "frank", Script: c.script, Cwd: c.cwd})
+		if res.Stdout != c.want || res.Run.Reason != api.ReasonExited {
+			t.Errorf("cwd %q script %q: %q (%s, stderr %q), want %q", c.cwd, c.script, res.Stdout, res.Run.Reason, res.Stderr, c.want)
+		}
+	}
+	ctx := ctxT(t, 10*time.Second)
+	for _, cwd := range []string{"..", "/tmp", "project1/../..", "nope", "main.py", "out", "in"} {
+		_, err := env.Engine.Start(ctx, api.RunRequest{Student: "frank", Script: "main.py", Cwd: cwd})
+		if !errors.Is(err, api.ErrInvalidPath) {
+			t.Errorf("cwd %q: %v, want invalid_path", cwd, err)
+		}
+	}
+	assertClean(t, env)
+}
