@@ -321,3 +321,43 @@ func TestCwdAndArgv(t *testing.T) {
 	}
 	assertClean(t, env)
 }
+
+// TestUserName: inside a run the student's uid and gid have the student's
+// name (pwd, grp, whoami, Path.owner), through the run's own /etc/passwd
+// and /etc/group; the host's files are untouched and the run's /tmp holds
+// nothing of it.
+func TestUserName(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	before := map[string][]byte{}
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = b
+	}
+	env.WriteScript(t, "grace", "who.py", `import grp, os, pathlib, pwd, subprocess
+open("mine.txt", "w").close()
+print(pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name, pathlib.Path("mine.txt").owner())
+print(subprocess.run(["whoami"], capture_output=True, text=True).stdout.strip())
+print(pwd.getpwnam("grace").pw_dir == os.environ["HOME"], os.listdir("/tmp"))
+try:
+    open("/etc/passwd", "a").write("evil::0:0::/:/bin/sh\n")
+except OSError as e:
+    print(type(e).__name__)
+`)
+	res := runToEnd(t, env, api.RunRequest{Student: "grace", Script: "who.py"})
+	want := "grace grace grace\ngrace\nTrue []\nPermissionError\n"
+	if res.Stdout != want || res.Run.Reason != api.ReasonExited {
+		t.Errorf("who.py: %q (%s, stderr %q), want %q", res.Stdout, res.Run.Reason, res.Stderr, want)
+	}
+	for f, b := range before {
+		after, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(after) != string(b) {
+			t.Errorf("the host's %s changed during the run", f)
+		}
+	}
+}

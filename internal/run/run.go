@@ -155,6 +155,7 @@ func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 		Cwd:         cwd,
 		UID:         r.info.UID,
 		GID:         r.info.GID,
+		User:        r.info.Student,
 		// What the layout of students' directories needs: private (077) or
 		// shared with the web tier through the group (007).
 		Umask: e.umask(),

@@ -89,6 +89,9 @@ type Job struct {
 	// Dir is the student's directory: the one place of the host's
 	// filesystem the run may write, bound read-write at the same path.
 	Dir string `json:"dir"`
+	// User is the student's name: the run's own /etc/passwd and /etc/group
+	// give it to UID and GID (whoami, pwd.getpwuid).
+	User string `json:"user"`
 	// Cwd is where the program starts: Dir or a directory beneath it.
 	Cwd     string  `json:"cwd"`
 	UID     uint32  `json:"uid"`
@@ -254,6 +257,9 @@ func start(job Job, stdio [3]int, filter *unix.SockFprog) (int, error) {
 		return 0, fmt.Errorf("helper: refusing to run as uid %d gid %d", job.UID, job.GID)
 	}
 	if err := bindWorkdir(job.Dir); err != nil {
+		return 0, err
+	}
+	if err := nameUser(job.User, job.UID, job.GID, job.Dir); err != nil {
 		return 0, err
 	}
 	// Go applies these to every thread of the process. Groups first,
