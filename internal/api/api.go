@@ -44,6 +44,9 @@ const (
 	ReasonShutdown    Reason = "shutdown"
 	ReasonStartFailed Reason = "start_failed"
 	ReasonLost        Reason = "lost"
+	// ReasonInputTimeout: the program waited for input longer than
+	// input_wait_seconds (an abandoned program).
+	ReasonInputTimeout Reason = "input_timeout"
 	// ReasonLockLost: the run's shared lock (a PostgreSQL lease) expired
 	// while this host could not renew it and another run took it, so the
 	// run was stopped to leave the script to that one.
@@ -54,7 +57,7 @@ const (
 // (idexctl history --reason); TestReasonsListsEveryReason keeps it whole.
 var Reasons = []Reason{
 	ReasonExited, ReasonSignaled, ReasonOOMKilled, ReasonTimedOut, ReasonOutputLimit,
-	ReasonStopped, ReasonShutdown, ReasonStartFailed, ReasonLost, ReasonLockLost,
+	ReasonStopped, ReasonShutdown, ReasonStartFailed, ReasonLost, ReasonLockLost, ReasonInputTimeout,
 }
 
 // Limits bound one run. A zero field means "the configured default".
@@ -168,6 +171,12 @@ type Run struct {
 	// MemoryBytes is a live run's current memory (the cgroup's usage),
 	// read when the run is asked for; 0 once it has ended.
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// WaitingInput is true while the program is blocked reading its empty
+	// stdin (the web tier shows an input box then).
+	WaitingInput bool `json:"waiting_input"`
+	// InputWaitMS is how long the program waited for input in all: the
+	// wall limit does not count it.
+	InputWaitMS int64 `json:"input_wait_ms,omitempty"`
 	// Message is one sentence for a student about how the run ended
 	// (EndMessage); empty while it runs.
 	Message string `json:"message,omitempty"`
@@ -184,6 +193,10 @@ const (
 	EventStderr EventType = "stderr"
 	// EventTruncated marks where output past the cap was cut.
 	EventTruncated EventType = "truncated"
+	// EventInputWait and EventInputResume: the program started, and
+	// stopped, waiting for input.
+	EventInputWait   EventType = "input_wait"
+	EventInputResume EventType = "input_resume"
 	// EventEnd is the last event of every stream; it carries the final run.
 	EventEnd EventType = "end"
 )

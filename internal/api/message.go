@@ -35,6 +35,8 @@ func EndMessage(run *Run) string {
 		return "Your program could not be started; try again, and tell your teacher if it keeps happening."
 	case ReasonLost:
 		return "The server restarted while your program was running; run it again."
+	case ReasonInputTimeout:
+		return "Your program waited too long for input and was stopped."
 	case ReasonLockLost:
 		return "This script was started again elsewhere, so this run was stopped."
 	}

@@ -570,7 +570,7 @@ func ExitCode(r *api.Run) int {
 			return 128 + int(s)
 		}
 		return ExitError
-	case api.ReasonTimedOut:
+	case api.ReasonTimedOut, api.ReasonInputTimeout:
 		return ExitTimedOut
 	case api.ReasonOutputLimit:
 		return ExitOutputLimit

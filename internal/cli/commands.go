@@ -54,7 +54,7 @@ func (c *command) synopsis() string {
 
 // exitCodes are run's exit codes, for its help and the man page.
 const exitCodes = `the script's own; 128+N when killed by signal N; 124
-timed_out, 125 output_limit, 126 start_failed, 127 lost or lock_lost,
+timed_out or input_timeout, 125 output_limit, 126 start_failed, 127 lost or lock_lost,
 130 stopped, 137 oom_killed, 143 shutdown; 1 when idexctl itself fails`
 
 var commands []*command

@@ -90,6 +90,9 @@ type Config struct {
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// KeepEnded is how long an ended run's events stay in memory for late readers.
 	KeepEnded Duration `toml:"keep_ended"`
+	// InputWaitSeconds ends a program that waits for input longer than
+	// this (input_timeout); the wall limit does not count such waits.
+	InputWaitSeconds int `toml:"input_wait_seconds"`
 	// KeepEndedMB bounds the memory ended runs' events hold together.
 	KeepEndedMB int64      `toml:"keep_ended_mb"`
 	Defaults    api.Limits `toml:"defaults"`
@@ -155,6 +158,9 @@ func Default() Config {
 		LeaseTTL:      Duration{30 * time.Second},
 		KeepEnded:     Duration{10 * time.Minute},
 		KeepEndedMB:   256,
+		// A student who reads the prompt, thinks and types is not an
+		// abandoned program; one left open over a lesson is.
+		InputWaitSeconds: 900,
 		// Defaults a class does not hit (issue 13): 100 threads, 1,000 open
 		// files and a 10-million-int list run as in a terminal. README
 		// "Limits" says why each is what it is.
@@ -349,6 +355,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
 	}
 	errs = append(errs, c.validateFair()...)
+	if c.InputWaitSeconds < 1 {
+		errs = append(errs, fmt.Errorf("input_wait_seconds must be at least 1, got %d", c.InputWaitSeconds))
+	}
 	if c.KeepEndedMB < 1 {
 		errs = append(errs, fmt.Errorf("keep_ended_mb must be at least 1, got %d", c.KeepEndedMB))
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -359,5 +360,78 @@ except OSError as e:
 		if string(after) != string(b) {
 			t.Errorf("the host's %s changed during the run", f)
 		}
+	}
+}
+
+// TestInputWaits: a program blocked reading its empty stdin is waiting for
+// input (waiting_input, input_wait / input_resume events), the wall limit
+// does not count that time, an abandoned program ends input_timeout, and
+// a program that sleeps, reads a file or reads a closed stdin is never
+// said to wait.
+func TestInputWaits(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1), func(c *run.Config) { c.InputWait = 2 * time.Second })
+	env.WriteScript(t, "heidi", "calc.py", `for i in range(3):
+    n = int(input("n? "))
+    print(n * 2, flush=True)
+`)
+	// Three answers 1.5 s apart: 4.5 s in all under a 3 s wall limit.
+	r := startRun(t, env, api.RunRequest{Student: "heidi", Script: "calc.py", Limits: api.Limits{WallSeconds: 3}})
+	ctx := ctxT(t, 60*time.Second)
+	for i := 1; i <= 3; i++ {
+		deadline := time.Now().Add(20 * time.Second)
+		for !r.Info().WaitingInput {
+			if time.Now().After(deadline) {
+				t.Fatalf("answer %d: the run never said it waits for input; events %+v", i, r.Info())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		if err := r.WriteStdin(ctx, []byte(fmt.Sprintf("%d\n", i)), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := testutil.Collect(ctx, t, r)
+	if res.Run.Reason != api.ReasonExited || res.Stdout != "n? 2\nn? 4\nn? 6\n" {
+		t.Fatalf("calc.py ended %s printing %q (stderr %q), want exited with three answers", res.Run.Reason, res.Stdout, res.Stderr)
+	}
+	var kinds []string
+	for _, ev := range res.Events {
+		if ev.Type == api.EventInputWait || ev.Type == api.EventInputResume {
+			kinds = append(kinds, string(ev.Type))
+		}
+	}
+	if want := strings.Repeat("input_wait input_resume ", 3); strings.Join(kinds, " ")+" " != want {
+		t.Errorf("input events %v, want %s", kinds, want)
+	}
+	if res.Run.InputWaitMS < 4000 || res.Run.WallMS < 4500 || res.Run.WaitingInput {
+		t.Errorf("input_wait_ms %d, wall_ms %d, waiting %v: want >= 4000 of waits in >= 4500 ms, not waiting", res.Run.InputWaitMS, res.Run.WallMS, res.Run.WaitingInput)
+	}
+
+	env.WriteScript(t, "heidi", "abandoned.py", "input('name? ')\n")
+	res = runToEnd(t, env, api.RunRequest{Student: "heidi", Script: "abandoned.py"})
+	if res.Run.Reason != api.ReasonInputTimeout || res.Run.Message != "Your program waited too long for input and was stopped." {
+		t.Errorf("abandoned.py ended %s (%q), want input_timeout after 2 s", res.Run.Reason, res.Run.Message)
+	}
+
+	env.WriteScript(t, "heidi", "busy.py", `import time, sys
+time.sleep(0.5)
+open(__file__).read()
+sum(range(3_000_000))
+print(sys.stdin.read() == "", flush=True)
+time.sleep(0.5)
+`)
+	r = startRun(t, env, api.RunRequest{Student: "heidi", Script: "busy.py"})
+	if err := r.WriteStdin(ctx, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	res = testutil.Collect(ctx, t, r)
+	for _, ev := range res.Events {
+		if ev.Type == api.EventInputWait {
+			t.Errorf("busy.py never waits for input, yet: %+v", res.Events)
+			break
+		}
+	}
+	if res.Stdout != "True\n" || res.Run.InputWaitMS != 0 {
+		t.Errorf("busy.py: %q, input_wait_ms %d", res.Stdout, res.Run.InputWaitMS)
 	}
 }

@@ -64,6 +64,9 @@ type Config struct {
 	UIDMin      uint32
 	UIDMax      uint32
 	KeepEnded   time.Duration
+	// InputWait ends a program that waits for input longer than this
+	// (input_timeout); the wall limit does not count such waits.
+	InputWait time.Duration
 	// KeepEndedBytes bounds the output (and events) of ended runs kept in
 	// memory together; past it the oldest are forgotten before KeepEnded.
 	KeepEndedBytes int64
@@ -212,6 +215,9 @@ func New(cfg Config) (*Engine, error) {
 		// A program that opens 1,000 files (or a thread pool's sockets) runs
 		// as in a terminal; the pids limit bounds what a run can hold.
 		cfg.OpenFiles = 4096
+	}
+	if cfg.InputWait == 0 {
+		cfg.InputWait = 15 * time.Minute
 	}
 	if cfg.KeepEnded == 0 {
 		cfg.KeepEnded = 10 * time.Minute

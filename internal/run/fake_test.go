@@ -189,7 +189,7 @@ func (p *fakeProc) Abort() error {
 	return nil
 }
 
-func (p *fakeProc) Wait() (sandbox.Exit, error) {
+func (p *fakeProc) Wait(func(bool)) (sandbox.Exit, error) {
 	<-p.done
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -27,7 +27,9 @@ type Sandbox interface {
 type Process interface {
 	Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) error
 	Abort() error
-	Wait() (sandbox.Exit, error)
+	// Wait returns once the process has exited; onInput hears when the
+	// program starts and stops waiting for input.
+	Wait(onInput func(waiting bool)) (sandbox.Exit, error)
 	Interrupt(sig syscall.Signal) error
 	Kill() error
 	KillAndWait(ctx context.Context) error

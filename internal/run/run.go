@@ -50,6 +50,14 @@ type Execution struct {
 	// goroutine per run (one less 8 KiB stack per live run); under mu.
 	wallTimer *time.Timer
 	cpuTimer  *time.Timer
+	// The wall limit pauses while the program waits for input: wallLeft
+	// is what is left of it as of wallFrom. inputTimer ends a program
+	// that waits too long; waited sums the waits before waitFrom.
+	wallLeft   time.Duration
+	wallFrom   time.Time
+	inputTimer *time.Timer
+	waitFrom   time.Time
+	waited     time.Duration
 
 	readers sync.WaitGroup
 	// settled is closed once the start path has decided (the program runs,
@@ -321,7 +329,8 @@ func (r *Execution) supervise() {
 	if r.ending.Load() {
 		return // finish stops the timers; it has begun, so arm none
 	}
-	r.wallTimer = time.AfterFunc(time.Duration(r.lim.WallSeconds)*time.Second, func() { r.kill(api.ReasonTimedOut) })
+	r.wallLeft, r.wallFrom = time.Duration(r.lim.WallSeconds)*time.Second, time.Now()
+	r.wallTimer = time.AfterFunc(r.wallLeft, func() { r.kill(api.ReasonTimedOut) })
 	r.cpuTimer = time.AfterFunc(cpuPoll, r.checkCPU)
 }
 
@@ -352,7 +361,7 @@ func (r *Execution) checkCPU() {
 func (r *Execution) stopLimits() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, t := range []*time.Timer{r.wallTimer, r.cpuTimer} {
+	for _, t := range []*time.Timer{r.wallTimer, r.cpuTimer, r.inputTimer} {
 		if t != nil {
 			t.Stop()
 		}
@@ -410,7 +419,7 @@ func (r *Execution) Stop(ctx context.Context) (api.Run, error) {
 
 // wait reaps the run's process, then finishes the run.
 func (r *Execution) wait() {
-	ex, err := r.proc.Wait()
+	ex, err := r.proc.Wait(r.inputChanged)
 	if err != nil {
 		r.e.log.Error("wait for run", "run", r.id, "err", err)
 	}
@@ -514,6 +523,13 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	info.OutputBytes = r.outBytes
 	info.Truncated = r.truncated
 	info.MemoryBytes = 0
+	info.InputWaitMS = r.inputWaitedLocked(end).Milliseconds()
+	if info.WaitingInput {
+		// Every wait has its resume, the end's included, so a client
+		// that shows an input box between them always hides it.
+		r.log.appendEvent(api.Event{Type: api.EventInputResume})
+	}
+	info.WaitingInput = false
 	info.Message = api.EndMessage(info)
 	final := r.snapshot()
 	killedAt := r.killedAt

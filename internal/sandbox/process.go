@@ -33,7 +33,11 @@ type Process struct {
 	mu       sync.Mutex
 	ctl      *net.UnixConn
 	settled  bool // Launch or Abort ran
-	launched bool
+	// settledCh is closed once Launch or Abort has done its reads: from
+	// then on Wait alone reads ctl.
+	settledCh   chan struct{}
+	settledOnce sync.Once
+	launched    bool
 	closed   bool
 }
 
@@ -90,7 +94,7 @@ func (s *Sandbox) spawn(g *cgroup.Group) (_ *Process, err error) {
 	if err := cmd.Start(); err != nil {
 		return nil, errors.Join(fmt.Errorf("spawn helper: %w", err), ctl.Close())
 	}
-	return &Process{sb: s, group: g, cmd: cmd, ctl: ctl}, nil
+	return &Process{sb: s, group: g, cmd: cmd, ctl: ctl, settledCh: make(chan struct{})}, nil
 }
 
 // Pid is the helper's pid on the host: the run's PID 1.
@@ -104,7 +108,11 @@ func (p *Process) Group() *cgroup.Group { return p.group }
 
 func (p *Process) read(timeout time.Duration) (inside.Reply, error) {
 	var r inside.Reply
-	if err := p.ctl.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+	deadline := time.Time{} // 0: none
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if err := p.ctl.SetReadDeadline(deadline); err != nil {
 		return r, fmt.Errorf("set deadline on control socket: %w", err)
 	}
 	buf := make([]byte, 64<<10)
@@ -147,6 +155,7 @@ func (p *Process) awaitReady(timeout time.Duration) error {
 func (p *Process) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	defer p.settle()
 	if p.settled {
 		return errors.New("helper already launched or aborted")
 	}
@@ -200,6 +209,7 @@ func (p *Process) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 func (p *Process) Abort() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	defer p.settle()
 	if p.settled {
 		return nil
 	}
@@ -210,6 +220,8 @@ func (p *Process) Abort() error {
 	}
 	return nil
 }
+
+func (p *Process) settle() { p.settledOnce.Do(func() { close(p.settledCh) }) }
 
 // Exit is how a run's program ended.
 type Exit struct {
@@ -222,74 +234,54 @@ type Exit struct {
 	Helper bool
 }
 
-// Wait waits until the helper has exited and returns how the program
-// ended. It waits on a pidfd in Go's netpoller and only then reaps: a
-// waitid that blocks holds an OS thread for the whole run, one thread
-// per live run (207 threads at 200 runs, bench/README.md).
-func (p *Process) Wait() (Exit, error) {
-	var errs []error
-	if err := p.awaitExit(); err != nil {
-		// Reaping below still works, only on a blocked thread.
-		errs = append(errs, fmt.Errorf("wait for pid %d on a pidfd: %w", p.Pid(), err))
+// Wait follows the helper until it has exited and returns how the program
+// ended. While the program runs, the helper says when it starts and stops
+// waiting for input; onInput (may be nil) is told. It reads the control
+// socket in Go's netpoller (the helper's exit closes it) and only then
+// reaps: a waitid that blocks would hold an OS thread per live run (207
+// threads at 200 runs, bench/README.md).
+func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
+	<-p.settledCh
+	var (
+		exit *Exit
+		errs []error
+	)
+	for {
+		r, err := p.read(0)
+		if err != nil {
+			// EOF: the helper is gone. Closed: the run's end deleted the
+			// process while its helper was killed; the reap says how.
+			if !errors.Is(err, errHelperGone) && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("read helper %d: %w", p.Pid(), err))
+			}
+			break
+		}
+		if r.Input != nil && onInput != nil {
+			onInput(*r.Input)
+		}
+		if r.Exit != nil {
+			exit = &Exit{Code: r.Exit.Code, Signal: syscall.Signal(r.Exit.Signal)}
+		}
 	}
 	ps, err := p.reap()
 	if err != nil {
 		errs = append(errs, err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// The helper is gone: what it sent is buffered, then EOF.
-	for !p.closed {
-		r, err := p.read(time.Second)
-		if err != nil {
-			break
-		}
-		if r.Exit != nil {
-			return Exit{Code: r.Exit.Code, Signal: syscall.Signal(r.Exit.Signal)}, errors.Join(errs...)
-		}
+	if exit != nil {
+		return *exit, errors.Join(errs...)
 	}
 	ex := Exit{Helper: true}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
-		switch {
-		case ws.Exited():
-			ex.Code = ws.ExitStatus()
-		case ws.Signaled():
-			ex.Signal = ws.Signal()
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Exited():
+				ex.Code = ws.ExitStatus()
+			case ws.Signaled():
+				ex.Signal = ws.Signal()
+			}
 		}
 	}
 	return ex, errors.Join(errs...)
-}
-
-// awaitExit returns once the helper has exited, without reaping it.
-func (p *Process) awaitExit() error {
-	fd, err := unix.PidfdOpen(p.Pid(), unix.PIDFD_NONBLOCK)
-	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
-		// A kernel before 5.10 (no pidfd, or no PIDFD_NONBLOCK): the
-		// reap that follows waits on a blocked thread instead, correctly.
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("pidfd_open: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "pidfd")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return errors.Join(fmt.Errorf("pidfd: %w", err), f.Close())
-	}
-	var werr error
-	err = rc.Read(func(fd uintptr) bool {
-		var info unix.Siginfo
-		// WNOWAIT: look, leave the zombie for exec.Cmd.Wait to reap.
-		if e := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); e != nil {
-			if errors.Is(e, unix.EINTR) {
-				return false
-			}
-			werr = fmt.Errorf("waitid: %w", e)
-			return true
-		}
-		return info.Signo == int32(unix.SIGCHLD)
-	})
-	return errors.Join(err, werr, f.Close())
 }
 
 func (p *Process) reap() (*os.ProcessState, error) {
@@ -355,7 +347,7 @@ func (p *Process) discard() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs = append(errs, p.KillAndWait(ctx))
-	if _, err := p.Wait(); err != nil {
+	if _, err := p.Wait(nil); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, p.Close())

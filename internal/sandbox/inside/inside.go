@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -115,6 +116,9 @@ type Reply struct {
 	Threads int    `json:"threads,omitempty"`
 	Error   string `json:"error,omitempty"`
 	Exit    *Exit  `json:"exit,omitempty"`
+	// Input says the program started (true) or stopped (false) waiting
+	// for input: blocked reading its empty stdin.
+	Input *bool `json:"input,omitempty"`
 }
 
 // Main runs the helper when this process was started as one, and never
@@ -187,6 +191,10 @@ func helper() int {
 	if err != nil {
 		return fail(err)
 	}
+	stdinID, err := fileID(stdio[0])
+	if err != nil {
+		return fail(err)
+	}
 	pid, err := start(job, stdio, filter)
 	if err != nil {
 		return fail(err)
@@ -196,6 +204,10 @@ func helper() int {
 		// idexd is gone; its death signal is on its way.
 		return ExitFailed
 	}
+	// From here the helper allocates as it watches for input (GOGC=off
+	// suited a helper that only waited): collect as usual.
+	debug.SetGCPercent(100)
+	go watchInput(stdinID)
 	ex := reap(pid, children)
 	if err := send(Reply{Exit: &ex}); err != nil {
 		return ExitFailed
