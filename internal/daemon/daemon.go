@@ -237,7 +237,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		InputWait: time.Duration(cfg.InputWaitSeconds) * time.Second,
-		Helper: helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
+		Helper:    helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
 		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,
 		Setup: inside.Setup{Network: inside.Network(cfg.Network), TmpBytes: cfg.TmpMB << 20},
 		Fair: run.Fair{MaxPerStudent: cfg.MaxRunsPerStudent, StartsPerMinute: cfg.StudentStartsPerMinute,

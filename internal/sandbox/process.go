@@ -30,15 +30,15 @@ type Process struct {
 
 	// mu serializes reads of ctl: Launch waits for the program's pid on
 	// it, Wait reads the program's exit status after the helper is gone.
-	mu       sync.Mutex
-	ctl      *net.UnixConn
-	settled  bool // Launch or Abort ran
+	mu      sync.Mutex
+	ctl     *net.UnixConn
+	settled bool // Launch or Abort ran
 	// settledCh is closed once Launch or Abort has done its reads: from
 	// then on Wait alone reads ctl.
 	settledCh   chan struct{}
 	settledOnce sync.Once
 	launched    bool
-	closed   bool
+	closed      bool
 }
 
 // helperEnv is the helper's own environment; the program gets the job's.

@@ -142,7 +142,7 @@ func nameUser(name string, uid, gid uint32, home string) error {
 	}
 	for _, f := range []struct {
 		path, line string
-		id        uint32
+		id         uint32
 	}{
 		{"/etc/passwd", fmt.Sprintf("%s:x:%d:%d:%s:%s:/bin/sh\n", name, uid, gid, name, home), uid},
 		{"/etc/group", fmt.Sprintf("%s:x:%d:\n", name, gid), gid},
