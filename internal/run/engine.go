@@ -127,6 +127,9 @@ type Engine struct {
 	live     sync.WaitGroup
 
 	shutdownOnce sync.Once
+	// sockets makes the runs' output sockets (sockets.go).
+	sockets     *socketFactory
+	socketsOnce sync.Once
 
 	// kept are the ended runs still in runs, oldest first, for late readers.
 	kept      []keptRun
@@ -225,7 +228,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.KeepEndedBytes == 0 {
 		cfg.KeepEndedBytes = 256 << 20
 	}
-	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Execution), sb: cfg.Sandbox, created: time.Now()}
+	e := &Engine{cfg: cfg, log: cfg.Log, runs: make(map[string]*Execution), sb: cfg.Sandbox, created: time.Now(),
+		sockets: newSocketFactory(cfg.Log)}
 	e.fair.init(e)
 	if e.sb == nil {
 		sb, err := sandbox.New(sandbox.Config{
@@ -236,6 +240,7 @@ func New(cfg Config) (*Engine, error) {
 			Log: cfg.Log, FailAt: cfg.FailAt,
 		})
 		if err != nil {
+			e.sockets.close()
 			return nil, fmt.Errorf("run engine: %w", err)
 		}
 		e.sb = Real(sb)
@@ -455,6 +460,8 @@ func (e *Engine) Shutdown(ctx context.Context, grace time.Duration) error {
 			e.log.Error("discard warm helpers", "err", err)
 		}
 	})
+	// Runs that end close their sockets themselves; none starts from here.
+	defer e.socketsOnce.Do(e.sockets.close)
 	defer e.fair.refusals.flushAll()
 	done := make(chan struct{})
 	go func() {

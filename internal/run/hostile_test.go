@@ -654,13 +654,24 @@ print("survived")
 		},
 		{
 			name: "one huge line", student: "hugeline",
-			contain: "a single 8 MiB write is cut at exactly 64 KiB",
-			script:  "print('y' * (8 << 20))\n",
+			contain: "a single 4 MiB write is cut at exactly 64 KiB",
+			script:  "print('y' * (4 << 20))\n",
 			want:    reasons(api.ReasonOutputLimit),
 			check: func(t *testing.T, h *hostileRun, res testutil.Result) {
 				outputLimitCheck(t, h, res)
 				if res.Stdout != strings.Repeat("y", 64<<10) {
 					t.Errorf("stdout is not 64 KiB of 'y' (got %d bytes, starting %q)", len(res.Stdout), clip(res.Stdout))
+				}
+			},
+		},
+		{
+			name: "one write past the largest datagram", student: "hugewrite",
+			contain: "a single write over 4 MiB + 64 KiB fails with EMSGSIZE (docs/protocol.md) and the run goes on",
+			script:  "import sys\ntry:\n    sys.stdout.write('y' * (8 << 20)); sys.stdout.flush()\nexcept OSError as e:\n    print(e.errno, file=sys.stderr)\nprint('after')\n",
+			want:    reasons(api.ReasonExited),
+			check: func(t *testing.T, _ *hostileRun, res testutil.Result) {
+				if res.Stderr != "90\n" || res.Stdout != "after\n" {
+					t.Errorf("stdout %q stderr %q: want EMSGSIZE (90) on stderr, then 'after'", clip(res.Stdout), res.Stderr)
 				}
 			},
 		},
@@ -1113,7 +1124,7 @@ print("parent done")
 		},
 		{
 			name: "opens files until it cannot", student: "fdhog",
-			contain: "the open-files rlimit (256) stops it with EMFILE",
+			contain: "the open-files rlimit (4096) stops it with EMFILE",
 			script: `import errno
 fs = []
 try:
@@ -1125,17 +1136,17 @@ except OSError as e:
 			want: reasons(api.ReasonExited),
 			check: func(t *testing.T, _ *hostileRun, res testutil.Result) {
 				var n int
-				if _, err := fmt.Sscanf(res.Stdout, "EMFILE %d", &n); err != nil || n >= 256 || n < 200 {
-					t.Errorf("stdout %q: want EMFILE after fewer than 256 files", res.Stdout)
+				if _, err := fmt.Sscanf(res.Stdout, "EMFILE %d", &n); err != nil || n >= 4096 || n < 4000 {
+					t.Errorf("stdout %q: want EMFILE after fewer than 4096 files", res.Stdout)
 				}
 			},
 		},
 		{
 			name: "looks for inherited file descriptors", student: "fdleak",
-			contain: "the run inherits stdin, stdout and stderr (pipes) and nothing else: no socket, database, cgroup fd, nor what the daemon inherited",
+			contain: "the run inherits stdin (a pipe), stdout and stderr (datagram sockets) and nothing else: no other socket, database, cgroup fd, nor what the daemon inherited",
 			script: `import json, os
 leaked = {}
-for fd in range(3, 256):
+for fd in range(3, 4096):
     try:
         os.fstat(fd)
         leaked[fd] = os.readlink("/proc/self/fd/%d" % fd)
@@ -1152,8 +1163,8 @@ print(json.dumps({"leaked": leaked, "std": [os.readlink("/proc/self/fd/%d" % fd)
 				if err := json.Unmarshal([]byte(res.Stdout), &got); err != nil {
 					t.Fatalf("stdout %q: %v", res.Stdout, err)
 				}
-				if len(got.Leaked) != 0 || !slices.Equal(got.Std, []string{"pipe", "pipe", "pipe"}) {
-					t.Errorf("fds above 2: %v, stdio %v; want none, and three pipes", got.Leaked, got.Std)
+				if len(got.Leaked) != 0 || !slices.Equal(got.Std, []string{"pipe", "socket", "socket"}) {
+					t.Errorf("fds above 2: %v, stdio %v; want none, and a pipe and two sockets", got.Leaked, got.Std)
 				}
 			},
 		},

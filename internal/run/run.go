@@ -206,7 +206,7 @@ func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 	if err := e.step(StepPipes); err != nil {
 		return fail(StepPipes, err)
 	}
-	p, err := newStdio()
+	p, err := newStdio(e.sockets)
 	if err != nil {
 		return fail(StepPipes, err)
 	}

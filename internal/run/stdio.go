@@ -39,7 +39,18 @@ type stdio struct {
 	errAddr        string
 }
 
-func newStdio() (*stdio, error) {
+func newStdio(f *socketFactory) (*stdio, error) {
+	var (
+		s   *stdio
+		err error
+	)
+	if ferr := f.do(func() { s, err = makeStdio() }); ferr != nil {
+		return nil, ferr
+	}
+	return s, err
+}
+
+func makeStdio() (*stdio, error) {
 	s := &stdio{}
 	var err error
 	if s.stdinR, s.stdinW, err = os.Pipe(); err != nil {
