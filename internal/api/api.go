@@ -132,6 +132,10 @@ type RunRequest struct {
 	Args    []string `json:"args,omitempty"`
 	Mode    Mode     `json:"mode,omitempty"`
 	Limits  Limits   `json:"limits"`
+	// Terminal, when set, runs the program on a pseudo-terminal of this
+	// size: one output stream exactly as a terminal shows it (echo, line
+	// editing, \r, colours), isatty() true, TERM=xterm-256color.
+	Terminal *Terminal `json:"terminal,omitempty"`
 	// Cwd is the directory the program starts in, relative to the
 	// student's directory (an IDE runs a script from its own folder);
 	// empty: the student's directory. Script is relative to it.
@@ -154,6 +158,7 @@ type Run struct {
 	ScriptSHA256    string     `json:"script_sha256,omitempty"`
 	Args            []string   `json:"args,omitempty"`
 	Cwd             string     `json:"cwd,omitempty"`
+	Terminal        *Terminal  `json:"terminal,omitempty"`
 	Mode            Mode       `json:"mode"`
 	State           State      `json:"state"`
 	Reason          Reason     `json:"reason,omitempty"`
@@ -180,6 +185,24 @@ type Run struct {
 	// Message is one sentence for a student about how the run ended
 	// (EndMessage); empty while it runs.
 	Message string `json:"message,omitempty"`
+}
+
+// Terminal is a terminal's size in characters: the body of POST
+// /v1/runs/{id}/resize, and RunRequest.Terminal.
+type Terminal struct {
+	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"`
+}
+
+// MaxTerminalSide bounds rows and cols.
+const MaxTerminalSide = 1000
+
+// Check says what is wrong with a terminal size, if anything.
+func (t *Terminal) Check() error {
+	if t.Rows < 1 || t.Cols < 1 || t.Rows > MaxTerminalSide || t.Cols > MaxTerminalSide {
+		return Errorf(CodeInvalidRequest, "terminal rows and cols must be 1..%d, got %dx%d", MaxTerminalSide, t.Rows, t.Cols)
+	}
+	return nil
 }
 
 // Ended reports whether the run has its final record.

@@ -430,6 +430,21 @@ func (a *app) stream(ctx context.Context, id string, after int64, follow, raw bo
 		defer e.Flush() //nolint:errcheck // as above
 		stderr = e
 	}
+	return a.copyEvents(ctx, id, evs, follow, stdout, stderr)
+}
+
+// streamTo follows run id to its end, its output to stdout and stderr as
+// they are.
+func (a *app) streamTo(ctx context.Context, id string, stdout, stderr io.Writer) (*api.Run, error) {
+	evs, err := a.c.Events(ctx, id, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer evs.Close() //nolint:errcheck // closing a read stream
+	return a.copyEvents(ctx, id, evs, true, stdout, stderr)
+}
+
+func (a *app) copyEvents(ctx context.Context, id string, evs *client.Events, follow bool, stdout, stderr io.Writer) (*api.Run, error) {
 	for {
 		ev, err := evs.Next()
 		if !follow && errors.Is(err, io.EOF) {
@@ -479,12 +494,28 @@ func (a *app) run(ctx context.Context, c *call) (int, error) {
 		CPUSeconds:  ceilSeconds(c.duration("cpu")),
 		OutputKB:    c.int64("output"),
 	}
+	ttyFD, size, onTTY := terminalOf(a.stdin)
+	if onTTY && !c.bool("no-terminal") && !a.json {
+		req.Terminal = size
+	} else {
+		onTTY = false
+	}
 	r, err := a.c.StartRun(ctx, req)
 	if errors.Is(err, api.ErrStartFailed) {
 		return ExitStartFailed, err // as the run's end start_failed would
 	}
 	if err != nil {
 		return ExitError, err
+	}
+	if onTTY {
+		final, err := a.runOnTerminal(ctx, ttyFD, r.ID)
+		if err != nil {
+			return ExitError, err
+		}
+		if final.Reason != api.ReasonExited && final.Message != "" {
+			fmt.Fprintln(a.stderr, final.Message)
+		}
+		return ExitCode(final), nil
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)

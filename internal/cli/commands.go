@@ -74,6 +74,15 @@ within 2 seconds stops the run. When the run ends other than by exiting
 (stopped, out of memory, out of time, ...), idexctl prints why on stderr,
 in a sentence for the student.
 
+When idexctl's stdin is a terminal, the program runs on a terminal of its
+own of the same size (terminal mode: isatty() is true, input() has line
+editing, colours and cursor moves show as the program meant them; escape
+sequences that act beyond the screen, such as clipboard writes and title
+changes, are dropped). idexctl's terminal is raw meanwhile, so Ctrl-C is a
+key the program's terminal turns into KeyboardInterrupt; a second Ctrl-C
+within 2 seconds stops the run. --no-terminal runs it with plain stdin,
+stdout and stderr instead.
+
 Flags may stand anywhere before "--"; the script's own arguments that
 start with "-" go after it ("--" itself is not passed to the script):
 
@@ -103,6 +112,7 @@ Exit codes: ` + exitCodes + `.`,
 				{name: "cpu-percent", arg: "PERCENT", usage: "CPU share: 100 is one core, 50 half of one, 200 two",
 					parse: positive("a percentage of one core", 100*1024)},
 				{name: "output", arg: "SIZE", usage: "output limit, e.g. 512KiB or 4MiB (a bare number is KiB)", parse: parseOutput},
+				{name: "no-terminal", usage: "do not run the program on a terminal even when idexctl's stdin is one"},
 				flagRaw,
 			},
 			run: (*app).run,

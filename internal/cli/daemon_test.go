@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -315,5 +316,107 @@ while True:
 	out, errOut, code := runUntil("stubborn.py", 2)
 	if !strings.HasPrefix(out, "ready\ncaught\n") || code != 130 || errOut != "Your program was stopped.\n" {
 		t.Errorf("two Ctrl-C to stubborn.py: stdout %q stderr %q exit %d; want caught once, then stopped (130) with its message", out, errOut, code)
+	}
+}
+
+// TestRunOnTerminal: idexctl run on a terminal runs the program on a
+// terminal of its own: isatty, echo of typed keys, Ctrl-C as a key the
+// program sees as KeyboardInterrupt, a clipboard write (OSC 52) dropped
+// while colours pass.
+func TestRunOnTerminal(t *testing.T) {
+	env, sock := served(t)
+	env.WriteScript(t, "alice", "tty.py", `import sys, time
+print(sys.stdin.isatty(), sys.stdout.isatty(), "\x1b]52;c;c2VjcmV0\x07\x1b[31mred\x1b[0m")
+name = input("name? ")
+print("hello", name, flush=True)
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("caught")
+`)
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 24, Col: 80}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slave, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "idexctl"), "--socket", sock, "run", "--student", "alice", "tty.py")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := slave.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	got := make(chan struct{}, 1)
+	var mu sync.Mutex
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := master.Read(buf)
+			mu.Lock()
+			out.Write(buf[:k])
+			mu.Unlock()
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitFor := func(s string) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			mu.Lock()
+			ok := strings.Contains(out.String(), s)
+			mu.Unlock()
+			if ok {
+				return
+			}
+			select {
+			case <-got:
+			case <-deadline:
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("no %q on the terminal within 30 s; it shows %q", s, out.String())
+			}
+		}
+	}
+	waitFor("name? ")
+	if _, err := master.Write([]byte("Ada\r")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("hello Ada")
+	if _, err := master.Write([]byte{0x03}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("caught")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("idexctl run: %v; terminal showed %q", err, out.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	shown := out.String()
+	if !strings.Contains(shown, "True True \x1b[31mred\x1b[0m") || strings.Contains(shown, "]52;") || !strings.Contains(shown, "name? Ada\r\nhello Ada") {
+		t.Errorf("terminal showed %q: want isatty True True, the colour, no OSC 52, the echoed name", shown)
 	}
 }

@@ -252,6 +252,12 @@ func (c *Client) InterruptRun(ctx context.Context, id string) error {
 	return c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/interrupt", nil, nil)
 }
 
+// ResizeRun sets the size of a terminal-mode run's terminal; the program
+// gets SIGWINCH.
+func (c *Client) ResizeRun(ctx context.Context, id string, t api.Terminal) error {
+	return c.send(ctx, "POST", "/v1/runs/"+url.PathEscape(id)+"/resize", t, nil)
+}
+
 // StopStudent stops every run of a student (admin) and returns them as
 // they ended, once their processes are gone.
 func (c *Client) StopStudent(ctx context.Context, name string) (api.StudentStop, error) {

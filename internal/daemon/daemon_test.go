@@ -323,7 +323,7 @@ func TestReloadLogsLimitsAsJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := logs.Lines("reloaded limits")
-	if len(got) != 1 || !strings.Contains(got[0], `defaults="{\"memory_mb\":128,`) || !strings.Contains(got[0], `max="{\"memory_mb\":1024,`) {
+	if len(got) != 1 || !strings.Contains(got[0], `defaults="{\"memory_mb\":128,`) || !strings.Contains(got[0], `max="{\"memory_mb\":2048,`) {
 		t.Fatalf("reload lines %q, want the limits as JSON", got)
 	}
 }

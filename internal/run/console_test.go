@@ -435,3 +435,66 @@ time.sleep(0.5)
 		t.Errorf("busy.py: %q, input_wait_ms %d", res.Stdout, res.Run.InputWaitMS)
 	}
 }
+
+// TestTerminalMode: with "terminal", the program runs on a pty: isatty,
+// TERM, the size, echo of what is typed, SIGWINCH on resize, Ctrl-C
+// through the line discipline, and Ctrl-D as the end of input.
+func TestTerminalMode(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "ivan", "tty.py", `import os, signal, sys
+print(sys.stdin.isatty(), sys.stdout.isatty(), os.environ.get("TERM"), tuple(os.get_terminal_size()))
+resized = []
+signal.signal(signal.SIGWINCH, lambda *a: resized.append(tuple(os.get_terminal_size())))
+print("ready", flush=True)
+while not resized:
+    signal.pause()
+print("resized", resized[0])
+name = input("name? ")
+print("hello", name)
+try:
+    input("ctrl-c me ")
+except KeyboardInterrupt:
+    print("interrupted")
+print("rest", repr(sys.stdin.read()))
+`)
+	r := startRun(t, env, api.RunRequest{Student: "ivan", Script: "tty.py", Terminal: &api.Terminal{Rows: 24, Cols: 80}})
+	ctx := ctxT(t, 60*time.Second)
+	waitOutput(t, r, "ready", 30*time.Second)
+	if err := r.Resize(api.Terminal{Rows: 30, Cols: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, r, "name? ", 30*time.Second)
+	if err := r.WriteStdin(ctx, []byte("Ada\r"), false); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, r, "ctrl-c me ", 30*time.Second)
+	// A ^C typed before readline has set the terminal up can be lost, as
+	// in a real terminal: type it once the program waits for input (which
+	// also shows the wait is seen on a terminal: select on fd 0).
+	for deadline := time.Now().Add(30 * time.Second); !r.Info().WaitingInput; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the run never said it waits for input at its terminal")
+		}
+	}
+	if err := r.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, r, "interrupted", 30*time.Second)
+	if err := r.WriteStdin(ctx, []byte("last\r"), true); err != nil {
+		t.Fatal(err)
+	}
+	res := testutil.Collect(ctx, t, r)
+	want := "True True xterm-256color (80, 24)\r\nready\r\nresized (100, 30)\r\nname? Ada\r\nhello Ada\r\nctrl-c me ^Cinterrupted\r\nlast\r\nrest 'last\\n'\r\n"
+	if res.Stdout != want || res.Stderr != "" || res.Run.Reason != api.ReasonExited {
+		t.Errorf("tty.py: stdout %q stderr %q (%s),\nwant %q", res.Stdout, res.Stderr, res.Run.Reason, want)
+	}
+	if res.Run.Terminal == nil || *res.Run.Terminal != (api.Terminal{Rows: 30, Cols: 100}) {
+		t.Errorf("run's terminal %+v, want the resized 30x100", res.Run.Terminal)
+	}
+	if err := r.Resize(api.Terminal{Rows: 30, Cols: 100}); !errors.Is(err, api.ErrRunEnded) {
+		t.Errorf("resize of an ended run: %v, want run_ended", err)
+	}
+	if _, err := env.Engine.Start(ctx, api.RunRequest{Student: "ivan", Script: "tty.py", Terminal: &api.Terminal{Rows: 0, Cols: 80}}); !errors.Is(err, api.ErrInvalidRequest) {
+		t.Errorf("a 0-row terminal: %v, want invalid_request", err)
+	}
+}

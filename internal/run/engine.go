@@ -263,6 +263,11 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, err
 	default:
 		return nil, api.Errorf(api.CodeInvalidRequest, "mode must be %q or %q, got %q", api.ModeScript, api.ModeRepl, req.Mode)
 	}
+	if req.Terminal != nil {
+		if err := req.Terminal.Check(); err != nil {
+			return nil, err
+		}
+	}
 	if len(req.Args) > 256 {
 		return nil, api.Errorf(api.CodeInvalidRequest, "at most 256 args, got %d", len(req.Args))
 	}
@@ -322,7 +327,7 @@ func (e *Engine) Start(ctx context.Context, req api.RunRequest) (*Execution, err
 	r := newRun(e, id, lim, lease)
 	r.info = api.Run{
 		ID: id, Host: e.cfg.Host, Student: st.Name, UID: st.UID, GID: st.GID,
-		Script: script.Rel, ScriptSHA256: script.SHA256, Args: req.Args, Cwd: cwdRel, Mode: req.Mode,
+		Script: script.Rel, ScriptSHA256: script.SHA256, Args: req.Args, Cwd: cwdRel, Terminal: req.Terminal, Mode: req.Mode,
 		State: api.StateRunning, Limits: lim, StartedAt: t0.UTC(),
 	}
 	err = e.step(StepRecord)

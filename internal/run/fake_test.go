@@ -132,7 +132,11 @@ type fakeProc struct {
 	closed   atomic.Int32
 }
 
-func (p *fakeProc) Launch(job inside.Job, _ int64, _, stdout, stderr *os.File) error {
+func (p *fakeProc) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) (*os.File, error) {
+	return nil, p.launch(job, pids, stdin, stdout, stderr)
+}
+
+func (p *fakeProc) launch(job inside.Job, _ int64, _, stdout, stderr *os.File) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.settled {

@@ -25,7 +25,9 @@ type Sandbox interface {
 
 // Process is one run's process tree (see sandbox.Process).
 type Process interface {
-	Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) error
+	// Launch starts the program; with job.Terminal it returns the pty's
+	// master.
+	Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) (*os.File, error)
 	Abort() error
 	// Wait returns once the process has exited; onInput hears when the
 	// program starts and stops waiting for input.

@@ -137,6 +137,15 @@ func (e *Engine) InterruptRun(ctx context.Context, id string) error {
 	return r.Interrupt()
 }
 
+// ResizeRun sets the size of run id's terminal.
+func (e *Engine) ResizeRun(ctx context.Context, id string, t api.Terminal) error {
+	r, err := e.liveRun(id)
+	if err != nil {
+		return err
+	}
+	return r.Resize(t)
+}
+
 // WriteStdin feeds run id's stdin; eof closes it after p.
 func (e *Engine) WriteStdin(ctx context.Context, id string, p []byte, eof bool) error {
 	r, err := e.liveRun(id)

@@ -42,6 +42,9 @@ type Execution struct {
 
 	stdinMu sync.Mutex
 	stdin   *os.File
+	// master is the pty's master in terminal mode: input is written to it
+	// and output read from it. Under stdinMu.
+	master *os.File
 	// stdinGone is set when the run's end closed stdin: from then on a
 	// write is answered run_ended, not stdin_closed (which means eof=1).
 	stdinGone bool
@@ -104,6 +107,10 @@ func (r *Execution) Info() api.Run {
 func (r *Execution) snapshot() api.Run {
 	info := r.info
 	info.Args = append([]string(nil), r.info.Args...)
+	if t := r.info.Terminal; t != nil {
+		c := *t
+		info.Terminal = &c
+	}
 	if info.State == api.StateRunning {
 		info.WallMS = time.Since(info.StartedAt).Milliseconds()
 		info.OutputBytes = r.outBytes
@@ -158,7 +165,7 @@ func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 	job := inside.Job{
 		Interpreter: e.cfg.Interpreter,
 		Argv:        argv,
-		Env:         childEnv(r.info.Student, workdir),
+		Env:         childEnv(r.info.Student, workdir, r.info.Terminal != nil),
 		Dir:         workdir,
 		Cwd:         cwd,
 		UID:         r.info.UID,
@@ -261,8 +268,11 @@ func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 	if err := e.step(StepExec); err != nil {
 		return abort(StepExec, err)
 	}
+	if t := r.info.Terminal; t != nil {
+		job.Terminal = &inside.Winsize{Rows: t.Rows, Cols: t.Cols}
+	}
 	stdin, stdout, stderr := p.childFiles()
-	err = proc.Launch(job, lim.Pids, stdin, stdout, stderr)
+	master, err := proc.Launch(job, lim.Pids, stdin, stdout, stderr)
 	// The program holds its own copies now (or never will): the end of its
 	// output must be EOF for the readers.
 	if cerr := p.closeChildEnds(); cerr != nil {
@@ -270,6 +280,15 @@ func (r *Execution) start(workdir, cwd string, t0, admitted time.Time) error {
 	}
 	if err != nil {
 		return abort(StepExec, err)
+	}
+	if master != nil {
+		// Before settle: finish, which waits for the readers, cannot
+		// have begun.
+		r.stdinMu.Lock()
+		r.master = master
+		r.stdinMu.Unlock()
+		r.readers.Add(1)
+		go r.readTerminal(master)
 	}
 	settle()
 	steps.mark(StepExec)
@@ -304,8 +323,8 @@ func CheckInterpreter(path string) error {
 }
 
 // childEnv is the whole environment of a run: nothing of the daemon's own.
-func childEnv(student, workdir string) []string {
-	return []string{
+func childEnv(student, workdir string, terminal bool) []string {
+	env := []string{
 		"PATH=/usr/local/bin:/usr/bin:/bin",
 		"HOME=" + workdir,
 		"USER=" + student,
@@ -317,6 +336,11 @@ func childEnv(student, workdir string) []string {
 		// The run's own /tmp, a private tmpfs gone when it ends.
 		"TMPDIR=/tmp",
 	}
+	if terminal {
+		// What xterm.js and the terminals idexctl runs in understand.
+		env = append(env, "TERM=xterm-256color")
+	}
+	return env
 }
 
 // cpuPoll is how often a run's CPU time is read against its limit.
@@ -395,6 +419,9 @@ func (r *Execution) Interrupt() error {
 	r.mu.Unlock()
 	if !started || r.ending.Load() {
 		return api.Errorf(api.CodeRunEnded, "run %s is not running its program (it is starting or has ended)", r.id)
+	}
+	if term, err := r.interruptTerminal(); term {
+		return err
 	}
 	if err := proc.Interrupt(syscall.SIGINT); err != nil {
 		if r.ending.Load() {
@@ -482,6 +509,12 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 			errs = append(errs, err)
 		}
 	}
+	r.stdinMu.Lock()
+	if err := closeFiles(r.master); err != nil {
+		errs = append(errs, err)
+	}
+	r.master = nil
+	r.stdinMu.Unlock()
 	if proc != nil {
 		if err := proc.Close(); err != nil {
 			errs = append(errs, err)
@@ -605,6 +638,9 @@ func (r *Execution) closeStdin(log interface{ Warn(string, ...any) }) {
 func (r *Execution) WriteStdin(ctx context.Context, p []byte, eof bool) error {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
+	if r.master != nil {
+		return r.writeTerminal(ctx, p, eof)
+	}
 	if r.stdin == nil {
 		switch {
 		case r.stdinGone:

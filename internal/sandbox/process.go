@@ -38,6 +38,8 @@ type Process struct {
 	settledCh   chan struct{}
 	settledOnce sync.Once
 	launched    bool
+	// received is an fd the last reply carried (the terminal's master).
+	received *os.File
 	closed      bool
 }
 
@@ -116,17 +118,54 @@ func (p *Process) read(timeout time.Duration) (inside.Reply, error) {
 		return r, fmt.Errorf("set deadline on control socket: %w", err)
 	}
 	buf := make([]byte, 64<<10)
-	n, err := p.ctl.Read(buf)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := p.ctl.ReadMsgUnix(buf, oob)
 	if errors.Is(err, io.EOF) || (err == nil && n == 0) {
 		return r, errHelperGone
 	}
 	if err != nil {
 		return r, err
 	}
+	if oobn > 0 {
+		f, err := receivedFile(oob[:oobn])
+		if err != nil {
+			return r, fmt.Errorf("helper's reply: %w", err)
+		}
+		p.received = f
+	}
 	if err := json.Unmarshal(buf[:n], &r); err != nil {
 		return r, fmt.Errorf("decode helper's reply %q: %w", buf[:n], err)
 	}
 	return r, nil
+}
+
+// receivedFile is the fd a reply carried (a terminal's master), made
+// non-blocking so that reading it waits in the netpoller.
+func receivedFile(oob []byte) (*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse fds: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			return nil, fmt.Errorf("parse fds: %w", err)
+		}
+		fds = append(fds, got...)
+	}
+	if len(fds) != 1 {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+		return nil, fmt.Errorf("%d fds, want 1", len(fds))
+	}
+	unix.CloseOnExec(fds[0])
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		_ = unix.Close(fds[0])
+		return nil, fmt.Errorf("terminal: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "pty"), nil
 }
 
 var errHelperGone = errors.New("the helper exited")
@@ -152,20 +191,45 @@ func (p *Process) awaitReady(timeout time.Duration) error {
 // the helper's own threads (it stays as the run's PID 1) are added to it.
 // The caller closes its copies of the stdio files afterwards. Launch and
 // Abort are called once between them.
-func (p *Process) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) error {
+//
+// With job.Terminal set, the program runs on a pty, and Launch returns its
+// master: the caller reads the program's output from it, writes its input
+// to it, and closes it.
+func (p *Process) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) (*os.File, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer p.settle()
+	master, err := p.launch(job, pids, stdin, stdout, stderr)
+	if err != nil {
+		// A reply that failed may still have carried a terminal.
+		err = errors.Join(err, closeIf(p.received))
+		p.received = nil
+		return nil, err
+	}
+	if job.Terminal != nil && master == nil {
+		return nil, fmt.Errorf("helper %d started the program without sending its terminal", p.Pid())
+	}
+	return master, nil
+}
+
+func closeIf(f *os.File) error {
+	if f == nil {
+		return nil
+	}
+	return f.Close()
+}
+
+func (p *Process) launch(job inside.Job, pids int64, stdin, stdout, stderr *os.File) (*os.File, error) {
 	if p.settled {
-		return errors.New("helper already launched or aborted")
+		return nil, errors.New("helper already launched or aborted")
 	}
 	p.settled = true
 	b, err := json.Marshal(job)
 	if err != nil {
-		return fmt.Errorf("encode job for helper %d: %w", p.Pid(), err)
+		return nil, fmt.Errorf("encode job for helper %d: %w", p.Pid(), err)
 	}
 	if len(b) > inside.MaxMessage {
-		return fmt.Errorf("job for helper %d: %d bytes of arguments and environment, at most %d", p.Pid(), len(b), inside.MaxMessage)
+		return nil, fmt.Errorf("job for helper %d: %d bytes of arguments and environment, at most %d", p.Pid(), len(b), inside.MaxMessage)
 	}
 	// The helper's threads are idexd's, not the student's: they come on
 	// top of the limit. It has them all by now (inside.helper starts the
@@ -176,32 +240,34 @@ func (p *Process) Launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 		err = p.group.SetPids(pids + own)
 	}
 	if err != nil {
-		return fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
+		return nil, fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
 	}
 	rights := unix.UnixRights(int(stdin.Fd()), int(stdout.Fd()), int(stderr.Fd()))
 	if _, _, err := p.ctl.WriteMsgUnix(b, rights, nil); err != nil {
-		return fmt.Errorf("send job to helper %d: %w", p.Pid(), err)
+		return nil, fmt.Errorf("send job to helper %d: %w", p.Pid(), err)
 	}
 	p.launched = true
 	r, err := p.read(30 * time.Second)
 	switch {
 	case errors.Is(err, errHelperGone) || errors.Is(err, net.ErrClosed):
-		return fmt.Errorf("helper %d exited before starting the program", p.Pid())
+		return nil, fmt.Errorf("helper %d exited before starting the program", p.Pid())
 	case err != nil:
-		return fmt.Errorf("helper %d: %w", p.Pid(), err)
+		return nil, fmt.Errorf("helper %d: %w", p.Pid(), err)
 	case r.Error != "":
-		return errors.New(r.Error)
+		return nil, errors.New(r.Error)
 	case r.Pid == 0:
-		return fmt.Errorf("helper %d: unexpected reply %+v to the job", p.Pid(), r)
+		return nil, fmt.Errorf("helper %d: unexpected reply %+v to the job", p.Pid(), r)
 	}
 	if int64(r.Threads) != own {
 		// The runtime started a thread during the launch after all: the
 		// limit follows, or the student would be short of it.
 		if err := p.group.SetPids(pids + int64(max(r.Threads, 1))); err != nil {
-			return fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
+			return nil, fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
 		}
 	}
-	return nil
+	master := p.received
+	p.received = nil
+	return master, nil
 }
 
 // Abort makes a helper that has no job exit without running anything.

@@ -27,6 +27,8 @@ type Engine interface {
 	// InterruptRun delivers Ctrl-C (SIGINT to the program's process
 	// group); the run goes on if the program catches it.
 	InterruptRun(ctx context.Context, id string) error
+	// ResizeRun sets the size of a run's terminal (terminal mode).
+	ResizeRun(ctx context.Context, id string, t api.Terminal) error
 	// StopStudent stops every run of a student and refuses the student's
 	// starts waiting in the admission queue.
 	StopStudent(ctx context.Context, name string) (api.StudentStop, error)

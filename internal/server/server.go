@@ -151,6 +151,7 @@ func (s *Server) routes() []route {
 		{method: "GET", path: "/v1/runs/{id}", role: RoleClient, h: s.getRun},
 		{method: "GET", path: "/v1/runs/{id}/events", role: RoleClient, stream: true, h: s.events},
 		{method: "POST", path: "/v1/runs/{id}/interrupt", role: RoleClient, h: s.interrupt},
+		{method: "POST", path: "/v1/runs/{id}/resize", role: RoleClient, h: s.resize},
 		{method: "POST", path: "/v1/runs/{id}/stdin", role: RoleClient, h: s.stdin},
 		{method: "POST", path: "/v1/runs/{id}/stop", role: RoleClient, h: s.stop},
 		{method: "GET", path: "/v1/students", role: RoleAdmin, h: s.listStudents},
@@ -414,6 +415,19 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request) error {
 // interrupt is Ctrl-C: the program may catch it and go on, unlike stop.
 func (s *Server) interrupt(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Engine.InterruptRun(r.Context(), r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// resize sets a terminal-mode run's size: {"rows", "cols"}.
+func (s *Server) resize(w http.ResponseWriter, r *http.Request) error {
+	var t api.Terminal
+	if err := decode(w, r, &t); err != nil {
+		return err
+	}
+	if err := s.cfg.Engine.ResizeRun(r.Context(), r.PathValue("id"), t); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -68,6 +68,9 @@ func watchInput(stdin fileKey) {
 // (this architecture's numbers).
 var readSyscalls = map[int]bool{unix.SYS_READ: true, unix.SYS_READV: true, unix.SYS_PREAD64: true}
 
+// selectSyscalls wait for the fds below their first argument.
+var selectSyscalls = map[int]bool{unix.SYS_PSELECT6: true, selectNR: true}
+
 // blockedOnStdin reports whether some task of the run is blocked in a read
 // of the stdin pipe, and how many read syscalls that task has made (its
 // syscr), which tells one wait from the next.
@@ -95,11 +98,22 @@ func blockedOnStdin(stdin fileKey) (bool, uint64) {
 				continue // "running": not in a syscall
 			}
 			nr, err := strconv.Atoi(fs[0])
-			if err != nil || !readSyscalls[nr] {
+			if err != nil {
 				continue
 			}
-			fd, err := strconv.ParseUint(strings.TrimPrefix(fs[1], "0x"), 16, 32)
+			arg, err := strconv.ParseUint(strings.TrimPrefix(fs[1], "0x"), 16, 32)
 			if err != nil {
+				continue
+			}
+			var fd uint64
+			switch {
+			case readSyscalls[nr]:
+				fd = arg
+			case selectSyscalls[nr] && arg == 1:
+				// select on fd 0 alone: Python's input() with readline on
+				// a terminal waits so before it reads.
+				fd = 0
+			default:
 				continue
 			}
 			var st unix.Stat_t

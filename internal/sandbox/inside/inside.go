@@ -90,6 +90,10 @@ type Job struct {
 	// Dir is the student's directory: the one place of the host's
 	// filesystem the run may write, bound read-write at the same path.
 	Dir string `json:"dir"`
+	// Terminal, when set, runs the program on a pseudo-terminal of this
+	// size instead of the stdio idexd sent; the master goes back to idexd
+	// with the reply that gives the program's pid.
+	Terminal *Winsize `json:"terminal,omitempty"`
 	// User is the student's name: the run's own /etc/passwd and /etc/group
 	// give it to UID and GID (whoami, pwd.getpwuid).
 	User string `json:"user"`
@@ -191,6 +195,18 @@ func helper() int {
 	if err != nil {
 		return fail(err)
 	}
+	master := -1
+	if job.Terminal != nil {
+		// The program's stdio is the pty; what idexd sent is not used.
+		for _, fd := range stdio {
+			_ = unix.Close(fd)
+		}
+		m, peer, err := openPty(*job.Terminal)
+		if err != nil {
+			return fail(err)
+		}
+		master, stdio = m, [3]int{peer, peer, peer}
+	}
 	stdinID, err := fileID(stdio[0])
 	if err != nil {
 		return fail(err)
@@ -200,7 +216,14 @@ func helper() int {
 		return fail(err)
 	}
 	go forward(sigs, pid)
-	if err := send(Reply{Pid: pid, Threads: threads()}); err != nil {
+	reply := Reply{Pid: pid, Threads: threads()}
+	if master >= 0 {
+		err = sendFD(reply, master)
+		_ = unix.Close(master) // idexd holds it now
+	} else {
+		err = send(reply)
+	}
+	if err != nil {
 		// idexd is gone; its death signal is on its way.
 		return ExitFailed
 	}
@@ -332,10 +355,10 @@ func start(job Job, stdio [3]int, filter *unix.SockFprog) (int, error) {
 		Env:   job.Env,
 		Files: []uintptr{uintptr(stdio[0]), uintptr(stdio[1]), uintptr(stdio[2])},
 		// Its own session: the program's process group is what a Ctrl-C
-		// goes to.
-		Sys: &syscall.SysProcAttr{Setsid: true},
+		// goes to; on a terminal, the pty is the session's.
+		Sys: procAttr(job),
 	})
-	for _, fd := range stdio {
+	for _, fd := range stdio[:stdioCount(job)] {
 		// Only the program may hold its stdio: the end of its output is
 		// the end of the run's events.
 		_ = unix.Close(fd)
