@@ -40,7 +40,7 @@ type Process struct {
 	launched    bool
 	// received is an fd the last reply carried (the terminal's master).
 	received *os.File
-	closed      bool
+	closed   bool
 }
 
 // helperEnv is the helper's own environment; the program gets the job's.
