@@ -1,0 +1,939 @@
+package run_test
+
+// The fidelity suite of issue 13: programs written for the purpose
+// (testdata/fidelity/*.py), each run through the engine and compared byte
+// for byte with a terminal run of the same program on the same machine.
+//
+// The reference is what a student would see running the program by hand:
+// /usr/bin/python3 SCRIPT ARGS (python3 -i in repl mode) as the student's
+// uid and gid, in the student's directory, with the environment a run gets
+// (referenceEnv), fed the same input and Ctrl-Cs at the same points of its
+// output.
+//
+//   - Pipe mode: the reference's stdout and stderr are one pipe, so it
+//     holds the bytes in the order the program wrote them, as a terminal
+//     would show them; the run's output events concatenated in sequence
+//     order (all streams) must equal it. A second reference run with two
+//     pipes gives each stream alone, for the per-stream comparison.
+//   - Terminal mode: the reference runs on a pty of its own (rows x cols)
+//     as its controlling terminal; the run's output events concatenated
+//     must equal everything its master read.
+//
+// Both sides must also end the same way (exit status, or the signal).
+// Steps happen when the output says so (Await), never after a guessed
+// sleep: a Delay is only used where the pause itself is what a program is
+// tested with, or where no output can tell that a program has entered a
+// blocking read (a Ctrl-C at an input prompt). Timeouts only stop a hung
+// program; nothing asserts how long anything took.
+//
+// Features that the engine lacks go through fidelity_adapter_test.go.
+// IDEXD_FIDELITY_SELFCHECK=N runs each reference N times more and checks
+// that the reference itself is deterministic.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/idexd/idexd/internal/api"
+	"github.com/idexd/idexd/internal/run"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+type fidMode string
+
+const (
+	pipeMode     fidMode = "pipe"
+	terminalMode fidMode = "terminal"
+)
+
+// fidStep is one thing done to a running program, the same on both sides.
+// Await comes first, then Delay, then the action(s) in field order.
+type fidStep struct {
+	// Await waits until this text has appeared in one stream's output
+	// after the point where that stream's previous Await matched.
+	Await string
+	Delay time.Duration
+	// Send is written to stdin (pipe mode) or typed at the terminal.
+	Send string
+	// Interrupt is Ctrl-C: SIGINT to the program's process group in pipe
+	// mode, ^C through the pty in terminal mode (interruptRun).
+	Interrupt bool
+	// Resize sets the terminal's rows and cols (resizeTerminal).
+	Resize [2]int
+	// EOF closes stdin (pipe mode; it is closed after the last step anyway).
+	EOF bool
+}
+
+// fidProgram is one program of the suite and how it is driven.
+type fidProgram struct {
+	Name string // the subtest's name; the file is testdata/fidelity/Name.py unless File says
+	File string
+	Mode fidMode
+	Repl bool // api.ModeRepl: python3 -i SCRIPT
+	// Script is the script as the student gives it (default: the file's name).
+	Script string
+	Args   []string
+	Steps  []fidStep
+	// Rows and Cols size the terminal (default 24 x 80).
+	Rows, Cols int
+	// Files are written into the student's directory before every run.
+	Files map[string]string
+	// Repeat is how many engine runs are compared with the reference (default 1).
+	Repeat int
+}
+
+func await(s, send string) fidStep { return fidStep{Await: s, Send: send} }
+
+func interruptAfter(s string) fidStep { return fidStep{Await: s, Interrupt: true} }
+
+// atPrompt is how long a Ctrl-C waits after an input prompt appeared: the
+// prompt is written before the read begins, and a SIGINT that comes
+// between the two is taken by Python's handler with nobody to raise it in
+// until the read returns. No output can say that the read has begun; a
+// person at the keyboard is slower than this.
+const atPrompt = 100 * time.Millisecond
+
+// fidelityPrograms is the suite. Names double as student names (f_NAME).
+var fidelityPrograms = []fidProgram{
+	// Pipe mode: order across streams.
+	{Name: "order", Mode: pipeMode, Repeat: 100},
+	{Name: "alternate", Mode: pipeMode},
+	{Name: "threads_turns", Mode: pipeMode},
+	{Name: "threads_chain", Mode: pipeMode},
+	{Name: "logging_mix", Mode: pipeMode},
+	{Name: "subprocess_mix", Mode: pipeMode},
+	{Name: "large_output", Mode: pipeMode},
+	{Name: "traceback_chain", Mode: pipeMode},
+	{Name: "recursion", Mode: pipeMode},
+	{Name: "print_end", Mode: pipeMode},
+	// Pipe mode: REPL sessions (prompts on stderr, results on stdout).
+	{Name: "repl_session", Mode: pipeMode, Repl: true, Steps: []fidStep{
+		await(">>> ", "greet('Ada')\n"),
+		await(">>> ", "sorted(items)\n"),
+		await(">>> ", "x = 6 * 7\n"),
+		await(">>> ", "x\n"),
+		await(">>> ", "for i in range(3):\n"),
+		await("... ", "    print(i, i * i)\n"),
+		await("... ", "\n"),
+		await(">>> ", "1/0\n"),
+		await(">>> ", "import sys; print('to stderr', file=sys.stderr)\n"),
+		await(">>> ", "'ünïcödé ✓'\n"),
+		await(">>> ", "print('bye')\n"),
+		{Await: ">>> "},
+	}},
+	{Name: "repl_timed", Mode: pipeMode, Repl: true, Steps: replTimed()},
+	{Name: "repl_interrupt", Mode: pipeMode, Repl: true, Steps: []fidStep{
+		await(">>> ", "for i in itertools.count(): print('spinning', flush=True) if i == 0 else None\n"),
+		await("... ", "\n"),
+		interruptAfter("spinning\n"),
+		await(">>> ", "print('still here')\n"),
+		{Await: ">>> "},
+	}},
+	// Pipe mode: input.
+	{Name: "input_loop", Mode: pipeMode, Steps: []fidStep{
+		await("> ", "3\n"), await("> ", "4.5\n"), await("> ", "abc\n"), await("> ", "-1\n"), await("> ", "quit\n"),
+	}},
+	{Name: "input_eof", Mode: pipeMode, Steps: []fidStep{
+		await("[0] ", "alpha\n"), await("[1] ", "béta\n"), await("[2] ", "gamma delta\n"), {Await: "[3] ", EOF: true},
+	}},
+	{Name: "stdin_read", Mode: pipeMode, Steps: []fidStep{{Send: "first\n"}, {Send: "second line\nthird"}, {EOF: true}}},
+	{Name: "input_numbers", Mode: pipeMode, Steps: []fidStep{
+		await("First number: ", "x\n"), await("First number: ", "12\n"),
+		await("Second number: ", "3.5\n"), await("Second number: ", "30\n"),
+	}},
+	// Pipe mode: Ctrl-C.
+	{Name: "ctrlc_handler", Mode: pipeMode, Steps: []fidStep{interruptAfter("ready\n")}},
+	{Name: "ctrlc_uncaught", Mode: pipeMode, Steps: []fidStep{interruptAfter("working\n")}},
+	{Name: "ctrlc_input", Mode: pipeMode, Steps: []fidStep{{Await: "Your name: ", Delay: atPrompt, Interrupt: true}}},
+	{Name: "sigint_handler", Mode: pipeMode, Steps: []fidStep{
+		interruptAfter("ready\n"), interruptAfter("#1\n"), interruptAfter("#2\n"),
+	}},
+	// Pipe mode: bytes, endings, where the program is.
+	{Name: "unicode", Mode: pipeMode},
+	{Name: "partial_utf8", Mode: pipeMode},
+	{Name: "exit_code", Mode: pipeMode},
+	{Name: "exit_message", Mode: pipeMode},
+	{Name: "os_exit", Mode: pipeMode},
+	{Name: "exit_signal", Mode: pipeMode},
+	{Name: "exit_cleanup", Mode: pipeMode},
+	{Name: "file_info", Mode: pipeMode, Args: []string{"one", "two words", "--flag", "ünï"}},
+	{Name: "argv0", Mode: pipeMode, Script: "./argv0.py"},
+	{Name: "env", Mode: pipeMode},
+	{Name: "tty_checks", Mode: pipeMode},
+	{Name: "server_client", Mode: pipeMode},
+	{Name: "files_rw", Mode: pipeMode, Files: map[string]string{"data.txt": "3\n1\n2\n"}},
+
+	// Terminal mode.
+	{Name: "progress_bar", Mode: terminalMode},
+	{Name: "clear_screen", Mode: terminalMode},
+	{Name: "colours", Mode: terminalMode},
+	{Name: "cursor_moves", Mode: terminalMode},
+	{Name: "spinner", Mode: terminalMode},
+	{Name: "threads_status", Mode: terminalMode},
+	{Name: "tty_checks_tty", File: "tty_checks", Mode: terminalMode, Rows: 30, Cols: 100},
+	{Name: "term_ruler", Mode: terminalMode, Rows: 50, Cols: 132},
+	{Name: "env_tty", File: "env", Mode: terminalMode},
+	{Name: "order_tty", File: "order", Mode: terminalMode},
+	{Name: "unicode_tty", File: "unicode", Mode: terminalMode},
+	{Name: "tty_input", Mode: terminalMode, Steps: []fidStep{await("Name: ", "Ada\r"), await("Age: ", "36\r")}},
+	{Name: "getpass_prompt", Mode: terminalMode, Steps: []fidStep{await("Password: ", "s3cret\r"), await("Visible: ", "shown\r")}},
+	{Name: "line_edit", Mode: terminalMode, Steps: []fidStep{
+		await("first: ", "helo\x7f\x7flo world\r"),
+		await("second: ", "garbage\x15kept\r"),
+		await("third: ", "one two three\x17four\r"),
+	}},
+	{Name: "calc_tty", File: "input_loop", Mode: terminalMode, Steps: []fidStep{
+		await("> ", "3\r"), await("> ", "4.5\r"), await("> ", "abc\r"), await("> ", "quit\r"),
+	}},
+	{Name: "eof_lines", Mode: terminalMode, Steps: []fidStep{{Send: "one\r"}, {Send: "two\r"}, {Send: "\x04"}}},
+	{Name: "raw_keys", Mode: terminalMode, Steps: []fidStep{
+		await("q quits\r\n", "a"), await("key 'a'\r\n", "\x1b[A"), await("key '\\x1b[A'\r\n", "q"),
+	}},
+	{Name: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{await("press Ctrl-C\r\n", "\x03")}},
+	{Name: "ctrlc_api_tty", File: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{interruptAfter("press Ctrl-C\r\n")}},
+	{Name: "ctrlc_input_tty", File: "ctrlc_input", Mode: terminalMode, Steps: []fidStep{{Await: "Your name: ", Delay: atPrompt, Send: "\x03"}}},
+	{Name: "resize", Mode: terminalMode, Steps: []fidStep{{Await: "ready\r\n", Resize: [2]int{40, 120}}}},
+	{Name: "repl_tty", Mode: terminalMode, Repl: true, Steps: []fidStep{
+		await(">>> ", "x * 2\r"),
+		await(">>> ", "print('hi')\r"),
+		await(">>> ", "1/0\r"),
+		await(">>> ", "\x04"),
+	}},
+}
+
+// replTimed is issue 13's REPL check: fifteen results, lines 250 ms apart.
+func replTimed() []fidStep {
+	steps := make([]fidStep, 0, 16)
+	for i := range 15 {
+		steps = append(steps, fidStep{Delay: 250 * time.Millisecond, Send: fmt.Sprintf("base * %d + %d\n", i, i)})
+	}
+	return append(steps, fidStep{Delay: 250 * time.Millisecond})
+}
+
+func (p fidProgram) file() string {
+	if p.File != "" {
+		return p.File + ".py"
+	}
+	return p.Name + ".py"
+}
+
+func (p fidProgram) script() string {
+	if p.Script != "" {
+		return p.Script
+	}
+	return p.file()
+}
+
+func (p fidProgram) size() (rows, cols int) {
+	rows, cols = p.Rows, p.Cols
+	if rows == 0 {
+		rows = 24
+	}
+	if cols == 0 {
+		cols = 80
+	}
+	return rows, cols
+}
+
+// fidelityTimeout bounds one program (all its runs): only a hung program
+// reaches it.
+const fidelityTimeout = 2 * time.Minute
+
+func TestFidelity(t *testing.T) {
+	testutil.RequireRoot(t)
+	if n := len(fidelityPrograms); n < 40 {
+		t.Fatalf("the suite has %d programs; issue 13 asks for at least 40", n)
+	}
+	env := testutil.NewEnv(t, hostileUIDs)
+	selfcheck := 0
+	if s := os.Getenv("IDEXD_FIDELITY_SELFCHECK"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatalf("IDEXD_FIDELITY_SELFCHECK=%q: %v", s, err)
+		}
+		selfcheck = n
+	}
+	seen := map[string]bool{}
+	for _, p := range fidelityPrograms {
+		if seen[p.Name] {
+			t.Fatalf("program %s is listed twice", p.Name)
+		}
+		seen[p.Name] = true
+		t.Run(p.Name, func(t *testing.T) {
+			t.Parallel()
+			testFidelity(t, env, p, selfcheck)
+		})
+	}
+}
+
+func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int) {
+	ctx := ctxT(t, fidelityTimeout)
+	src, err := os.ReadFile(filepath.Join("testdata", "fidelity", p.file()))
+	if err != nil {
+		t.Fatalf("read the program: %v", err)
+	}
+	student := "f_" + p.Name
+	env.WriteScript(t, student, p.file(), string(src))
+	st, err := env.Engine.EnsureStudent(ctx, student)
+	if err != nil {
+		t.Fatalf("ensure student %s: %v", student, err)
+	}
+	keep := map[string]bool{p.file(): true}
+	for name := range p.Files {
+		keep[name] = true
+	}
+	reset := func() {
+		t.Helper()
+		resetWorkdir(t, env, st, student, keep, p.Files)
+	}
+	// The reference first: it shows that the program and its steps are
+	// sound on this machine even where the engine lacks a feature.
+	reset()
+	ref := runReference(ctx, t, p, st, p.Mode == pipeMode)
+	refFiles := snapshotWorkdir(t, st.Workdir)
+	var split *fidResult
+	if p.Mode == pipeMode {
+		reset()
+		split = runReference(ctx, t, p, st, false)
+	}
+	for i := range selfcheck {
+		reset()
+		again := runReference(ctx, t, p, st, p.Mode == pipeMode)
+		if d := firstDiff(again.merged(), ref.merged()); d != "" || again.exit != ref.exit {
+			t.Fatalf("reference is not deterministic (self-check %d): %s; end %s vs %s", i+1, d, again.exit, ref.exit)
+		}
+	}
+
+	repeat := max(p.Repeat, 1)
+	identical := 0
+	for i := range repeat {
+		reset()
+		got, info := runEngine(ctx, t, env, p)
+		name := "run"
+		if repeat > 1 {
+			name = fmt.Sprintf("run %d of %d", i+1, repeat)
+		}
+		ok := true
+		if d := firstDiff(got.merged(), ref.merged()); d != "" {
+			what := "output (all streams, in event order)"
+			if p.Mode == terminalMode {
+				what = "terminal output"
+			}
+			t.Errorf("%s: %s differs from the reference: %s", name, what, d)
+			ok = false
+		}
+		if split != nil {
+			for s, sname := range []string{"stdout", "stderr"} {
+				if d := firstDiff(got.stream(s), split.stream(s)); d != "" {
+					t.Errorf("%s: %s differs from the reference's %s: %s", name, sname, sname, d)
+					ok = false
+				}
+			}
+		}
+		if d := sameEnd(ref.exit, info); d != "" {
+			t.Errorf("%s: %s", name, d)
+			ok = false
+		}
+		if i == 0 {
+			if d := diffFiles(snapshotWorkdir(t, st.Workdir), refFiles); d != "" {
+				t.Errorf("%s: files left in the student's directory differ from the reference's: %s", name, d)
+				ok = false
+			}
+		}
+		if ok {
+			identical++
+		}
+	}
+	if repeat > 1 {
+		t.Logf("identical to the reference in %d of %d runs", identical, repeat)
+	}
+}
+
+// fidExit is how a process ended: its status, or the signal that killed it.
+type fidExit struct {
+	code   int
+	signal string
+}
+
+func (e fidExit) String() string {
+	if e.signal != "" {
+		return "killed by " + e.signal
+	}
+	return "exit status " + strconv.Itoa(e.code)
+}
+
+// sameEnd says how the run's end differs from the reference's, "" if not.
+func sameEnd(ref fidExit, got api.Run) string {
+	if ref.signal != "" {
+		if got.Reason != api.ReasonSignaled || got.Signal != ref.signal {
+			return fmt.Sprintf("run ended %s (signal %q, exit %s), reference %s", got.Reason, got.Signal, exitCode(got), ref)
+		}
+		return ""
+	}
+	if got.Reason != api.ReasonExited || got.ExitCode == nil || *got.ExitCode != ref.code {
+		return fmt.Sprintf("run ended %s (exit %s, signal %q, error %q), reference %s", got.Reason, exitCode(got), got.Signal, got.Error, ref)
+	}
+	return ""
+}
+
+// fidResult is what one run (reference or engine) printed and how it ended.
+type fidResult struct {
+	out  *fidOutput
+	exit fidExit
+}
+
+func (r *fidResult) merged() []byte      { return r.out.mergedBytes() }
+func (r *fidResult) stream(s int) []byte { return r.out.streamBytes(s) }
+
+// fidOutput gathers a run's output as it arrives: per stream (0 stdout, 1
+// stderr; a merged pipe or a pty is stream 0 only) and all streams in the
+// order of arrival. await blocks until a text appears.
+type fidOutput struct {
+	mu      sync.Mutex
+	streams [2][]byte
+	merged  []byte
+	cursor  [2]int // where each stream's last await matched
+	open    int    // streams still open
+	changed chan struct{}
+}
+
+func newFidOutput(streams int) *fidOutput {
+	return &fidOutput{open: streams, changed: make(chan struct{})}
+}
+
+func (o *fidOutput) add(stream int, p []byte) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.streams[stream] = append(o.streams[stream], p...)
+	o.merged = append(o.merged, p...)
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// closeStream marks one stream's end (EOF, EIO, the run's end event).
+func (o *fidOutput) closeStream() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.open--
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+func (o *fidOutput) mergedBytes() []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]byte(nil), o.merged...)
+}
+
+func (o *fidOutput) streamBytes(s int) []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]byte(nil), o.streams[s]...)
+}
+
+// await waits until s appears in one stream after that stream's last
+// match, and moves that stream's cursor past it.
+func (o *fidOutput) await(ctx context.Context, s string) error {
+	for {
+		o.mu.Lock()
+		for i := range o.streams {
+			if j := bytes.Index(o.streams[i][o.cursor[i]:], []byte(s)); j >= 0 {
+				o.cursor[i] += j + len(s)
+				o.mu.Unlock()
+				return nil
+			}
+		}
+		open, ch := o.open, o.changed
+		tail := o.merged[max(0, len(o.merged)-300):]
+		o.mu.Unlock()
+		if open == 0 {
+			return fmt.Errorf("the output ended before %q appeared; it ends with %q", s, tail)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %q: %w; the output ends with %q", s, ctx.Err(), tail)
+		}
+	}
+}
+
+// fidSession is a running program that steps act on.
+type fidSession interface {
+	send(p []byte) error
+	closeStdin() error
+	interrupt() error
+	resize(rows, cols int) error
+}
+
+// drive carries out p's steps, then closes stdin in pipe mode.
+func drive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) error {
+	for i, st := range p.Steps {
+		if st.Await != "" {
+			if err := out.await(ctx, st.Await); err != nil {
+				return fmt.Errorf("step %d: %w", i+1, err)
+			}
+		}
+		if st.Delay > 0 {
+			select {
+			case <-time.After(st.Delay):
+			case <-ctx.Done():
+				return fmt.Errorf("step %d: %w", i+1, ctx.Err())
+			}
+		}
+		if st.Send != "" {
+			if err := s.send([]byte(st.Send)); err != nil {
+				return fmt.Errorf("step %d: send %q: %w", i+1, st.Send, err)
+			}
+		}
+		if st.Interrupt {
+			if err := s.interrupt(); err != nil {
+				return fmt.Errorf("step %d: interrupt: %w", i+1, err)
+			}
+		}
+		if st.Resize != [2]int{} {
+			if err := s.resize(st.Resize[0], st.Resize[1]); err != nil {
+				return fmt.Errorf("step %d: resize: %w", i+1, err)
+			}
+		}
+		if st.EOF {
+			if err := s.closeStdin(); err != nil {
+				return fmt.Errorf("step %d: close stdin: %w", i+1, err)
+			}
+		}
+	}
+	if p.Mode == pipeMode {
+		if err := s.closeStdin(); err != nil {
+			return fmt.Errorf("close stdin after the last step: %w", err)
+		}
+	}
+	return nil
+}
+
+// runEngine runs p through the engine and returns its output events and
+// its end.
+func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram) (*fidResult, api.Run) {
+	t.Helper()
+	req := api.RunRequest{Student: "f_" + p.Name, Script: p.script(), Args: p.Args}
+	if p.Repl {
+		req.Mode = api.ModeRepl
+	}
+	var r *run.Execution
+	if p.Mode == terminalMode {
+		rows, cols := p.size()
+		r = startTerminal(ctx, t, env, req, rows, cols)
+	} else {
+		var err error
+		if r, err = env.Engine.Start(ctx, req); err != nil {
+			t.Fatalf("start %s: %v", p.script(), err)
+		}
+	}
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := r.Stop(sctx); err != nil {
+			t.Errorf("stop run %s: %v", r.ID(), err)
+		}
+	})
+	out := newFidOutput(1)
+	end := make(chan api.Run, 1)
+	go followRun(ctx, r, out, end)
+	s := &engineSession{ctx: ctx, t: t, env: env, r: r, terminal: p.Mode == terminalMode}
+	if err := drive(ctx, p, s, out); err != nil {
+		t.Fatalf("run %s: %v", r.ID(), err)
+	}
+	select {
+	case info := <-end:
+		return &fidResult{out: out}, info
+	case <-ctx.Done():
+		t.Fatalf("run %s did not end: %v; its output ends with %q", r.ID(), ctx.Err(), tailOf(out.mergedBytes()))
+		return nil, api.Run{}
+	}
+}
+
+// followRun turns r's events into out until the end event.
+func followRun(ctx context.Context, r *run.Execution, out *fidOutput, end chan<- api.Run) {
+	var seq int64
+	for {
+		evs, more := r.EventsAfter(seq)
+		for _, ev := range evs {
+			seq = ev.Seq
+			if ev.Type == api.EventEnd {
+				out.closeStream()
+				end <- *ev.Run
+				return
+			}
+			if s, ok := outputStream(ev); ok {
+				out.add(s, ev.Bytes())
+			}
+		}
+		select {
+		case <-more:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// engineSession acts on an engine run. t is the test's: the adapter's
+// hooks fail it (they run on the test's goroutine, in drive).
+type engineSession struct {
+	ctx      context.Context
+	t        *testing.T
+	env      *testutil.Env
+	r        *run.Execution
+	terminal bool
+}
+
+func (s *engineSession) send(p []byte) error {
+	if s.terminal {
+		typeKeys(s.ctx, s.t, s.r, p)
+		return nil
+	}
+	return s.r.WriteStdin(s.ctx, p, false)
+}
+
+func (s *engineSession) closeStdin() error {
+	err := s.r.WriteStdin(s.ctx, nil, true)
+	if errors.Is(err, api.ErrRunEnded) {
+		return nil // the program is done; so is its stdin
+	}
+	return err
+}
+
+func (s *engineSession) interrupt() error {
+	interruptRun(s.ctx, s.t, s.env, s.r)
+	return nil
+}
+
+func (s *engineSession) resize(rows, cols int) error {
+	resizeTerminal(s.ctx, s.t, s.env, s.r, rows, cols)
+	return nil
+}
+
+// runReference runs p as a student would in a terminal: on a pty in
+// terminal mode; in pipe mode with stdout and stderr on one pipe (merged)
+// or on two.
+func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Student, merged bool) *fidResult {
+	t.Helper()
+	argv := []string{testutil.Interpreter}
+	if p.Repl {
+		argv = append(argv, "-i")
+	}
+	argv = append(append(argv, p.script()), p.Args...)
+	cmd := &exec.Cmd{
+		Path: testutil.Interpreter, Args: argv, Dir: st.Workdir, Env: referenceEnv(st, p.Mode == terminalMode),
+		SysProcAttr: &syscall.SysProcAttr{
+			// Its own session, as a run's program has (and a terminal's
+			// shell gives each job a process group of its own).
+			Setsid:     true,
+			Credential: &syscall.Credential{Uid: st.UID, Gid: st.GID, Groups: []uint32{}},
+		},
+	}
+	var (
+		s       fidSession
+		out     *fidOutput
+		readers sync.WaitGroup
+		closers []io.Closer
+	)
+	read := func(f *os.File, stream int) {
+		defer readers.Done()
+		defer out.closeStream()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := f.Read(buf)
+			if n > 0 {
+				out.add(stream, buf[:n])
+			}
+			if err != nil {
+				return // EOF on a pipe, EIO on a pty master once the slave is gone
+			}
+		}
+	}
+	if p.Mode == terminalMode {
+		rows, cols := p.size()
+		master, slave, err := openPty(rows, cols)
+		if err != nil {
+			t.Fatalf("reference: %v", err)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		cmd.SysProcAttr.Setctty = true
+		cmd.SysProcAttr.Ctty = 0
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("reference: start %v: %v", argv, err)
+		}
+		closeOrFail(t, slave)
+		out = newFidOutput(1)
+		readers.Add(1)
+		go read(master, 0)
+		s = ptySession{master: master}
+		closers = append(closers, master)
+	} else {
+		stdinR, stdinW := mustPipe(t)
+		outR, outW := mustPipe(t)
+		errR, errW := outR, outW
+		if !merged {
+			errR, errW = mustPipe(t)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("reference: start %v: %v", argv, err)
+		}
+		// The program holds its own copies now.
+		closeOrFail(t, stdinR)
+		closeOrFail(t, outW)
+		if !merged {
+			closeOrFail(t, errW)
+		}
+		n := 2
+		if merged {
+			n = 1
+		}
+		out = newFidOutput(n)
+		readers.Add(n)
+		go read(outR, 0)
+		closers = append(closers, outR)
+		if !merged {
+			go read(errR, 1)
+			closers = append(closers, errR)
+		}
+		s = &pipeSession{stdin: stdinW, pid: cmd.Process.Pid}
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		// A reference that a failed step left running: its whole group.
+		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("kill reference group %d: %v", pid, err)
+		}
+	})
+	if err := drive(ctx, p, s, out); err != nil {
+		t.Fatalf("reference %v: %v", argv, err)
+	}
+	werr := cmd.Wait()
+	var ee *exec.ExitError
+	if werr != nil && !errors.As(werr, &ee) {
+		t.Fatalf("reference: wait: %v", werr)
+	}
+	done := make(chan struct{})
+	go func() { readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatalf("reference: output still open after the program ended (a child holds it?): %v", ctx.Err())
+	}
+	for _, c := range closers {
+		closeOrFail(t, c)
+	}
+	if ps, ok := s.(*pipeSession); ok {
+		closeOrFail(t, ps.stdin)
+	}
+	res := &fidResult{out: out}
+	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Signaled():
+		res.exit.signal = unix.SignalName(ws.Signal())
+	default:
+		res.exit.code = ws.ExitStatus()
+	}
+	return res
+}
+
+// pipeSession acts on a pipe-mode reference.
+type pipeSession struct {
+	stdin  *os.File
+	pid    int
+	closed bool
+}
+
+func (s *pipeSession) send(p []byte) error {
+	_, err := s.stdin.Write(p)
+	return err
+}
+
+func (s *pipeSession) closeStdin() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.stdin.Close()
+}
+
+// interrupt is what a terminal's Ctrl-C does: SIGINT to the foreground
+// process group (the program's own, it being its session's leader).
+func (s *pipeSession) interrupt() error { return syscall.Kill(-s.pid, syscall.SIGINT) }
+
+func (s *pipeSession) resize(int, int) error {
+	return errors.New("resize in pipe mode: there is no terminal")
+}
+
+// ptySession acts on a terminal-mode reference through its pty's master.
+type ptySession struct{ master *os.File }
+
+func (s ptySession) send(p []byte) error {
+	_, err := s.master.Write(p)
+	return err
+}
+
+func (s ptySession) closeStdin() error { return nil }
+
+func (s ptySession) interrupt() error { return s.send([]byte{0x03}) }
+
+func (s ptySession) resize(rows, cols int) error {
+	return unix.IoctlSetWinsize(int(s.master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
+}
+
+// openPty opens a new pty pair (the kernel's default termios), sized rows
+// x cols.
+func openPty(rows, cols int) (master, slave *os.File, err error) {
+	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open /dev/ptmx: %w", err)
+	}
+	master = os.NewFile(uintptr(mfd), "/dev/ptmx")
+	fail := func(what string, err error) (*os.File, *os.File, error) {
+		return nil, nil, errors.Join(fmt.Errorf("%s: %w", what, err), master.Close())
+	}
+	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+		return fail("unlock pty", err)
+	}
+	n, err := unix.IoctlGetUint32(mfd, unix.TIOCGPTN)
+	if err != nil {
+		return fail("pty number", err)
+	}
+	if err := unix.IoctlSetWinsize(mfd, unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)}); err != nil {
+		return fail("set pty size", err)
+	}
+	name := "/dev/pts/" + strconv.Itoa(int(n))
+	sfd, err := unix.Open(name, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("open "+name, err)
+	}
+	return master, os.NewFile(uintptr(sfd), name), nil
+}
+
+func mustPipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatalf("pipe: %v", err)
+	}
+	return r, w
+}
+
+func closeOrFail(t *testing.T, c io.Closer) {
+	t.Helper()
+	if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		t.Errorf("close: %v", err)
+	}
+}
+
+// resetWorkdir leaves in the student's directory only the script and the
+// program's files, as they were given: every run starts from the same
+// directory.
+func resetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student string, keep map[string]bool, files map[string]string) {
+	t.Helper()
+	ents, err := os.ReadDir(st.Workdir)
+	if err != nil {
+		t.Fatalf("list %s: %v", st.Workdir, err)
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(st.Workdir, e.Name())); err != nil {
+				t.Fatalf("reset %s: %v", st.Workdir, err)
+			}
+		}
+	}
+	for name, content := range files {
+		env.WriteScript(t, student, name, content)
+	}
+}
+
+// snapshotWorkdir maps each regular file under dir (relative path) to its
+// content.
+func snapshotWorkdir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			files[rel] = string(b)
+		case d.IsDir():
+			files[rel+"/"] = ""
+		default:
+			files[rel] = "(" + d.Type().String() + ")"
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("snapshot %s: %v", dir, err)
+	}
+	return files
+}
+
+func diffFiles(got, want map[string]string) string {
+	var d []string
+	for name, w := range want {
+		g, ok := got[name]
+		switch {
+		case !ok:
+			d = append(d, name+" missing")
+		case g != w:
+			d = append(d, name+": "+firstDiff([]byte(g), []byte(w)))
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok {
+			d = append(d, name+" not in the reference's")
+		}
+	}
+	return strings.Join(d, "; ")
+}
+
+// firstDiff describes where got first differs from want, "" if equal.
+func firstDiff(got, want []byte) string {
+	if bytes.Equal(got, want) {
+		return ""
+	}
+	i := 0
+	for i < len(got) && i < len(want) && got[i] == want[i] {
+		i++
+	}
+	line := bytes.Count(want[:i], []byte("\n")) + 1
+	from := max(0, i-80)
+	return fmt.Sprintf("%d bytes, reference %d; first difference at byte %d (line %d):\n  got  %q\n  want %q",
+		len(got), len(want), i, line, window(got, from, i), window(want, from, i))
+}
+
+func window(b []byte, from, at int) string {
+	if from > len(b) {
+		return ""
+	}
+	return string(b[from:min(len(b), at+80)])
+}
+
+func tailOf(b []byte) string { return string(b[max(0, len(b)-300):]) }

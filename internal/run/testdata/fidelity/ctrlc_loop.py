@@ -1,0 +1,9 @@
+# Works silently until Ctrl-C (so the terminal's ^C echo has one place).
+import time
+
+print("working, press Ctrl-C", flush=True)
+try:
+    while True:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("Goodbye!")
