@@ -1,8 +1,8 @@
 # Works silently until Ctrl-C (so the terminal's ^C echo has one place).
 import time
 
-print("working, press Ctrl-C", flush=True)
 try:
+    print("working, press Ctrl-C", flush=True)
     while True:
         time.sleep(0.01)
 except KeyboardInterrupt:
