@@ -270,6 +270,9 @@ func TestFidelity(t *testing.T) {
 		}
 		selfcheck = n
 	}
+	report := &fidReport{lines: map[string]string{}}
+	// Subtests are parallel: this runs once every one of them is done.
+	t.Cleanup(func() { report.log(t) })
 	seen := map[string]bool{}
 	for _, p := range fidelityPrograms {
 		if seen[p.Name] {
@@ -278,13 +281,20 @@ func TestFidelity(t *testing.T) {
 		seen[p.Name] = true
 		t.Run(p.Name, func(t *testing.T) {
 			t.Parallel()
-			testFidelity(t, env, p, selfcheck)
+			testFidelity(t, env, p, selfcheck, report)
 		})
 	}
 }
 
-func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int) {
+func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, report *fidReport) {
 	ctx := ctxT(t, fidelityTimeout)
+	// phase says where a failed test stopped; what names what differed
+	// once the sides were compared.
+	phase := "setup"
+	what := map[string]int{}
+	repeat := max(p.Repeat, 1)
+	identical := 0
+	t.Cleanup(func() { report.set(t, p, phase, what, identical, repeat) })
 	src, err := os.ReadFile(filepath.Join("testdata", "fidelity", p.file()))
 	if err != nil {
 		t.Fatalf("read the program: %v", err)
@@ -305,6 +315,7 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int) 
 	}
 	// The reference first: it shows that the program and its steps are
 	// sound on this machine even where the engine lacks a feature.
+	phase = "reference"
 	reset()
 	ref := runReference(ctx, t, p, st, p.Mode == pipeMode)
 	refFiles := snapshotWorkdir(t, st.Workdir)
@@ -324,32 +335,40 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int) 
 		}
 	}
 
-	repeat := max(p.Repeat, 1)
-	identical := 0
 	for i := range repeat {
 		reset()
-		got, info := runEngine(ctx, t, env, p)
+		phase = "engine"
+		got, info := runEngine(ctx, t, env, p, &phase)
+		phase = "compared"
 		var diffs []string
 		if d := firstDiff(got.merged(), ref.merged()); d != "" {
-			what := "output (all streams, in event order)"
+			out := "output (all streams, in event order)"
 			if p.Mode == terminalMode {
-				what = "terminal output"
+				out = "terminal output"
 			}
-			diffs = append(diffs, what+" differs from the reference: "+d)
+			diffs = append(diffs, out+" differs from the reference: "+d)
+			if p.Mode == terminalMode {
+				what["terminal output"]++
+			} else {
+				what["merged"]++
+			}
 		}
 		if split != nil {
 			for s, sname := range []string{"stdout", "stderr"} {
 				if d := firstDiff(got.stream(s), split.stream(s)); d != "" {
 					diffs = append(diffs, sname+" differs from the reference's "+sname+": "+d)
+					what[sname]++
 				}
 			}
 		}
 		if d := sameEnd(ref.exit, info); d != "" {
 			diffs = append(diffs, d)
+			what["end"]++
 		}
 		if i == 0 {
 			if d := diffFiles(snapshotWorkdir(t, st.Workdir), refFiles); d != "" {
 				diffs = append(diffs, "files left in the student's directory differ from the reference's: "+d)
+				what["files"]++
 			}
 			dump(t, p.Name+".got", got.merged())
 		}
@@ -358,7 +377,7 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int) 
 			continue
 		}
 		// A repeated program reports its first few differing runs in full.
-		if repeat == 1 || repeat-identical <= 3 {
+		if i+1-identical <= 3 {
 			name := "run"
 			if repeat > 1 {
 				name = fmt.Sprintf("run %d of %d", i+1, repeat)
@@ -392,6 +411,60 @@ func dump(t *testing.T, name string, b []byte) {
 	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 		t.Errorf("dump: %v", err)
 	}
+}
+
+// fidReport is one line per program, logged when the suite ends: what
+// passes, what differs, and where a feature is missing.
+type fidReport struct {
+	mu    sync.Mutex
+	lines map[string]string
+}
+
+func (r *fidReport) set(t *testing.T, p fidProgram, phase string, what map[string]int, identical, repeat int) {
+	var status string
+	switch {
+	case !t.Failed():
+		status = "pass"
+	case phase != "compared":
+		status = "FAIL in " + phase
+	default:
+		var parts []string
+		// Both streams right but not their interleaving: the order.
+		if what["merged"] > 0 && what["stdout"] == 0 && what["stderr"] == 0 {
+			parts = append(parts, "order across streams")
+			delete(what, "merged")
+		}
+		for _, k := range []string{"merged", "terminal output", "stdout", "stderr", "end", "files"} {
+			if what[k] > 0 {
+				parts = append(parts, k)
+			}
+		}
+		status = "FAIL: " + strings.Join(parts, ", ")
+	}
+	if repeat > 1 {
+		status += fmt.Sprintf(" (%d of %d runs identical)", identical, repeat)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines[p.Name] = fmt.Sprintf("%-16s %-8s %s", p.Name, p.Mode, status)
+}
+
+func (r *fidReport) log(t *testing.T) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	pass := 0
+	for _, p := range fidelityPrograms {
+		line, ok := r.lines[p.Name]
+		if !ok {
+			continue // not selected by -run
+		}
+		if strings.HasSuffix(line, " pass") || strings.Contains(line, " pass (") {
+			pass++
+		}
+		b.WriteString("\n  " + line)
+	}
+	t.Logf("fidelity: %d of %d programs identical to their reference:%s", pass, len(r.lines), b.String())
 }
 
 // fidExit is how a process ended: its status, or the signal that killed it.
@@ -556,7 +629,7 @@ func drive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) erro
 
 // runEngine runs p through the engine and returns its output events and
 // its end.
-func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram) (*fidResult, api.Run) {
+func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram, phase *string) (*fidResult, api.Run) {
 	t.Helper()
 	req := api.RunRequest{Student: "f_" + p.Name, Script: p.script(), Args: p.Args}
 	if p.Repl {
@@ -565,7 +638,9 @@ func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgra
 	var r *run.Execution
 	if p.Mode == terminalMode {
 		rows, cols := p.size()
+		*phase = "startTerminal"
 		r = startTerminal(ctx, t, env, req, rows, cols)
+		*phase = "engine"
 	} else {
 		var err error
 		if r, err = env.Engine.Start(ctx, req); err != nil {
@@ -582,7 +657,7 @@ func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgra
 	out := newFidOutput(1)
 	end := make(chan api.Run, 1)
 	go followRun(ctx, r, out, end)
-	s := &engineSession{ctx: ctx, t: t, env: env, r: r, terminal: p.Mode == terminalMode}
+	s := &engineSession{ctx: ctx, t: t, env: env, r: r, terminal: p.Mode == terminalMode, phase: phase}
 	if err := drive(ctx, p, s, out); err != nil {
 		t.Fatalf("run %s: %v", r.ID(), err)
 	}
@@ -627,11 +702,14 @@ type engineSession struct {
 	env      *testutil.Env
 	r        *run.Execution
 	terminal bool
+	phase    *string // set to the adapter's hook while it runs
 }
 
 func (s *engineSession) send(p []byte) error {
 	if s.terminal {
+		*s.phase = "typeKeys"
 		typeKeys(s.ctx, s.t, s.r, p)
+		*s.phase = "engine"
 		return nil
 	}
 	return s.r.WriteStdin(s.ctx, p, false)
@@ -646,12 +724,16 @@ func (s *engineSession) closeStdin() error {
 }
 
 func (s *engineSession) interrupt() error {
+	*s.phase = "interruptRun"
 	interruptRun(s.ctx, s.t, s.env, s.r)
+	*s.phase = "engine"
 	return nil
 }
 
 func (s *engineSession) resize(rows, cols int) error {
+	*s.phase = "resizeTerminal"
 	resizeTerminal(s.ctx, s.t, s.env, s.r, rows, cols)
+	*s.phase = "engine"
 	return nil
 }
 
