@@ -86,7 +86,10 @@ type fidProgram struct {
 	File string
 	Mode fidMode
 	Repl bool // api.ModeRepl: python3 -i SCRIPT
-	// Script is the script as the student gives it (default: the file's name).
+	// As is where the program is written in the student's directory
+	// (default: the file's name); Script is the script as the student
+	// gives it (default: As).
+	As     string
 	Script string
 	Args   []string
 	Steps  []fidStep
@@ -178,6 +181,10 @@ var fidelityPrograms = []fidProgram{
 	{Name: "tty_checks", Mode: pipeMode},
 	{Name: "server_client", Mode: pipeMode},
 	{Name: "files_rw", Mode: pipeMode, Files: map[string]string{"data.txt": "3\n1\n2\n"}},
+	{Name: "subdir_script", Mode: pipeMode, As: "project1/main.py", Files: map[string]string{
+		"project1/helper.py": "def shout(s):\n    return s.upper() + '!'\n",
+		"notes.txt":          "read relative to the directory the run starts in\n",
+	}},
 
 	// Terminal mode.
 	{Name: "progress_bar", Mode: terminalMode},
@@ -233,11 +240,18 @@ func (p fidProgram) file() string {
 	return p.Name + ".py"
 }
 
+func (p fidProgram) dest() string {
+	if p.As != "" {
+		return p.As
+	}
+	return p.file()
+}
+
 func (p fidProgram) script() string {
 	if p.Script != "" {
 		return p.Script
 	}
-	return p.file()
+	return p.dest()
 }
 
 func (p fidProgram) size() (rows, cols int) {
@@ -300,18 +314,17 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, 
 		t.Fatalf("read the program: %v", err)
 	}
 	student := "f_" + p.Name
-	env.WriteScript(t, student, p.file(), string(src))
 	st, err := env.Engine.EnsureStudent(ctx, student)
 	if err != nil {
 		t.Fatalf("ensure student %s: %v", student, err)
 	}
-	keep := map[string]bool{p.file(): true}
-	for name := range p.Files {
-		keep[name] = true
+	files := map[string]string{p.dest(): string(src)}
+	for name, content := range p.Files {
+		files[name] = content
 	}
 	reset := func() {
 		t.Helper()
-		resetWorkdir(t, env, st, student, keep, p.Files)
+		resetWorkdir(t, env, st, student, files)
 	}
 	// The reference first: it shows that the program and its steps are
 	// sound on this machine even where the engine lacks a feature.
@@ -953,20 +966,17 @@ func closeOrFail(t *testing.T, c io.Closer) {
 	}
 }
 
-// resetWorkdir leaves in the student's directory only the script and the
-// program's files, as they were given: every run starts from the same
-// directory.
-func resetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student string, keep map[string]bool, files map[string]string) {
+// resetWorkdir empties the student's directory and writes the script and
+// the program's files again: every run starts from the same directory.
+func resetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student string, files map[string]string) {
 	t.Helper()
 	ents, err := os.ReadDir(st.Workdir)
 	if err != nil {
 		t.Fatalf("list %s: %v", st.Workdir, err)
 	}
 	for _, e := range ents {
-		if !keep[e.Name()] {
-			if err := os.RemoveAll(filepath.Join(st.Workdir, e.Name())); err != nil {
-				t.Fatalf("reset %s: %v", st.Workdir, err)
-			}
+		if err := os.RemoveAll(filepath.Join(st.Workdir, e.Name())); err != nil {
+			t.Fatalf("reset %s: %v", st.Workdir, err)
 		}
 	}
 	for name, content := range files {
