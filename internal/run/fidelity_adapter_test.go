@@ -64,6 +64,15 @@ func resizeTerminal(ctx context.Context, t *testing.T, env *testutil.Env, r *run
 	t.Fatal("resize not implemented yet")
 }
 
+// requestCwd sets req's working directory to cwd, a directory beneath the
+// student's (issue 13: "cwd": "project1"); req.Script stays the script's
+// path in the student's directory.
+func requestCwd(t *testing.T, req *api.RunRequest, cwd string) {
+	t.Helper()
+	_, _ = req, cwd
+	t.Fatal("cwd not implemented yet")
+}
+
 // outputStream says which stream an event's bytes belong to: 0 stdout, 1
 // stderr, ok false for events that carry no output (end, truncated, and
 // issue 13's input_wait/input_resume). A terminal-mode run's output may use

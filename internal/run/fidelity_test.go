@@ -91,8 +91,12 @@ type fidProgram struct {
 	// gives it (default: As).
 	As     string
 	Script string
-	Args   []string
-	Steps  []fidStep
+	// Cwd is the run's working directory beneath the student's directory
+	// (issue 13's "cwd"); the reference runs there, started with the
+	// script's path relative to it, as after `cd Cwd`.
+	Cwd   string
+	Args  []string
+	Steps []fidStep
 	// Rows and Cols size the terminal (default 24 x 80).
 	Rows, Cols int
 	// Files are written into the student's directory before every run.
@@ -181,6 +185,13 @@ var fidelityPrograms = []fidProgram{
 	{Name: "tty_checks", Mode: pipeMode},
 	{Name: "server_client", Mode: pipeMode},
 	{Name: "files_rw", Mode: pipeMode, Files: map[string]string{"data.txt": "3\n1\n2\n"}},
+	{Name: "cwd_project", Mode: pipeMode, As: "project1/cwd_project.py", Cwd: "project1", Files: map[string]string{
+		"project1/input.txt": "read from the run's working directory\n",
+	}},
+	// Pipe mode: what a class's programs need of the limits (issue 13).
+	{Name: "threads_100", Mode: pipeMode},
+	{Name: "open_files", Mode: pipeMode},
+	{Name: "big_list", Mode: pipeMode},
 	{Name: "subdir_script", Mode: pipeMode, As: "project1/main.py", Files: map[string]string{
 		"project1/helper.py": "def shout(s):\n    return s.upper() + '!'\n",
 		"notes.txt":          "read relative to the directory the run starts in\n",
@@ -648,6 +659,11 @@ func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgra
 	if p.Repl {
 		req.Mode = api.ModeRepl
 	}
+	if p.Cwd != "" {
+		*phase = "requestCwd"
+		requestCwd(t, &req, p.Cwd)
+		*phase = "engine"
+	}
 	var r *run.Execution
 	if p.Mode == terminalMode {
 		rows, cols := p.size()
@@ -759,9 +775,18 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 	if p.Repl {
 		argv = append(argv, "-i")
 	}
-	argv = append(append(argv, p.script()), p.Args...)
+	script, dir := p.script(), st.Workdir
+	if p.Cwd != "" {
+		dir = filepath.Join(st.Workdir, p.Cwd)
+		rel, err := filepath.Rel(p.Cwd, script)
+		if err != nil {
+			t.Fatalf("reference: script %s from %s: %v", script, p.Cwd, err)
+		}
+		script = rel
+	}
+	argv = append(append(argv, script), p.Args...)
 	cmd := &exec.Cmd{
-		Path: testutil.Interpreter, Args: argv, Dir: st.Workdir, Env: referenceEnv(st, p.Mode == terminalMode),
+		Path: testutil.Interpreter, Args: argv, Dir: dir, Env: referenceEnv(st, p.Mode == terminalMode),
 		SysProcAttr: &syscall.SysProcAttr{
 			// Its own session, as a run's program has (and a terminal's
 			// shell gives each job a process group of its own).
