@@ -105,16 +105,16 @@ type fidProgram struct {
 	Repeat int
 }
 
-func await(s, send string) fidStep { return fidStep{Await: s, Send: send} }
+func fidAwait(s, send string) fidStep { return fidStep{Await: s, Send: send} }
 
-func interruptAfter(s string) fidStep { return fidStep{Await: s, Interrupt: true} }
+func fidInterruptAfter(s string) fidStep { return fidStep{Await: s, Interrupt: true} }
 
-// atPrompt is how long a Ctrl-C waits after an input prompt appeared: the
+// fidAtPrompt is how long a Ctrl-C waits after an input prompt appeared: the
 // prompt is written before the read begins, and a SIGINT that comes
 // between the two is taken by Python's handler with nobody to raise it in
 // until the read returns. No output can say that the read has begun; a
 // person at the keyboard is slower than this.
-const atPrompt = 100 * time.Millisecond
+const fidAtPrompt = 100 * time.Millisecond
 
 // fidelityPrograms is the suite. Names double as student names (f_NAME).
 var fidelityPrograms = []fidProgram{
@@ -131,45 +131,45 @@ var fidelityPrograms = []fidProgram{
 	{Name: "print_end", Mode: pipeMode},
 	// Pipe mode: REPL sessions (prompts on stderr, results on stdout).
 	{Name: "repl_session", Mode: pipeMode, Repl: true, Steps: []fidStep{
-		await(">>> ", "greet('Ada')\n"),
-		await(">>> ", "sorted(items)\n"),
-		await(">>> ", "x = 6 * 7\n"),
-		await(">>> ", "x\n"),
-		await(">>> ", "for i in range(3):\n"),
-		await("... ", "    print(i, i * i)\n"),
-		await("... ", "\n"),
-		await(">>> ", "1/0\n"),
-		await(">>> ", "import sys; print('to stderr', file=sys.stderr)\n"),
-		await(">>> ", "'ünïcödé ✓'\n"),
-		await(">>> ", "print('bye')\n"),
+		fidAwait(">>> ", "greet('Ada')\n"),
+		fidAwait(">>> ", "sorted(items)\n"),
+		fidAwait(">>> ", "x = 6 * 7\n"),
+		fidAwait(">>> ", "x\n"),
+		fidAwait(">>> ", "for i in range(3):\n"),
+		fidAwait("... ", "    print(i, i * i)\n"),
+		fidAwait("... ", "\n"),
+		fidAwait(">>> ", "1/0\n"),
+		fidAwait(">>> ", "import sys; print('to stderr', file=sys.stderr)\n"),
+		fidAwait(">>> ", "'ünïcödé ✓'\n"),
+		fidAwait(">>> ", "print('bye')\n"),
 		{Await: ">>> "},
 	}},
-	{Name: "repl_timed", Mode: pipeMode, Repl: true, Steps: replTimed()},
+	{Name: "repl_timed", Mode: pipeMode, Repl: true, Steps: fidReplTimed()},
 	{Name: "repl_interrupt", Mode: pipeMode, Repl: true, Steps: []fidStep{
-		await(">>> ", "for i in itertools.count(): print('spinning', flush=True) if i == 0 else None\n"),
-		await("... ", "\n"),
-		interruptAfter("spinning\n"),
-		await(">>> ", "print('still here')\n"),
+		fidAwait(">>> ", "for i in itertools.count(): print('spinning', flush=True) if i == 0 else None\n"),
+		fidAwait("... ", "\n"),
+		fidInterruptAfter("spinning\n"),
+		fidAwait(">>> ", "print('still here')\n"),
 		{Await: ">>> "},
 	}},
 	// Pipe mode: input.
 	{Name: "input_loop", Mode: pipeMode, Steps: []fidStep{
-		await("> ", "3\n"), await("> ", "4.5\n"), await("> ", "abc\n"), await("> ", "-1\n"), await("> ", "quit\n"),
+		fidAwait("> ", "3\n"), fidAwait("> ", "4.5\n"), fidAwait("> ", "abc\n"), fidAwait("> ", "-1\n"), fidAwait("> ", "quit\n"),
 	}},
 	{Name: "input_eof", Mode: pipeMode, Steps: []fidStep{
-		await("[0] ", "alpha\n"), await("[1] ", "béta\n"), await("[2] ", "gamma delta\n"), {Await: "[3] ", EOF: true},
+		fidAwait("[0] ", "alpha\n"), fidAwait("[1] ", "béta\n"), fidAwait("[2] ", "gamma delta\n"), {Await: "[3] ", EOF: true},
 	}},
 	{Name: "stdin_read", Mode: pipeMode, Steps: []fidStep{{Send: "first\n"}, {Send: "second line\nthird"}, {EOF: true}}},
 	{Name: "input_numbers", Mode: pipeMode, Steps: []fidStep{
-		await("First number: ", "x\n"), await("First number: ", "12\n"),
-		await("Second number: ", "3.5\n"), await("Second number: ", "30\n"),
+		fidAwait("First number: ", "x\n"), fidAwait("First number: ", "12\n"),
+		fidAwait("Second number: ", "3.5\n"), fidAwait("Second number: ", "30\n"),
 	}},
 	// Pipe mode: Ctrl-C.
-	{Name: "ctrlc_handler", Mode: pipeMode, Steps: []fidStep{interruptAfter("ready\n")}},
-	{Name: "ctrlc_uncaught", Mode: pipeMode, Steps: []fidStep{interruptAfter("working\n")}},
-	{Name: "ctrlc_input", Mode: pipeMode, Steps: []fidStep{{Await: "Your name: ", Delay: atPrompt, Interrupt: true}}},
+	{Name: "ctrlc_handler", Mode: pipeMode, Steps: []fidStep{fidInterruptAfter("ready\n")}},
+	{Name: "ctrlc_uncaught", Mode: pipeMode, Steps: []fidStep{fidInterruptAfter("working\n")}},
+	{Name: "ctrlc_input", Mode: pipeMode, Steps: []fidStep{{Await: "Your name: ", Delay: fidAtPrompt, Interrupt: true}}},
 	{Name: "sigint_handler", Mode: pipeMode, Steps: []fidStep{
-		interruptAfter("ready\n"), interruptAfter("#1\n"), interruptAfter("#2\n"),
+		fidInterruptAfter("ready\n"), fidInterruptAfter("#1\n"), fidInterruptAfter("#2\n"),
 	}},
 	// Pipe mode: bytes, endings, where the program is.
 	{Name: "unicode", Mode: pipeMode},
@@ -209,34 +209,34 @@ var fidelityPrograms = []fidProgram{
 	{Name: "env_tty", File: "env", Mode: terminalMode},
 	{Name: "order_tty", File: "order", Mode: terminalMode},
 	{Name: "unicode_tty", File: "unicode", Mode: terminalMode},
-	{Name: "tty_input", Mode: terminalMode, Steps: []fidStep{await("Name: ", "Ada\r"), await("Age: ", "36\r")}},
-	{Name: "getpass_prompt", Mode: terminalMode, Steps: []fidStep{await("Password: ", "s3cret\r"), await("Visible: ", "shown\r")}},
+	{Name: "tty_input", Mode: terminalMode, Steps: []fidStep{fidAwait("Name: ", "Ada\r"), fidAwait("Age: ", "36\r")}},
+	{Name: "getpass_prompt", Mode: terminalMode, Steps: []fidStep{fidAwait("Password: ", "s3cret\r"), fidAwait("Visible: ", "shown\r")}},
 	{Name: "line_edit", Mode: terminalMode, Steps: []fidStep{
-		await("first: ", "helo\x7f\x7flo world\r"),
-		await("second: ", "garbage\x15kept\r"),
-		await("third: ", "one two three\x17four\r"),
+		fidAwait("first: ", "helo\x7f\x7flo world\r"),
+		fidAwait("second: ", "garbage\x15kept\r"),
+		fidAwait("third: ", "one two three\x17four\r"),
 	}},
 	{Name: "calc_tty", File: "input_loop", Mode: terminalMode, Steps: []fidStep{
-		await("> ", "3\r"), await("> ", "4.5\r"), await("> ", "abc\r"), await("> ", "quit\r"),
+		fidAwait("> ", "3\r"), fidAwait("> ", "4.5\r"), fidAwait("> ", "abc\r"), fidAwait("> ", "quit\r"),
 	}},
 	{Name: "eof_lines", Mode: terminalMode, Steps: []fidStep{{Send: "one\r"}, {Send: "two\r"}, {Send: "\x04"}}},
 	{Name: "raw_keys", Mode: terminalMode, Steps: []fidStep{
-		await("q quits\r\n", "a"), await("key 'a'\r\n", "\x1b[A"), await("key '\\x1b[A'\r\n", "q"),
+		fidAwait("q quits\r\n", "a"), fidAwait("key 'a'\r\n", "\x1b[A"), fidAwait("key '\\x1b[A'\r\n", "q"),
 	}},
-	{Name: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{await("press Ctrl-C\r\n", "\x03")}},
-	{Name: "ctrlc_api_tty", File: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{interruptAfter("press Ctrl-C\r\n")}},
-	{Name: "ctrlc_input_tty", File: "ctrlc_input", Mode: terminalMode, Steps: []fidStep{{Await: "Your name: ", Delay: atPrompt, Send: "\x03"}}},
+	{Name: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{fidAwait("press Ctrl-C\r\n", "\x03")}},
+	{Name: "ctrlc_api_tty", File: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{fidInterruptAfter("press Ctrl-C\r\n")}},
+	{Name: "ctrlc_input_tty", File: "ctrlc_input", Mode: terminalMode, Steps: []fidStep{{Await: "Your name: ", Delay: fidAtPrompt, Send: "\x03"}}},
 	{Name: "resize", Mode: terminalMode, Steps: []fidStep{{Await: "ready\r\n", Resize: [2]int{40, 120}}}},
 	{Name: "repl_tty", Mode: terminalMode, Repl: true, Steps: []fidStep{
-		await(">>> ", "x * 2\r"),
-		await(">>> ", "print('hi')\r"),
-		await(">>> ", "1/0\r"),
-		await(">>> ", "\x04"),
+		fidAwait(">>> ", "x * 2\r"),
+		fidAwait(">>> ", "print('hi')\r"),
+		fidAwait(">>> ", "1/0\r"),
+		fidAwait(">>> ", "\x04"),
 	}},
 }
 
-// replTimed is issue 13's REPL check: fifteen results, lines 250 ms apart.
-func replTimed() []fidStep {
+// fidReplTimed is issue 13's REPL check: fifteen results, lines 250 ms apart.
+func fidReplTimed() []fidStep {
 	steps := make([]fidStep, 0, 16)
 	for i := range 15 {
 		steps = append(steps, fidStep{Delay: 250 * time.Millisecond, Send: fmt.Sprintf("base * %d + %d\n", i, i)})
@@ -306,12 +306,12 @@ func TestFidelity(t *testing.T) {
 		seen[p.Name] = true
 		t.Run(p.Name, func(t *testing.T) {
 			t.Parallel()
-			testFidelity(t, env, p, selfcheck, report)
+			runFidelity(t, env, p, selfcheck, report)
 		})
 	}
 }
 
-func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, report *fidReport) {
+func runFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, report *fidReport) {
 	ctx := ctxT(t, fidelityTimeout)
 	// phase says where a failed test stopped; what names what differed
 	// once the sides were compared.
@@ -335,26 +335,26 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, 
 	}
 	reset := func() {
 		t.Helper()
-		resetWorkdir(t, env, st, student, files)
+		fidResetWorkdir(t, env, st, student, files)
 	}
 	// The reference first: it shows that the program and its steps are
 	// sound on this machine even where the engine lacks a feature.
 	phase = "reference"
 	reset()
-	ref := runReference(ctx, t, p, st, p.Mode == pipeMode)
-	refFiles := snapshotWorkdir(t, st.Workdir)
-	dump(t, p.Name+".ref", ref.merged())
+	ref := fidReference(ctx, t, p, st, p.Mode == pipeMode)
+	refFiles := fidSnapshot(t, st.Workdir)
+	fidDump(t, p.Name+".ref", ref.merged())
 	var split *fidResult
 	if p.Mode == pipeMode {
 		reset()
-		split = runReference(ctx, t, p, st, false)
-		dump(t, p.Name+".ref.stdout", split.stream(0))
-		dump(t, p.Name+".ref.stderr", split.stream(1))
+		split = fidReference(ctx, t, p, st, false)
+		fidDump(t, p.Name+".ref.stdout", split.stream(0))
+		fidDump(t, p.Name+".ref.stderr", split.stream(1))
 	}
 	for i := range selfcheck {
 		reset()
-		again := runReference(ctx, t, p, st, p.Mode == pipeMode)
-		if d := firstDiff(again.merged(), ref.merged()); d != "" || again.exit != ref.exit {
+		again := fidReference(ctx, t, p, st, p.Mode == pipeMode)
+		if d := fidFirstDiff(again.merged(), ref.merged()); d != "" || again.exit != ref.exit {
 			t.Fatalf("reference is not deterministic (self-check %d): %s; end %s vs %s", i+1, d, again.exit, ref.exit)
 		}
 	}
@@ -362,10 +362,10 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, 
 	for i := range repeat {
 		reset()
 		phase = "engine"
-		got, info := runEngine(ctx, t, env, p, &phase)
+		got, info := fidRunEngine(ctx, t, env, p, &phase)
 		phase = "compared"
 		var diffs []string
-		if d := firstDiff(got.merged(), ref.merged()); d != "" {
+		if d := fidFirstDiff(got.merged(), ref.merged()); d != "" {
 			out := "output (all streams, in event order)"
 			if p.Mode == terminalMode {
 				out = "terminal output"
@@ -379,22 +379,22 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, 
 		}
 		if split != nil {
 			for s, sname := range []string{"stdout", "stderr"} {
-				if d := firstDiff(got.stream(s), split.stream(s)); d != "" {
+				if d := fidFirstDiff(got.stream(s), split.stream(s)); d != "" {
 					diffs = append(diffs, sname+" differs from the reference's "+sname+": "+d)
 					what[sname]++
 				}
 			}
 		}
-		if d := sameEnd(ref.exit, info); d != "" {
+		if d := fidSameEnd(ref.exit, info); d != "" {
 			diffs = append(diffs, d)
 			what["end"]++
 		}
 		if i == 0 {
-			if d := diffFiles(snapshotWorkdir(t, st.Workdir), refFiles); d != "" {
+			if d := fidDiffFiles(fidSnapshot(t, st.Workdir), refFiles); d != "" {
 				diffs = append(diffs, "files left in the student's directory differ from the reference's: "+d)
 				what["files"]++
 			}
-			dump(t, p.Name+".got", got.merged())
+			fidDump(t, p.Name+".got", got.merged())
 		}
 		if len(diffs) == 0 {
 			identical++
@@ -420,20 +420,20 @@ func testFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, 
 	}
 }
 
-// dump writes b to $IDEXD_FIDELITY_DUMP/name when that is set, for a
+// fidDump writes b to $IDEXD_FIDELITY_DUMP/name when that is set, for a
 // person who wants to see what a program printed.
-func dump(t *testing.T, name string, b []byte) {
+func fidDump(t *testing.T, name string, b []byte) {
 	t.Helper()
 	dir := os.Getenv("IDEXD_FIDELITY_DUMP")
 	if dir == "" {
 		return
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Errorf("dump: %v", err)
+		t.Errorf("fidDump: %v", err)
 		return
 	}
 	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-		t.Errorf("dump: %v", err)
+		t.Errorf("fidDump: %v", err)
 	}
 }
 
@@ -504,8 +504,8 @@ func (e fidExit) String() string {
 	return "exit status " + strconv.Itoa(e.code)
 }
 
-// sameEnd says how the run's end differs from the reference's, "" if not.
-func sameEnd(ref fidExit, got api.Run) string {
+// fidSameEnd says how the run's end differs from the reference's, "" if not.
+func fidSameEnd(ref fidExit, got api.Run) string {
 	if ref.signal != "" {
 		if got.Reason != api.ReasonSignaled || got.Signal != ref.signal {
 			return fmt.Sprintf("run ended %s (signal %q, exit %s), reference %s", got.Reason, got.Signal, exitCode(got), ref)
@@ -607,8 +607,8 @@ type fidSession interface {
 	resize(rows, cols int) error
 }
 
-// drive carries out p's steps, then closes stdin in pipe mode.
-func drive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) error {
+// fidDrive carries out p's steps, then closes stdin in pipe mode.
+func fidDrive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) error {
 	for i, st := range p.Steps {
 		if st.Await != "" {
 			if err := out.await(ctx, st.Await); err != nil {
@@ -651,9 +651,9 @@ func drive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) erro
 	return nil
 }
 
-// runEngine runs p through the engine and returns its output events and
+// fidRunEngine runs p through the engine and returns its output events and
 // its end.
-func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram, phase *string) (*fidResult, api.Run) {
+func fidRunEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram, phase *string) (*fidResult, api.Run) {
 	t.Helper()
 	req := api.RunRequest{Student: "f_" + p.Name, Script: p.script(), Args: p.Args}
 	if p.Repl {
@@ -685,22 +685,22 @@ func runEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgra
 	})
 	out := newFidOutput(1)
 	end := make(chan api.Run, 1)
-	go followRun(ctx, r, out, end)
-	s := &engineSession{ctx: ctx, t: t, env: env, r: r, terminal: p.Mode == terminalMode, phase: phase}
-	if err := drive(ctx, p, s, out); err != nil {
+	go fidFollow(ctx, r, out, end)
+	s := &fidEngineSession{ctx: ctx, t: t, env: env, r: r, terminal: p.Mode == terminalMode, phase: phase}
+	if err := fidDrive(ctx, p, s, out); err != nil {
 		t.Fatalf("run %s: %v", r.ID(), err)
 	}
 	select {
 	case info := <-end:
 		return &fidResult{out: out}, info
 	case <-ctx.Done():
-		t.Fatalf("run %s did not end: %v; its output ends with %q", r.ID(), ctx.Err(), tailOf(out.mergedBytes()))
+		t.Fatalf("run %s did not end: %v; its output ends with %q", r.ID(), ctx.Err(), fidTail(out.mergedBytes()))
 		return nil, api.Run{}
 	}
 }
 
-// followRun turns r's events into out until the end event.
-func followRun(ctx context.Context, r *run.Execution, out *fidOutput, end chan<- api.Run) {
+// fidFollow turns r's events into out until the end event.
+func fidFollow(ctx context.Context, r *run.Execution, out *fidOutput, end chan<- api.Run) {
 	var seq int64
 	for {
 		evs, more := r.EventsAfter(seq)
@@ -723,9 +723,9 @@ func followRun(ctx context.Context, r *run.Execution, out *fidOutput, end chan<-
 	}
 }
 
-// engineSession acts on an engine run. t is the test's: the adapter's
-// hooks fail it (they run on the test's goroutine, in drive).
-type engineSession struct {
+// fidEngineSession acts on an engine run. t is the test's: the adapter's
+// hooks fail it (they run on the test's goroutine, in fidDrive).
+type fidEngineSession struct {
 	ctx      context.Context
 	t        *testing.T
 	env      *testutil.Env
@@ -734,7 +734,7 @@ type engineSession struct {
 	phase    *string // set to the adapter's hook while it runs
 }
 
-func (s *engineSession) send(p []byte) error {
+func (s *fidEngineSession) send(p []byte) error {
 	if s.terminal {
 		*s.phase = "typeKeys"
 		typeKeys(s.ctx, s.t, s.r, p)
@@ -744,7 +744,7 @@ func (s *engineSession) send(p []byte) error {
 	return s.r.WriteStdin(s.ctx, p, false)
 }
 
-func (s *engineSession) closeStdin() error {
+func (s *fidEngineSession) closeStdin() error {
 	err := s.r.WriteStdin(s.ctx, nil, true)
 	if errors.Is(err, api.ErrRunEnded) {
 		return nil // the program is done; so is its stdin
@@ -752,24 +752,24 @@ func (s *engineSession) closeStdin() error {
 	return err
 }
 
-func (s *engineSession) interrupt() error {
+func (s *fidEngineSession) interrupt() error {
 	*s.phase = "interruptRun"
 	interruptRun(s.ctx, s.t, s.env, s.r)
 	*s.phase = "engine"
 	return nil
 }
 
-func (s *engineSession) resize(rows, cols int) error {
+func (s *fidEngineSession) resize(rows, cols int) error {
 	*s.phase = "resizeTerminal"
 	resizeTerminal(s.ctx, s.t, s.env, s.r, rows, cols)
 	*s.phase = "engine"
 	return nil
 }
 
-// runReference runs p as a student would in a terminal: on a pty in
+// fidReference runs p as a student would in a terminal: on a pty in
 // terminal mode; in pipe mode with stdout and stderr on one pipe (merged)
 // or on two.
-func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Student, merged bool) *fidResult {
+func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Student, merged bool) *fidResult {
 	t.Helper()
 	argv := []string{testutil.Interpreter}
 	if p.Repl {
@@ -816,7 +816,7 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 	}
 	if p.Mode == terminalMode {
 		rows, cols := p.size()
-		master, slave, err := openPty(rows, cols)
+		master, slave, err := fidOpenPty(rows, cols)
 		if err != nil {
 			t.Fatalf("reference: %v", err)
 		}
@@ -826,28 +826,28 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("reference: start %v: %v", argv, err)
 		}
-		closeOrFail(t, slave)
+		fidClose(t, slave)
 		out = newFidOutput(1)
 		readers.Add(1)
 		go read(master, 0)
-		s = ptySession{master: master}
+		s = fidPtySession{master: master}
 		closers = append(closers, master)
 	} else {
-		stdinR, stdinW := mustPipe(t)
-		outR, outW := mustPipe(t)
+		stdinR, stdinW := fidPipe(t)
+		outR, outW := fidPipe(t)
 		errR, errW := outR, outW
 		if !merged {
-			errR, errW = mustPipe(t)
+			errR, errW = fidPipe(t)
 		}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("reference: start %v: %v", argv, err)
 		}
 		// The program holds its own copies now.
-		closeOrFail(t, stdinR)
-		closeOrFail(t, outW)
+		fidClose(t, stdinR)
+		fidClose(t, outW)
 		if !merged {
-			closeOrFail(t, errW)
+			fidClose(t, errW)
 		}
 		n := 2
 		if merged {
@@ -861,7 +861,7 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 			go read(errR, 1)
 			closers = append(closers, errR)
 		}
-		s = &pipeSession{stdin: stdinW, pid: cmd.Process.Pid}
+		s = &fidPipeSession{stdin: stdinW, pid: cmd.Process.Pid}
 	}
 	pid := cmd.Process.Pid
 	t.Cleanup(func() {
@@ -870,7 +870,7 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 			t.Errorf("kill reference group %d: %v", pid, err)
 		}
 	})
-	if err := drive(ctx, p, s, out); err != nil {
+	if err := fidDrive(ctx, p, s, out); err != nil {
 		t.Fatalf("reference %v: %v", argv, err)
 	}
 	werr := cmd.Wait()
@@ -886,10 +886,10 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		t.Fatalf("reference: output still open after the program ended (a child holds it?): %v", ctx.Err())
 	}
 	for _, c := range closers {
-		closeOrFail(t, c)
+		fidClose(t, c)
 	}
-	if ps, ok := s.(*pipeSession); ok {
-		closeOrFail(t, ps.stdin)
+	if ps, ok := s.(*fidPipeSession); ok {
+		fidClose(t, ps.stdin)
 	}
 	res := &fidResult{out: out}
 	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
@@ -902,19 +902,19 @@ func runReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 	return res
 }
 
-// pipeSession acts on a pipe-mode reference.
-type pipeSession struct {
+// fidPipeSession acts on a pipe-mode reference.
+type fidPipeSession struct {
 	stdin  *os.File
 	pid    int
 	closed bool
 }
 
-func (s *pipeSession) send(p []byte) error {
+func (s *fidPipeSession) send(p []byte) error {
 	_, err := s.stdin.Write(p)
 	return err
 }
 
-func (s *pipeSession) closeStdin() error {
+func (s *fidPipeSession) closeStdin() error {
 	if s.closed {
 		return nil
 	}
@@ -924,31 +924,31 @@ func (s *pipeSession) closeStdin() error {
 
 // interrupt is what a terminal's Ctrl-C does: SIGINT to the foreground
 // process group (the program's own, it being its session's leader).
-func (s *pipeSession) interrupt() error { return syscall.Kill(-s.pid, syscall.SIGINT) }
+func (s *fidPipeSession) interrupt() error { return syscall.Kill(-s.pid, syscall.SIGINT) }
 
-func (s *pipeSession) resize(int, int) error {
+func (s *fidPipeSession) resize(int, int) error {
 	return errors.New("resize in pipe mode: there is no terminal")
 }
 
-// ptySession acts on a terminal-mode reference through its pty's master.
-type ptySession struct{ master *os.File }
+// fidPtySession acts on a terminal-mode reference through its pty's master.
+type fidPtySession struct{ master *os.File }
 
-func (s ptySession) send(p []byte) error {
+func (s fidPtySession) send(p []byte) error {
 	_, err := s.master.Write(p)
 	return err
 }
 
-func (s ptySession) closeStdin() error { return nil }
+func (s fidPtySession) closeStdin() error { return nil }
 
-func (s ptySession) interrupt() error { return s.send([]byte{0x03}) }
+func (s fidPtySession) interrupt() error { return s.send([]byte{0x03}) }
 
-func (s ptySession) resize(rows, cols int) error {
+func (s fidPtySession) resize(rows, cols int) error {
 	return unix.IoctlSetWinsize(int(s.master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
 }
 
-// openPty opens a new pty pair (the kernel's default termios), sized rows
+// fidOpenPty opens a new pty pair (the kernel's default termios), sized rows
 // x cols.
-func openPty(rows, cols int) (master, slave *os.File, err error) {
+func fidOpenPty(rows, cols int) (master, slave *os.File, err error) {
 	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open /dev/ptmx: %w", err)
@@ -975,7 +975,7 @@ func openPty(rows, cols int) (master, slave *os.File, err error) {
 	return master, os.NewFile(uintptr(sfd), name), nil
 }
 
-func mustPipe(t *testing.T) (r, w *os.File) {
+func fidPipe(t *testing.T) (r, w *os.File) {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -984,16 +984,16 @@ func mustPipe(t *testing.T) (r, w *os.File) {
 	return r, w
 }
 
-func closeOrFail(t *testing.T, c io.Closer) {
+func fidClose(t *testing.T, c io.Closer) {
 	t.Helper()
 	if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		t.Errorf("close: %v", err)
 	}
 }
 
-// resetWorkdir empties the student's directory and writes the script and
+// fidResetWorkdir empties the student's directory and writes the script and
 // the program's files again: every run starts from the same directory.
-func resetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student string, files map[string]string) {
+func fidResetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student string, files map[string]string) {
 	t.Helper()
 	ents, err := os.ReadDir(st.Workdir)
 	if err != nil {
@@ -1009,9 +1009,9 @@ func resetWorkdir(t *testing.T, env *testutil.Env, st api.Student, student strin
 	}
 }
 
-// snapshotWorkdir maps each regular file under dir (relative path) to its
+// fidSnapshot maps each regular file under dir (relative path) to its
 // content.
-func snapshotWorkdir(t *testing.T, dir string) map[string]string {
+func fidSnapshot(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	files := map[string]string{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
@@ -1042,7 +1042,7 @@ func snapshotWorkdir(t *testing.T, dir string) map[string]string {
 	return files
 }
 
-func diffFiles(got, want map[string]string) string {
+func fidDiffFiles(got, want map[string]string) string {
 	var d []string
 	for name, w := range want {
 		g, ok := got[name]
@@ -1050,7 +1050,7 @@ func diffFiles(got, want map[string]string) string {
 		case !ok:
 			d = append(d, name+" missing")
 		case g != w:
-			d = append(d, name+": "+firstDiff([]byte(g), []byte(w)))
+			d = append(d, name+": "+fidFirstDiff([]byte(g), []byte(w)))
 		}
 	}
 	for name := range got {
@@ -1061,8 +1061,8 @@ func diffFiles(got, want map[string]string) string {
 	return strings.Join(d, "; ")
 }
 
-// firstDiff describes where got first differs from want, "" if equal.
-func firstDiff(got, want []byte) string {
+// fidFirstDiff describes where got first differs from want, "" if equal.
+func fidFirstDiff(got, want []byte) string {
 	if bytes.Equal(got, want) {
 		return ""
 	}
@@ -1073,14 +1073,14 @@ func firstDiff(got, want []byte) string {
 	line := bytes.Count(want[:i], []byte("\n")) + 1
 	from := max(0, i-80)
 	return fmt.Sprintf("%d bytes, reference %d; first difference at byte %d (line %d):\n  got  %q\n  want %q",
-		len(got), len(want), i, line, window(got, from, i), window(want, from, i))
+		len(got), len(want), i, line, fidWindow(got, from, i), fidWindow(want, from, i))
 }
 
-func window(b []byte, from, at int) string {
+func fidWindow(b []byte, from, at int) string {
 	if from > len(b) {
 		return ""
 	}
 	return string(b[from:min(len(b), at+80)])
 }
 
-func tailOf(b []byte) string { return string(b[max(0, len(b)-300):]) }
+func fidTail(b []byte) string { return string(b[max(0, len(b)-300):]) }
