@@ -48,11 +48,14 @@ func typeKeys(ctx context.Context, t *testing.T, r *run.Execution, p []byte) {
 // the pty as if Ctrl-C were typed (the reference writes 0x03 to its
 // master), so the terminal echoes ^C exactly as in the reference. It
 // returns once the signal or byte is delivered; the run goes on if the
-// program catches it.
+// program catches it. Execution.Interrupt does the pipe-mode half; in
+// terminal mode it must go through the pty too.
 func interruptRun(ctx context.Context, t *testing.T, env *testutil.Env, r *run.Execution) {
 	t.Helper()
-	_, _, _ = ctx, env, r
-	t.Fatal("interrupt not implemented yet")
+	_, _ = ctx, env
+	if err := r.Interrupt(); err != nil {
+		t.Fatalf("interrupt run %s: %v", r.ID(), err)
+	}
 }
 
 // resizeTerminal sets a terminal-mode run's window size (POST
@@ -65,12 +68,11 @@ func resizeTerminal(ctx context.Context, t *testing.T, env *testutil.Env, r *run
 }
 
 // requestCwd sets req's working directory to cwd, a directory beneath the
-// student's (issue 13: "cwd": "project1"); req.Script stays the script's
-// path in the student's directory.
+// student's (issue 13: "cwd": "project1"); req.Script is then relative to
+// cwd, as a path typed after `cd cwd` is.
 func requestCwd(t *testing.T, req *api.RunRequest, cwd string) {
 	t.Helper()
-	_, _ = req, cwd
-	t.Fatal("cwd not implemented yet")
+	req.Cwd = cwd
 }
 
 // outputStream says which stream an event's bytes belong to: 0 stdout, 1

@@ -88,12 +88,12 @@ type fidProgram struct {
 	Repl bool // api.ModeRepl: python3 -i SCRIPT
 	// As is where the program is written in the student's directory
 	// (default: the file's name); Script is the script as the student
-	// gives it (default: As).
+	// gives it, relative to Cwd (default: As).
 	As     string
 	Script string
 	// Cwd is the run's working directory beneath the student's directory
-	// (issue 13's "cwd"); the reference runs there, started with the
-	// script's path relative to it, as after `cd Cwd`.
+	// (issue 13's "cwd"), where the reference runs too; Script is then
+	// relative to it, as after `cd Cwd`.
 	Cwd   string
 	Args  []string
 	Steps []fidStep
@@ -185,7 +185,7 @@ var fidelityPrograms = []fidProgram{
 	{Name: "tty_checks", Mode: pipeMode},
 	{Name: "server_client", Mode: pipeMode},
 	{Name: "files_rw", Mode: pipeMode, Files: map[string]string{"data.txt": "3\n1\n2\n"}},
-	{Name: "cwd_project", Mode: pipeMode, As: "project1/cwd_project.py", Cwd: "project1", Files: map[string]string{
+	{Name: "cwd_project", Mode: pipeMode, As: "project1/cwd_project.py", Cwd: "project1", Script: "./cwd_project.py", Files: map[string]string{
 		"project1/input.txt": "read from the run's working directory\n",
 	}},
 	// Pipe mode: what a class's programs need of the limits (issue 13).
@@ -276,7 +276,8 @@ func (p fidProgram) size() (rows, cols int) {
 	return rows, cols
 }
 
-// fidelityTimeout bounds one program (all its runs): only a hung program
+// fidelityTimeout bounds each run of a program (reference or engine): only
+// a hung program reaches it, however loaded the machine.
 // reaches it.
 const fidelityTimeout = 2 * time.Minute
 
@@ -312,7 +313,7 @@ func TestFidelity(t *testing.T) {
 }
 
 func runFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, report *fidReport) {
-	ctx := ctxT(t, fidelityTimeout)
+	ctx := t.Context()
 	// phase says where a failed test stopped; what names what differed
 	// once the sides were compared.
 	phase := "setup"
@@ -655,6 +656,8 @@ func fidDrive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) e
 // its end.
 func fidRunEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidProgram, phase *string) (*fidResult, api.Run) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, fidelityTimeout)
+	defer cancel()
 	req := api.RunRequest{Student: "f_" + p.Name, Script: p.script(), Args: p.Args}
 	if p.Repl {
 		req.Mode = api.ModeRepl
@@ -676,13 +679,20 @@ func fidRunEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidPro
 			t.Fatalf("start %s: %v", p.script(), err)
 		}
 	}
-	t.Cleanup(func() {
+	// A run that a failed step or a timeout left running is stopped
+	// (deferred calls run on t.Fatal too).
+	defer func() {
+		select {
+		case <-r.Done():
+			return
+		default:
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := r.Stop(sctx); err != nil {
 			t.Errorf("stop run %s: %v", r.ID(), err)
 		}
-	})
+	}()
 	out := newFidOutput(1)
 	end := make(chan api.Run, 1)
 	go fidFollow(ctx, r, out, end)
@@ -771,20 +781,14 @@ func (s *fidEngineSession) resize(rows, cols int) error {
 // or on two.
 func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Student, merged bool) *fidResult {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, fidelityTimeout)
+	defer cancel()
 	argv := []string{testutil.Interpreter}
 	if p.Repl {
 		argv = append(argv, "-i")
 	}
-	script, dir := p.script(), st.Workdir
-	if p.Cwd != "" {
-		dir = filepath.Join(st.Workdir, p.Cwd)
-		rel, err := filepath.Rel(p.Cwd, script)
-		if err != nil {
-			t.Fatalf("reference: script %s from %s: %v", script, p.Cwd, err)
-		}
-		script = rel
-	}
-	argv = append(append(argv, script), p.Args...)
+	dir := filepath.Join(st.Workdir, p.Cwd)
+	argv = append(append(argv, p.script()), p.Args...)
 	cmd := &exec.Cmd{
 		Path: testutil.Interpreter, Args: argv, Dir: dir, Env: referenceEnv(st, p.Mode == terminalMode),
 		SysProcAttr: &syscall.SysProcAttr{
