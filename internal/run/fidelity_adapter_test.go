@@ -58,6 +58,17 @@ func interruptRun(ctx context.Context, t *testing.T, env *testutil.Env, r *run.E
 	}
 }
 
+// awaitInputWait returns once r's program is blocked reading an empty
+// stdin (issue 13's "waiting_input" / input_wait event). Until the engine
+// says so itself, it watches the program's /proc/PID/syscall, as the
+// reference does; the event, when it exists, belongs here instead.
+func awaitInputWait(ctx context.Context, t *testing.T, r *run.Execution) {
+	t.Helper()
+	if err := fidAwaitReadingStdin(ctx, func() (int, error) { return fidProgramPid(r) }); err != nil {
+		t.Fatalf("run %s: %v", r.ID(), err)
+	}
+}
+
 // resizeTerminal sets a terminal-mode run's window size (POST
 // /v1/runs/{id}/resize): TIOCSWINSZ on the master, which sends SIGWINCH to
 // the pty's foreground process group, as the reference does.

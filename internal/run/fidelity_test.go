@@ -23,8 +23,9 @@ package run_test
 // Steps happen when the output says so (Await), never after a guessed
 // sleep: a Delay is only used where the pause itself is what a program is
 // tested with, or where no output can tell that a program has entered a
-// blocking read (a Ctrl-C at an input prompt). Timeouts only stop a hung
-// program; nothing asserts how long anything took.
+// blocking read (a Ctrl-C at an input prompt); there InputWait watches the
+// program's /proc/PID/syscall. Timeouts only stop a hung program; nothing
+// asserts how long anything took.
 //
 // Features that the engine lacks go through fidelity_adapter_test.go.
 // IDEXD_FIDELITY_SELFCHECK=N runs each reference N times more and checks
@@ -63,12 +64,18 @@ const (
 )
 
 // fidStep is one thing done to a running program, the same on both sides.
-// Await comes first, then Delay, then the action(s) in field order.
+// Await comes first, then InputWait, then Delay, then the action(s) in
+// field order.
 type fidStep struct {
 	// Await waits until this text has appeared in one stream's output
 	// after the point where that stream's previous Await matched.
 	Await string
-	Delay time.Duration
+	// InputWait waits until the program is blocked reading its stdin: a
+	// prompt is written before the read begins, and a Ctrl-C that comes
+	// between the two is lost in Python (its handler only sets a flag,
+	// and the read then blocks).
+	InputWait bool
+	Delay     time.Duration
 	// Send is written to stdin (pipe mode) or typed at the terminal.
 	Send string
 	// Interrupt is Ctrl-C: SIGINT to the program's process group in pipe
@@ -108,13 +115,6 @@ type fidProgram struct {
 func fidAwait(s, send string) fidStep { return fidStep{Await: s, Send: send} }
 
 func fidInterruptAfter(s string) fidStep { return fidStep{Await: s, Interrupt: true} }
-
-// fidAtPrompt is how long a Ctrl-C waits after an input prompt appeared: the
-// prompt is written before the read begins, and a SIGINT that comes
-// between the two is taken by Python's handler with nobody to raise it in
-// until the read returns. No output can say that the read has begun; a
-// person at the keyboard is slower than this.
-const fidAtPrompt = 100 * time.Millisecond
 
 // fidelityPrograms is the suite. Names double as student names (f_NAME).
 var fidelityPrograms = []fidProgram{
@@ -167,7 +167,11 @@ var fidelityPrograms = []fidProgram{
 	// Pipe mode: Ctrl-C.
 	{Name: "ctrlc_handler", Mode: pipeMode, Steps: []fidStep{fidInterruptAfter("ready\n")}},
 	{Name: "ctrlc_uncaught", Mode: pipeMode, Steps: []fidStep{fidInterruptAfter("working\n")}},
-	{Name: "ctrlc_input", Mode: pipeMode, Steps: []fidStep{{Await: "Your name: ", Delay: fidAtPrompt, Interrupt: true}}},
+	// The handler's output is awaited before stdin's end, which would
+	// otherwise race the SIGINT that the run's helper passes on.
+	{Name: "ctrlc_input", Mode: pipeMode, Steps: []fidStep{
+		{Await: "Your name: ", InputWait: true, Interrupt: true}, {Await: "Cancelled.\n"},
+	}},
 	{Name: "sigint_handler", Mode: pipeMode, Steps: []fidStep{
 		fidInterruptAfter("ready\n"), fidInterruptAfter("#1\n"), fidInterruptAfter("#2\n"),
 	}},
@@ -225,7 +229,7 @@ var fidelityPrograms = []fidProgram{
 	}},
 	{Name: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{fidAwait("press Ctrl-C\r\n", "\x03")}},
 	{Name: "ctrlc_api_tty", File: "ctrlc_loop", Mode: terminalMode, Steps: []fidStep{fidInterruptAfter("press Ctrl-C\r\n")}},
-	{Name: "ctrlc_input_tty", File: "ctrlc_input", Mode: terminalMode, Steps: []fidStep{{Await: "Your name: ", Delay: fidAtPrompt, Send: "\x03"}}},
+	{Name: "ctrlc_input_tty", File: "ctrlc_input", Mode: terminalMode, Steps: []fidStep{{Await: "Your name: ", InputWait: true, Send: "\x03"}}},
 	{Name: "resize", Mode: terminalMode, Steps: []fidStep{{Await: "ready\r\n", Resize: [2]int{40, 120}}}},
 	{Name: "repl_tty", Mode: terminalMode, Repl: true, Steps: []fidStep{
 		fidAwait(">>> ", "x * 2\r"),
@@ -602,6 +606,7 @@ func (o *fidOutput) await(ctx context.Context, s string) error {
 
 // fidSession is a running program that steps act on.
 type fidSession interface {
+	inputWait(ctx context.Context) error
 	send(p []byte) error
 	closeStdin() error
 	interrupt() error
@@ -614,6 +619,11 @@ func fidDrive(ctx context.Context, p fidProgram, s fidSession, out *fidOutput) e
 		if st.Await != "" {
 			if err := out.await(ctx, st.Await); err != nil {
 				return fmt.Errorf("step %d: %w", i+1, err)
+			}
+		}
+		if st.InputWait {
+			if err := s.inputWait(ctx); err != nil {
+				return fmt.Errorf("step %d: wait until the program reads its stdin: %w", i+1, err)
 			}
 		}
 		if st.Delay > 0 {
@@ -754,6 +764,13 @@ func (s *fidEngineSession) send(p []byte) error {
 	return s.r.WriteStdin(s.ctx, p, false)
 }
 
+func (s *fidEngineSession) inputWait(ctx context.Context) error {
+	*s.phase = "awaitInputWait"
+	awaitInputWait(ctx, s.t, s.r)
+	*s.phase = "engine"
+	return nil
+}
+
 func (s *fidEngineSession) closeStdin() error {
 	err := s.r.WriteStdin(s.ctx, nil, true)
 	if errors.Is(err, api.ErrRunEnded) {
@@ -834,7 +851,7 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		out = newFidOutput(1)
 		readers.Add(1)
 		go read(master, 0)
-		s = fidPtySession{master: master}
+		s = fidPtySession{master: master, pid: cmd.Process.Pid}
 		closers = append(closers, master)
 	} else {
 		stdinR, stdinW := fidPipe(t)
@@ -918,6 +935,10 @@ func (s *fidPipeSession) send(p []byte) error {
 	return err
 }
 
+func (s *fidPipeSession) inputWait(ctx context.Context) error {
+	return fidAwaitReadingStdin(ctx, func() (int, error) { return s.pid, nil })
+}
+
 func (s *fidPipeSession) closeStdin() error {
 	if s.closed {
 		return nil
@@ -935,7 +956,14 @@ func (s *fidPipeSession) resize(int, int) error {
 }
 
 // fidPtySession acts on a terminal-mode reference through its pty's master.
-type fidPtySession struct{ master *os.File }
+type fidPtySession struct {
+	master *os.File
+	pid    int
+}
+
+func (s fidPtySession) inputWait(ctx context.Context) error {
+	return fidAwaitReadingStdin(ctx, func() (int, error) { return s.pid, nil })
+}
 
 func (s fidPtySession) send(p []byte) error {
 	_, err := s.master.Write(p)
@@ -948,6 +976,53 @@ func (s fidPtySession) interrupt() error { return s.send([]byte{0x03}) }
 
 func (s fidPtySession) resize(rows, cols int) error {
 	return unix.IoctlSetWinsize(int(s.master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
+}
+
+// fidAwaitReadingStdin waits until the process pid() names is blocked in
+// read(2) on its fd 0, as its /proc/PID/syscall shows ("0 0x0 ..."; the
+// number is x86-64's and arm64's is 63: the suite runs on x86-64 hosts).
+// Nothing printed can tell this; the poll watches, it does not guess.
+func fidAwaitReadingStdin(ctx context.Context, pid func() (int, error)) error {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		p, err := pid()
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/syscall")
+		if err != nil {
+			return fmt.Errorf("read the syscall of pid %d: %w", p, err)
+		}
+		if strings.HasPrefix(string(b), "0 0x0 ") {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("pid %d never read its stdin (last %q): %w", p, strings.TrimSpace(string(b)), ctx.Err())
+		}
+	}
+}
+
+// fidProgramPid is the host pid of r's program: the one child of the run's
+// PID 1, the helper.
+func fidProgramPid(r *run.Execution) (int, error) {
+	helper := r.Pid()
+	tasks, err := filepath.Glob("/proc/" + strconv.Itoa(helper) + "/task/*/children")
+	if err != nil {
+		return 0, fmt.Errorf("list the threads of helper %d: %w", helper, err)
+	}
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a thread that ended meanwhile
+		}
+		if fields := strings.Fields(string(b)); len(fields) > 0 {
+			return strconv.Atoi(fields[0])
+		}
+	}
+	return 0, fmt.Errorf("helper %d of run %s has no child", helper, r.ID())
 }
 
 // fidOpenPty opens a new pty pair (the kernel's default termios), sized rows
