@@ -913,7 +913,10 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		fidClose(t, ps.stdin)
 	}
 	res := &fidResult{out: out}
-	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok {
+		t.Fatalf("reference: wait status of type %T", cmd.ProcessState.Sys())
+	}
 	switch {
 	case ws.Signaled():
 		res.exit.signal = unix.SignalName(ws.Signal())
