@@ -59,13 +59,31 @@ func interruptRun(ctx context.Context, t *testing.T, env *testutil.Env, r *run.E
 }
 
 // awaitInputWait returns once r's program is blocked reading an empty
-// stdin (issue 13's "waiting_input" / input_wait event). Until the engine
-// says so itself, it watches the program's /proc/PID/syscall, as the
-// reference does; the event, when it exists, belongs here instead.
+// stdin: the run's waiting_input (issue 13), which its input_wait event
+// announces. The suite uses it only after awaiting a program's first
+// prompt, so a waiting_input left from an earlier read cannot answer.
 func awaitInputWait(ctx context.Context, t *testing.T, r *run.Execution) {
 	t.Helper()
-	if err := fidAwaitReadingStdin(ctx, func() (int, error) { return fidProgramPid(r) }); err != nil {
-		t.Fatalf("run %s: %v", r.ID(), err)
+	var seq int64
+	for {
+		if r.Info().WaitingInput {
+			return
+		}
+		evs, more := r.EventsAfter(seq)
+		for _, ev := range evs {
+			seq = ev.Seq
+			if ev.Type == api.EventEnd {
+				t.Fatalf("run %s ended (%s) without waiting for input", r.ID(), ev.Run.Reason)
+			}
+		}
+		if len(evs) > 0 {
+			continue
+		}
+		select {
+		case <-more:
+		case <-ctx.Done():
+			t.Fatalf("run %s never waited for input: %v", r.ID(), ctx.Err())
+		}
 	}
 }
 

@@ -1008,26 +1008,6 @@ func fidAwaitReadingStdin(ctx context.Context, pid func() (int, error)) error {
 	}
 }
 
-// fidProgramPid is the host pid of r's program: the one child of the run's
-// PID 1, the helper.
-func fidProgramPid(r *run.Execution) (int, error) {
-	helper := r.Pid()
-	tasks, err := filepath.Glob("/proc/" + strconv.Itoa(helper) + "/task/*/children")
-	if err != nil {
-		return 0, fmt.Errorf("list the threads of helper %d: %w", helper, err)
-	}
-	for _, f := range tasks {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // a thread that ended meanwhile
-		}
-		if fields := strings.Fields(string(b)); len(fields) > 0 {
-			return strconv.Atoi(fields[0])
-		}
-	}
-	return 0, fmt.Errorf("helper %d of run %s has no child", helper, r.ID())
-}
-
 // fidOpenPty opens a new pty pair (the kernel's default termios), sized rows
 // x cols.
 func fidOpenPty(rows, cols int) (master, slave *os.File, err error) {
