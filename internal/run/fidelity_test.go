@@ -255,6 +255,20 @@ func (p fidProgram) file() string {
 	return p.Name + ".py"
 }
 
+// readsStdin reports whether the program may read its stdin: a REPL, or
+// one that is sent input.
+func (p fidProgram) readsStdin() bool {
+	if p.Repl {
+		return true
+	}
+	for _, st := range p.Steps {
+		if st.Send != "" || st.EOF || st.InputWait {
+			return true
+		}
+	}
+	return false
+}
+
 func (p fidProgram) dest() string {
 	if p.As != "" {
 		return p.As
@@ -394,6 +408,12 @@ func runFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, r
 			diffs = append(diffs, d)
 			what["end"]++
 		}
+		// Issue 13: no input_wait for a program that never reads stdin
+		// (one that sleeps, reads a file, or only prints).
+		if !p.readsStdin() && got.inputWaits > 0 {
+			diffs = append(diffs, fmt.Sprintf("%d input_wait events, but the program never reads its stdin", got.inputWaits))
+			what["input_wait"]++
+		}
 		if i == 0 {
 			if d := fidDiffFiles(fidSnapshot(t, st.Workdir), refFiles); d != "" {
 				diffs = append(diffs, "files left in the student's directory differ from the reference's: "+d)
@@ -463,7 +483,7 @@ func (r *fidReport) set(t *testing.T, p fidProgram, phase string, what map[strin
 			parts = append(parts, "order across streams")
 			delete(what, "merged")
 		}
-		for _, k := range []string{"merged", "terminal output", "stdout", "stderr", "end", "files"} {
+		for _, k := range []string{"merged", "terminal output", "stdout", "stderr", "end", "files", "input_wait"} {
 			if what[k] > 0 {
 				parts = append(parts, k)
 			}
@@ -527,6 +547,8 @@ func fidSameEnd(ref fidExit, got api.Run) string {
 type fidResult struct {
 	out  *fidOutput
 	exit fidExit
+	// inputWaits counts an engine run's input_wait events.
+	inputWaits int
 }
 
 func (r *fidResult) merged() []byte      { return r.out.mergedBytes() }
@@ -712,7 +734,14 @@ func fidRunEngine(ctx context.Context, t *testing.T, env *testutil.Env, p fidPro
 	}
 	select {
 	case info := <-end:
-		return &fidResult{out: out}, info
+		res := &fidResult{out: out}
+		evs, _ := r.EventsAfter(0)
+		for _, ev := range evs {
+			if ev.Type == api.EventInputWait {
+				res.inputWaits++
+			}
+		}
+		return res, info
 	case <-ctx.Done():
 		t.Fatalf("run %s did not end: %v; its output ends with %q", r.ID(), ctx.Err(), fidTail(out.mergedBytes()))
 		return nil, api.Run{}
