@@ -110,6 +110,10 @@ type fidProgram struct {
 	Files map[string]string
 	// Repeat is how many engine runs are compared with the reference (default 1).
 	Repeat int
+	// Account gives the reference what a terminal user has: an /etc/passwd
+	// and /etc/group entry for the student (in a mount namespace of its
+	// own; the host's files are not touched).
+	Account bool
 }
 
 func fidAwait(s, send string) fidStep { return fidStep{Await: s, Send: send} }
@@ -196,6 +200,7 @@ var fidelityPrograms = []fidProgram{
 	{Name: "threads_100", Mode: pipeMode},
 	{Name: "open_files", Mode: pipeMode},
 	{Name: "big_list", Mode: pipeMode},
+	{Name: "user_name", Mode: pipeMode, Account: true},
 	{Name: "subdir_script", Mode: pipeMode, As: "project1/main.py", Files: map[string]string{
 		"project1/helper.py": "def shout(s):\n    return s.upper() + '!'\n",
 		"notes.txt":          "read relative to the directory the run starts in\n",
@@ -835,14 +840,18 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 	}
 	dir := filepath.Join(st.Workdir, p.Cwd)
 	argv = append(append(argv, p.script()), p.Args...)
+	env := referenceEnv(st, p.Mode == terminalMode)
 	cmd := &exec.Cmd{
-		Path: testutil.Interpreter, Args: argv, Dir: dir, Env: referenceEnv(st, p.Mode == terminalMode),
+		Path: testutil.Interpreter, Args: argv, Dir: dir, Env: env,
 		SysProcAttr: &syscall.SysProcAttr{
 			// Its own session, as a run's program has (and a terminal's
 			// shell gives each job a process group of its own).
 			Setsid:     true,
 			Credential: &syscall.Credential{Uid: st.UID, Gid: st.GID, Groups: []uint32{}},
 		},
+	}
+	if p.Account {
+		fidWithAccount(t, cmd, st)
 	}
 	var (
 		s       fidSession
@@ -1008,6 +1017,42 @@ func (s fidPtySession) interrupt() error { return s.send([]byte{0x03}) }
 
 func (s fidPtySession) resize(rows, cols int) error {
 	return unix.IoctlSetWinsize(int(s.master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
+}
+
+// fidWithAccount makes cmd run its program as a user with an account: in
+// a mount namespace of its own, /etc/passwd and /etc/group with one line
+// more each for the student are bound over the host's, then the program
+// is exec'd as the student with exactly cmd's environment (env -i). Every
+// step execs, so the program keeps cmd's pid.
+func fidWithAccount(t *testing.T, cmd *exec.Cmd, st api.Student) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []struct{ host, line string }{
+		{"/etc/passwd", fmt.Sprintf("%s:x:%d:%d:%s:%s:/bin/sh\n", st.Name, st.UID, st.GID, st.Name, st.Workdir)},
+		{"/etc/group", fmt.Sprintf("%s:x:%d:\n", st.Name, st.GID)},
+	} {
+		b, err := os.ReadFile(f.host)
+		if err != nil {
+			t.Fatalf("reference account: %v", err)
+		}
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f.host)), append(b, f.line...), 0o644); err != nil {
+			t.Fatalf("reference account: %v", err)
+		}
+	}
+	args := []string{"/usr/bin/unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+		`mount --bind "$1/passwd" /etc/passwd && mount --bind "$1/group" /etc/group && shift && exec /usr/bin/env -i "$@"`,
+		"sh", dir}
+	args = append(args, cmd.Env...)
+	args = append(args, "/usr/bin/setpriv", fmt.Sprintf("--reuid=%d", st.UID), fmt.Sprintf("--regid=%d", st.GID),
+		"--clear-groups", "--")
+	// setpriv execs the path it is given with that argv[0]: the
+	// interpreter, its argv as cmd has it.
+	args = append(args, cmd.Args...)
+	cmd.Path, cmd.Args = args[0], args
+	cmd.SysProcAttr.Credential = nil // root until setpriv
 }
 
 // fidAwaitReadingStdin waits until the process pid() names is blocked in
