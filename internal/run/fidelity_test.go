@@ -413,6 +413,11 @@ func runFidelity(t *testing.T, env *testutil.Env, p fidProgram, selfcheck int, r
 			diffs = append(diffs, d)
 			what["end"]++
 		}
+		// Issue 13: every end carries one sentence for the student.
+		if info.Message == "" {
+			diffs = append(diffs, fmt.Sprintf("the end (%s) carries no message for the student", info.Reason))
+			what["message"]++
+		}
 		// Issue 13: no input_wait for a program that never reads stdin
 		// (one that sleeps, reads a file, or only prints).
 		if !p.readsStdin() && got.inputWaits > 0 {
@@ -488,7 +493,7 @@ func (r *fidReport) set(t *testing.T, p fidProgram, phase string, what map[strin
 			parts = append(parts, "order across streams")
 			delete(what, "merged")
 		}
-		for _, k := range []string{"merged", "terminal output", "stdout", "stderr", "end", "files", "input_wait"} {
+		for _, k := range []string{"merged", "terminal output", "stdout", "stderr", "end", "message", "files", "input_wait"} {
 			if what[k] > 0 {
 				parts = append(parts, k)
 			}
