@@ -1,10 +1,11 @@
 package run_test
 
-// The fidelity suite's hooks into console features of issue 13 that the
-// engine does not have yet. fidelity_test.go calls only these for them;
-// whoever implements a feature replaces the body here and nothing else.
-// Until then the body fails the program's test with "... not implemented
-// yet", so the suite compiles and runs today and says what is missing.
+// The fidelity suite's hooks into the console features of issue 13.
+// fidelity_test.go calls only these for them; whoever implements or
+// changes a feature changes the body here and nothing else. A hook whose
+// feature is missing fails the program's test with "... not implemented
+// yet" (today: terminal mode, so startTerminal and resizeTerminal), so the
+// suite compiles and runs and says what is missing.
 
 import (
 	"context"
