@@ -101,3 +101,55 @@ func TestConfigWithDatabaseURLMustNotBeWorldReadable(t *testing.T) {
 		t.Fatalf("0644 config without a secret: %v, want it loaded", err)
 	}
 }
+
+// TestFairShareKeys: issue 12's keys have the defaults the issue and the
+// README promise (a student may run 4 and start 60 a minute), a file sets
+// them, and values the engine cannot honour are refused at load.
+func TestFairShareKeys(t *testing.T) {
+	d := Default()
+	if d.MaxRunsPerStudent != 4 || d.StudentStartsPerMinute != 60 || d.MaxWaitSeconds != 30 || d.QueueMax != 1024 ||
+		d.StudentMemoryMB != 0 || d.StudentPids != 0 {
+		t.Errorf("defaults: max_runs_per_student %d, student_starts_per_minute %d, max_wait_seconds %d, queue_max %d, student_memory_mb %d, student_pids %d; want 4, 60, 30, 1024, 0, 0",
+			d.MaxRunsPerStudent, d.StudentStartsPerMinute, d.MaxWaitSeconds, d.QueueMax, d.StudentMemoryMB, d.StudentPids)
+	}
+	dir := t.TempDir()
+	load := func(name, body string) (Config, error) {
+		p := filepath.Join(dir, name+".toml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return Load([]string{"--config", p})
+	}
+	c, err := load("set", "max_runs_per_student = 2\nstudent_starts_per_minute = 10\nmax_wait_seconds = 50\nqueue_max = 5\n"+
+		"warm_runs = 0\nstudent_memory_mb = 512\nstudent_pids = 100\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxRunsPerStudent != 2 || c.StudentStartsPerMinute != 10 || c.MaxWaitSeconds != 50 || c.QueueMax != 5 ||
+		c.StudentMemoryMB != 512 || c.StudentPids != 100 {
+		t.Errorf("the file's fair-share keys were not all taken: %+v", c)
+	}
+	// 0 turns the cap, the rate and the queue off.
+	if _, err := load("off", "max_runs_per_student = 0\nstudent_starts_per_minute = 0\nmax_wait_seconds = 0\n"); err != nil {
+		t.Errorf("fair share turned off: %v", err)
+	}
+	for _, c := range []struct{ name, body, key string }{
+		{"negative cap", "max_runs_per_student = -1\n", "max_runs_per_student"},
+		{"negative rate", "student_starts_per_minute = -1\n", "student_starts_per_minute"},
+		{"negative wait", "max_wait_seconds = -1\n", "max_wait_seconds"},
+		// A request is cut after 60 s: a longer wait would end as a
+		// timeout instead of at_capacity.
+		{"wait past the request's bound", "max_wait_seconds = 51\n", "max_wait_seconds"},
+		{"empty queue", "queue_max = 0\n", "queue_max"},
+		{"huge queue", "queue_max = 100001\n", "queue_max"},
+		{"negative totals", "warm_runs = 0\nstudent_pids = -1\n", "student_pids"},
+		// Warm helpers' groups are not under the student's: the totals
+		// would not bound them.
+		{"totals with warm runs", "warm_runs = 2\nstudent_memory_mb = 512\n", "warm_runs = 0"},
+	} {
+		_, err := load(strings.NewReplacer(" ", "_", "'", "").Replace(c.name), c.body)
+		if err == nil || !strings.Contains(err.Error(), c.key) {
+			t.Errorf("%s: %v, want an error naming %s", c.name, err, c.key)
+		}
+	}
+}
