@@ -216,7 +216,10 @@ func (e *Engine) admit(ctx context.Context, student string, waitSeconds int) (in
 	e.mu.Lock()
 	switch {
 	case w.granted:
-		epoch = st.stops
+		// epoch stays the stop count from before the wait: a stop while
+		// the start waited refused it (w.err), so a count that moved
+		// since is a stop that came after the grant, before this
+		// goroutine woke, and must still end the run once it started.
 		e.mu.Unlock()
 		e.admitted(AdmittedAfterWait, time.Since(now))
 		return epoch, nil

@@ -320,3 +320,40 @@ func TestRefusalsLoggedOncePerBurst(t *testing.T) {
 	}
 	assertClean(t, env)
 }
+
+// TestStopStudentWhileGrantedStartWakes: an admin's stop of a student
+// that comes after one of the student's waiting starts got a slot, but
+// before that start's goroutine took it up, still stops the run the
+// start makes: the stop must not be lost in that window (the start was no
+// longer in the queue for the stop to refuse, and its run not yet live
+// for the stop to end).
+func TestStopStudentWhileGrantedStartWakes(t *testing.T) {
+	env := testutil.NewEnv(t, maxRuns(1), fair(run.Fair{MaxWait: time.Minute, QueueMax: 10}))
+	holder, _ := holdSlot(t, env, "holder")
+	env.WriteScript(t, "mallory", "wait.py", "print('up', flush=True)\ninput()\n")
+	started := make(chan *run.Execution, 1)
+	go func() {
+		r, err := env.Engine.Start(ctxT(t, 90*time.Second), api.RunRequest{Student: "mallory", Script: "wait.py",
+			WaitSeconds: 60, Limits: api.Limits{WallSeconds: 300}})
+		if err != nil {
+			t.Errorf("mallory's start: %v, want a run (stopped once it started)", err)
+		}
+		started <- r
+	}()
+	waitQueue(t, env, 1)
+	env.Engine.GrantThenCountStop("mallory")
+	if r := <-started; r != nil {
+		select {
+		case <-r.Done():
+		case <-time.After(60 * time.Second):
+			t.Fatalf("mallory's run %s still runs 60 s after an admin stopped mallory's runs: %+v", r.ID(), r.Info())
+		}
+		if info := r.Info(); info.Reason != api.ReasonStopped {
+			t.Errorf("mallory's run ended %s, want stopped", info.Reason)
+		}
+	}
+	if _, err := holder.Stop(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, env)
+}
