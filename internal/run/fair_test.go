@@ -357,3 +357,38 @@ func TestStopStudentWhileGrantedStartWakes(t *testing.T) {
 	}
 	assertClean(t, env)
 }
+
+// TestQueueWaitCapped: a start's wait_seconds is cut to the configured
+// max_wait_seconds; with no queue configured (0) nothing waits, whatever
+// the request asks; a negative wait is a bad request.
+func TestQueueWaitCapped(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		maxWait time.Duration
+		want    string
+	}{
+		{"capped", time.Second, "no slot came free within 1s"},
+		{"no queue", 0, "wait_seconds lets a start wait for a slot"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env := testutil.NewEnv(t, maxRuns(1), fair(run.Fair{MaxWait: c.maxWait, QueueMax: 10}))
+			holder, _ := holdSlot(t, env, "holder")
+			env.WriteScript(t, "alice", "q.py", "pass\n")
+			_, err := env.Engine.Start(ctxT(t, 90*time.Second), api.RunRequest{Student: "alice", Script: "q.py", WaitSeconds: 50})
+			if apiCode(err) != api.CodeAtCapacity || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("a start asking to wait 50 s with max_wait %v: %v, want at_capacity saying %q", c.maxWait, err, c.want)
+			}
+			_, err = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: "q.py", WaitSeconds: -1})
+			if apiCode(err) != api.CodeInvalidRequest {
+				t.Errorf("wait_seconds -1: %v, want invalid_request", err)
+			}
+			if n, _ := env.Engine.Queue(); n != 0 {
+				t.Errorf("queue %d long after the refusals, want empty", n)
+			}
+			if _, err := holder.Stop(ctxT(t, 10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, env)
+		})
+	}
+}
