@@ -58,6 +58,18 @@ func scrape(t *testing.T, sock string) string {
 	return string(b)
 }
 
+// metricValue is the value of the sample named (with its labels) name in
+// a Prometheus text scrape.
+func metricValue(scrape, name string) (float64, bool) {
+	for _, line := range strings.Split(scrape, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
 // TestQueueThousandStarts: with the host full (max_runs = 1, held by one
 // run), 1,000 starts of 100 students wait in the admission queue; health
 // shows them; the 1,001st is refused at once (queue_max), so the queue
@@ -124,6 +136,18 @@ func TestQueueThousandStarts(t *testing.T) {
 	if h.Queue.Max != 1000 || h.Queue.OldestWaitMS <= 0 {
 		t.Errorf("health's queue %+v, want max 1000 and an oldest wait", h.Queue)
 	}
+	// Metrics show the same queue while it waits: its length and how
+	// long its oldest start has waited.
+	m := scrape(t, d.sock)
+	if !strings.Contains(m, "\nidexd_queue_length 1000\n") {
+		t.Errorf("metrics with 1000 starts waiting lack idexd_queue_length 1000")
+	}
+	if v, ok := metricValue(m, "idexd_queue_oldest_wait_seconds"); !ok || v <= 0 {
+		t.Errorf("metrics with 1000 starts waiting: idexd_queue_oldest_wait_seconds %v (found %v), want above 0", v, ok)
+	}
+	if v, ok := metricValue(m, `idexd_admissions_total{outcome="queued"}`); !ok || v != students*each {
+		t.Errorf("metrics with 1000 starts waiting: queued %v (found %v), want %d", v, ok, students*each)
+	}
 	if _, err := c.StartRun(ctx, api.RunRequest{Student: "holder", Script: "hold.py", WaitSeconds: 50}); !errors.Is(err, api.ErrAtCapacity) {
 		t.Errorf("a start beyond queue_max: %v, want at_capacity at once", err)
 	}
@@ -138,7 +162,7 @@ func TestQueueThousandStarts(t *testing.T) {
 	if h, err = c.Health(ctx); err != nil || h.Queue.Length != 0 {
 		t.Errorf("health after the drain: %+v %v, want an empty queue", h.Queue, err)
 	}
-	m := scrape(t, d.sock)
+	m = scrape(t, d.sock)
 	for _, want := range []string{
 		`idexd_admissions_total{outcome="queued"} 1000`,
 		`idexd_admissions_refused_total{code="draining"} 1000`,
