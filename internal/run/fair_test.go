@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -390,5 +391,75 @@ func TestQueueWaitCapped(t *testing.T) {
 			}
 			assertClean(t, env)
 		})
+	}
+}
+
+// TestAdmissionOutcomes: the engine tells its Admission hook (metrics:
+// idexd_admissions_total, idexd_admissions_refused_total) what became of
+// every start, by outcome and by the code of each refusal: started at
+// once, queued, started after its wait, refused student_busy and
+// rate_limited.
+func TestAdmissionOutcomes(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	var waited []time.Duration
+	env := testutil.NewEnv(t, maxRuns(1), fair(run.Fair{MaxPerStudent: 1, StartsPerMinute: 2, MaxWait: time.Minute, QueueMax: 10}),
+		func(c *run.Config) {
+			c.Hooks.Admission = func(outcome string, code api.Code, w time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				got[outcome+" "+string(code)]++
+				if outcome == run.AdmittedAfterWait {
+					waited = append(waited, w)
+				}
+			}
+		})
+	_, release := holdSlot(t, env, "holder")
+	env.WriteScript(t, "alice", "q.py", "pass\n")
+	env.WriteScript(t, "bob", "q.py", "pass\n")
+	queued := make(chan error, 1)
+	go func() {
+		r, err := env.Engine.Start(ctxT(t, 90*time.Second), api.RunRequest{Student: "alice", Script: "q.py", WaitSeconds: 60})
+		if err == nil {
+			testutil.Collect(ctxT(t, 60*time.Second), t, r)
+		}
+		queued <- err
+	}()
+	waitQueue(t, env, 1)
+	if _, err := env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "holder", Script: "hold.py"}); apiCode(err) != api.CodeStudentBusy {
+		t.Errorf("a second run of holder: %v, want student_busy", err)
+	}
+	release()
+	if err := <-queued; err != nil {
+		t.Fatalf("alice's waiting start: %v", err)
+	}
+	for range 2 {
+		if res := runToEnd(t, env, api.RunRequest{Student: "bob", Script: "q.py", WaitSeconds: 60}); res.Run.Reason != api.ReasonExited {
+			t.Fatalf("bob's run ended %s", res.Run.Reason)
+		}
+	}
+	if _, err := env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "bob", Script: "q.py"}); apiCode(err) != api.CodeRateLimited {
+		t.Errorf("bob's third start within a minute: %v, want rate_limited", err)
+	}
+	assertClean(t, env)
+	mu.Lock()
+	defer mu.Unlock()
+	// bob's two runs may each find the slot still held by the run before
+	// (a run's slot comes back when its end is recorded), and then wait
+	// for it: each is admitted at once or queued and started after its
+	// wait.
+	bobWaited := got[run.Queued+" "] - 1
+	want := map[string]int{
+		run.AdmittedAtOnce + " ":                        1 + 2 - bobWaited,
+		run.Queued + " ":                                1 + bobWaited,
+		run.AdmittedAfterWait + " ":                     1 + bobWaited,
+		run.Refused + " " + string(api.CodeStudentBusy): 1,
+		run.Refused + " " + string(api.CodeRateLimited): 1,
+	}
+	if !maps.Equal(got, want) || bobWaited < 0 || bobWaited > 2 {
+		t.Errorf("admission outcomes %v, want %v", got, want)
+	}
+	if len(waited) == 0 || waited[0] <= 0 {
+		t.Errorf("the waits told of starts admitted after waiting: %v, want alice's above 0", waited)
 	}
 }
