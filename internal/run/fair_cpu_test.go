@@ -262,3 +262,46 @@ sys.stdin.readline()
 	}
 	assertClean(t, env)
 }
+
+// TestStudentMemoryTotal: student_memory_mb bounds the memory of all of a
+// student's runs together: with a total of 200 MiB, one run holds 120 MiB,
+// and when the next, whose own limit (256 MiB) would let it, takes 120
+// MiB too, the kernel kills one of the two for memory (which one is the
+// kernel's choice: here it was the first, the larger at that moment).
+// Another student's run holds its 120 MiB beside them throughout.
+func TestStudentMemoryTotal(t *testing.T) {
+	env := testutil.NewEnv(t, warm(0))
+	env.Cgroups.SetStudentTotals(cgroup.Limits{MemoryBytes: 200 << 20})
+	grab := "b = b'x' * (120 << 20)\nprint('held', flush=True)\ninput()\n"
+	env.WriteScript(t, "alice", "grab.py", grab)
+	env.WriteScript(t, "alice", "grab2.py", grab)
+	env.WriteScript(t, "bob", "grab.py", grab)
+	lim := api.Limits{WallSeconds: 300, MemoryMB: 256}
+	first := startRun(t, env, api.RunRequest{Student: "alice", Script: "grab.py", Limits: lim})
+	waitOutput(t, first, "held\n", 60*time.Second)
+	bob := startRun(t, env, api.RunRequest{Student: "bob", Script: "grab.py", Limits: lim})
+	waitOutput(t, bob, "held\n", 60*time.Second)
+	second := startRun(t, env, api.RunRequest{Student: "alice", Script: "grab2.py", Limits: lim})
+	killed, other := first, second
+	select {
+	case <-first.Done():
+	case <-second.Done():
+		killed, other = second, first
+	case <-time.After(2 * time.Minute):
+		// Not a timing assertion: without the total both would hold
+		// their 120 MiB until their wall limit (300 s).
+		t.Fatalf("alice's two runs of 120 MiB each both still run 2 min after the second started, with a total of 200 MiB: %+v, %+v", first.Info(), second.Info())
+	}
+	if info := killed.Info(); info.Reason != api.ReasonOOMKilled {
+		t.Errorf("alice's run %s ended %s beside her other run, want oom_killed", info.ID, info.Reason)
+	}
+	for _, r := range []*run.Execution{other, bob} {
+		if info := r.Info(); info.State != api.StateRunning {
+			t.Errorf("run %s of %s ended too: %+v", r.ID(), info.Student, info)
+		}
+		if _, err := r.Stop(ctxT(t, 30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertClean(t, env)
+}
