@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,6 +130,76 @@ func TestStopDuringStartUp(t *testing.T) {
 		t.Fatalf("Main after SIGTERM during start-up: %v\n%s", err, log.String())
 	}
 	parentFree(t, cfg.CgroupParent)
+}
+
+// cancelAt is idexd's log (Main's logOut) that cancels a context when a
+// line with the message msg is written: SIGTERM at a known step of
+// start-up, with no change to the daemon for the test.
+type cancelAt struct {
+	msg    string
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	log    strings.Builder
+	seen   bool
+}
+
+func (w *cancelAt) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if strings.Contains(string(p), "msg=\""+w.msg+"\"") || strings.Contains(string(p), "msg="+w.msg+" ") {
+		w.seen = true
+		w.cancel()
+	}
+	return w.log.Write(p)
+}
+
+func (w *cancelAt) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.log.String()
+}
+
+// TestStopAtEachStartUpStep: SIGTERM that arrives while New is building
+// (after the groups, after the socket was bound and before the store, after
+// the engine was built) is a clean exit of Main that leaves no socket file
+// and no cgroup parent held, and the store it may have opened is closed (a
+// second start opens it).
+func TestStopAtEachStartUpStep(t *testing.T) {
+	for _, step := range []string{"idexd starting", "disk quotas", "fair share between students"} {
+		t.Run(step, func(t *testing.T) {
+			cfg := testConfig(t)
+			path := filepath.Join(t.TempDir(), "idexd.toml")
+			conf := fmt.Sprintf("client_group = \"root\"\nadmin_group = \"root\"\nwarm_runs = 0\nhost = \"test\"\ninterpreter = %q\n", cfg.Interpreter)
+			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"--config", path, "--socket", cfg.Socket, "--workdir-root", cfg.WorkdirRoot,
+				"--state-dir", cfg.StateDir, "--cgroup-parent", cfg.CgroupParent}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			w := &cancelAt{msg: step, cancel: cancel}
+			if err := Main(ctx, args, io.Discard, w); err != nil {
+				t.Fatalf("Main, SIGTERM at %q: %v\n%s", step, err, w.text())
+			}
+			if !w.seen {
+				t.Fatalf("start-up never logged %q: the test stopped nothing\n%s", step, w.text())
+			}
+			if !strings.Contains(w.text(), "stopped during start-up") || strings.Contains(w.text(), "idexd ready") {
+				t.Fatalf("SIGTERM at %q: not a stop during start-up:\n%s", step, w.text())
+			}
+			noFile(t, cfg.Socket, "socket")
+			parentFree(t, cfg.CgroupParent)
+			// Nothing is left held: the same configuration starts and stops.
+			s := start(t, cfg, Options{})
+			s.cancel()
+			if err := s.wait(t); err != nil {
+				t.Fatalf("Run after a stopped start-up: %v", err)
+			}
+			if err := s.d.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
 
 // started is a daemon whose Run is going.
