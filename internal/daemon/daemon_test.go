@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/client"
 	"github.com/idexd/idexd/internal/config"
+	"github.com/idexd/idexd/internal/students"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -471,5 +473,64 @@ func TestUIDsOutliveALostStore(t *testing.T) {
 	}
 	if dave.UID != carol.UID+4 {
 		t.Fatalf("a new student got uid %d, want %d: above the owner of a directory", dave.UID, carol.UID+4)
+	}
+}
+
+// TestPrivateLayoutRunsWriteForTheStudentOnly: in the private layout (the
+// default) the daemon gives runs umask 077, so what a run creates is the
+// student's alone; the file routes create the same modes.
+func TestPrivateLayoutRunsWriteForTheStudentOnly(t *testing.T) {
+	cfg := testConfig(t)
+	if cfg.WorkdirLayout != string(students.LayoutPrivate) {
+		t.Fatalf("the default layout is %q, want private", cfg.WorkdirLayout)
+	}
+	s := start(t, cfg, Options{})
+	defer func() {
+		s.cancel()
+		if err := errors.Join(s.wait(t), s.d.Close()); err != nil {
+			t.Error(err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := s.c.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := "import os\nopen('out.txt', 'w').write('x')\nos.mkdir('made')\n"
+	if _, err := s.c.WriteFile(ctx, "alice", "make.py", []byte(src), false); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "make.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evs.Close()
+	var last api.Event
+	for {
+		ev, err := evs.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = ev
+	}
+	if last.Run == nil || last.Run.Reason != api.ReasonExited || last.Run.ExitCode == nil || *last.Run.ExitCode != 0 {
+		t.Fatalf("the run ended %+v", last.Run)
+	}
+	for p, want := range map[string]uint32{"make.py": 0o600, "out.txt": 0o600, "made": 0o700} {
+		var fi syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(st.Workdir, p), &fi); err != nil {
+			t.Fatal(err)
+		}
+		if fi.Uid != st.UID || fi.Gid != st.GID || fi.Mode&0o7777 != want {
+			t.Errorf("%s is %d:%d %o, want %d:%d %o", p, fi.Uid, fi.Gid, fi.Mode&0o7777, st.UID, st.GID, want)
+		}
 	}
 }
