@@ -2,13 +2,16 @@ package server_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,5 +155,153 @@ func TestCurlFilesExample(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(got[i]) {
 			t.Errorf("line %d: %s\nthe document says: %s", i+1, got[i], want[i])
 		}
+	}
+}
+
+// TestFileRefusalsOverTheWire: what issue 11 asks of each refusal, as the
+// web tier sees it on the socket: the status and code of each, no request
+// blocked by a FIFO, nothing created for an unknown student, and a student
+// over a measured quota refused 507 for writes and runs until a delete.
+func TestFileRefusalsOverTheWire(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 120*time.Second)
+	st, err := c.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd := st.Workdir
+	if _, err := c.WriteFile(ctx, "alice", "keep.py", []byte("print('kept')\n"), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(wd+"/fifo", 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("keep.py", wd+"/link.py"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteFile(ctx, "alice", "dir/x.py", []byte("x"), true); err != nil {
+		t.Fatal(err)
+	}
+	// Over file_max_mb (16 MiB by default), sparse: its size is refused
+	// before a byte is read.
+	big, err := os.Create(wd + "/big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(big.Truncate(16<<20+1), big.Close()); err != nil {
+		t.Fatal(err)
+	}
+	raw := rawHTTP(srv.Socket)
+	raw.Timeout = 60 * time.Second // a request that blocks fails rather than hangs
+	do := func(method, p, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, "http://idexd"+p, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := raw.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, p, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, p, err)
+		}
+		var e struct {
+			Error api.Error `json:"error"`
+		}
+		if resp.StatusCode >= 400 && json.Unmarshal(b, &e) != nil {
+			t.Fatalf("%s %s: %d with body %q, not a coded error", method, p, resp.StatusCode, b)
+		}
+		return resp.StatusCode, string(e.Error.Code)
+	}
+	const f = "/v1/students/alice/files/"
+	cases := []struct {
+		method, path, body string
+		status             int
+		code               api.Code
+	}{
+		{"GET", f + "fifo", "", 400, api.CodeNotRegular},
+		{"PUT", f + "fifo", "x", 400, api.CodeNotRegular},
+		{"GET", f + "dir", "", 400, api.CodeNotRegular},
+		{"PUT", f + "dir", "x", 400, api.CodeNotRegular},
+		{"GET", f + "link.py", "", 400, api.CodeInvalidPath},
+		{"PUT", f + "link.py", "x", 400, api.CodeInvalidPath},
+		{"GET", f + "big.bin", "", 413, api.CodeFileTooLarge},
+		{"GET", f + "keep.py/x", "", 400, api.CodeNotDirectory},
+		{"GET", f + "%2e%2e/bob/x", "", 400, api.CodeInvalidPath},
+		{"GET", f + "a%00b", "", 400, api.CodeInvalidPath},
+		{"GET", f + strings.Repeat("n", 256), "", 400, api.CodeInvalidPath},
+		{"GET", f + "missing.py", "", 404, api.CodeFileNotFound},
+		{"DELETE", f + "dir", "", 409, api.CodeDirectoryNotEmpty},
+		{"POST", f + "keep.py?move_to=dir/x.py", "", 409, api.CodeFileExists},
+		{"POST", f + "keep.py?move_to=../bob/keep.py", "", 400, api.CodeInvalidPath},
+		{"POST", f + "keep.py", "", 400, api.CodeInvalidRequest},
+		{"GET", "/v1/students/carol/files/x.py", "", 404, api.CodeStudentNotFound},
+		{"PUT", "/v1/students/carol/files/x.py?parents=1", "x", 404, api.CodeStudentNotFound},
+		{"DELETE", "/v1/students/carol/files/x.py", "", 404, api.CodeStudentNotFound},
+		{"GET", "/v1/students/carol/files?path=", "", 404, api.CodeStudentNotFound},
+		{"GET", "/v1/students/carol", "", 404, api.CodeStudentNotFound},
+	}
+	for _, cs := range cases {
+		if status, code := do(cs.method, cs.path, cs.body); status != cs.status || code != string(cs.code) {
+			t.Errorf("%s %s: %d %s, want %d %s", cs.method, cs.path, status, code, cs.status, cs.code)
+		}
+	}
+	if b, err := c.ReadFile(ctx, "alice", "keep.py"); err != nil || string(b) != "print('kept')\n" {
+		t.Errorf("keep.py after the refusals: %q %v", b, err)
+	}
+	if sts, err := c.ListStudents(ctx); err != nil || len(sts) != 1 {
+		t.Errorf("students after the refusals for carol: %+v %v, want alice only", sts, err)
+	}
+	if _, err := os.Lstat(env.Dirs.Workdir("carol")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("carol's directory: %v", err)
+	}
+
+	// Over quota_files (10,000 by default), measured: the files a run
+	// would have left, made here as the student's process would.
+	if env.Quota.EnforcedBy() != api.EnforcedByIdexd {
+		t.Skipf("the test directory's filesystem enforces user quotas (%s): internal/files' TestKernelQuota covers it", env.Quota.Status())
+	}
+	for i := range 10000 {
+		p := fmt.Sprintf("%s/dir/n%05d", wd, i)
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.Quota.RunEnded(st)
+	if got, err := c.GetStudent(ctx, "alice"); err != nil || !got.Disk.Over() || got.Disk.EnforcedBy != api.EnforcedByIdexd {
+		t.Fatalf("alice over quota_files: %+v %v", got.Disk, err)
+	}
+	if status, code := do("PUT", f+"new.py", "x"); status != 507 || code != string(api.CodeQuotaExceeded) {
+		t.Errorf("a write over quota: %d %s, want 507 quota_exceeded", status, code)
+	}
+	if status, code := do("POST", "/v1/runs", `{"student": "alice", "script": "keep.py"}`); status != 507 || code != string(api.CodeQuotaExceeded) {
+		t.Errorf("a run over quota: %d %s, want 507 quota_exceeded", status, code)
+	}
+	if _, err := os.Lstat(wd + "/new.py"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("new.py after the refusal: %v", err)
+	}
+	for _, p := range []string{"dir/n00000", "dir/n00001", "dir/n00002", "dir/n00003", "dir/n00004", "dir/n00005", "dir/n00006", "dir/n00007"} {
+		if status, code := do("DELETE", f+p, ""); status != 204 {
+			t.Fatalf("a delete while over: %d %s", status, code)
+		}
+	}
+	if got, err := c.GetStudent(ctx, "alice"); err != nil || got.Disk.Over() {
+		t.Fatalf("alice after deletes: %+v %v", got.Disk, err)
+	}
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "keep.py"})
+	if err != nil {
+		t.Fatalf("a run back under quota: %v", err)
+	}
+	evs, err := c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, last, _ := collect(t, evs); out != "kept\n" || last.Run.Reason != api.ReasonExited {
+		t.Fatalf("the run back under quota: %q %+v", out, last.Run)
 	}
 }
