@@ -254,7 +254,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		src.LockCounts, src.LocksLost = stats.Counts, stats.Lost
 	}
 	d.met.Watch(src)
-	fileSvc, err := files.New(files.Config{Students: d.st, Dirs: dirs, MaxBytes: cfg.FileMaxMB << 20, Quota: quotas, Log: log})
+	fileSvc, err := files.New(files.Config{Students: d.eng, Dirs: dirs, MaxBytes: cfg.FileMaxMB << 20, Quota: quotas, Log: log})
 	if err != nil {
 		return nil, err
 	}

@@ -34,13 +34,15 @@ import (
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/quota"
-	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
 )
 
-// Students finds a known student; it never creates one.
+// Students finds a known student (*run.Engine): the one place a stored
+// student becomes the protocol's, with its ids, its directory's path and,
+// for any other name, a coded refusal (invalid_student, student_not_found,
+// store_unavailable). It never creates one.
 type Students interface {
-	GetStudent(ctx context.Context, name string) (store.Student, error)
+	GetStudent(ctx context.Context, name string) (api.Student, error)
 }
 
 // Config wires a Service.
@@ -89,21 +91,14 @@ func (s *Service) Quota() *quota.Manager { return s.cfg.Quota }
 // student looks a student up without creating one and makes sure the
 // directory is there with its owner and mode.
 func (s *Service) student(ctx context.Context, name string) (api.Student, error) {
-	if err := students.ValidName(name); err != nil {
-		return api.Student{}, err
-	}
 	st, err := s.cfg.Students.GetStudent(ctx, name)
 	if err != nil {
-		if errors.Is(err, api.ErrStudentNotFound) {
-			return api.Student{}, api.Errorf(api.CodeStudentNotFound, "no student %s (PUT /v1/students/%s creates one)", name, name)
-		}
-		return api.Student{}, &api.Error{Code: api.CodeStoreUnavailable, Message: fmt.Sprintf("look up student %s: %v", name, err)}
+		return api.Student{}, err
 	}
-	wd, err := s.cfg.Dirs.Ensure(name, st.UID, st.GID)
-	if err != nil {
+	if st.Workdir, err = s.cfg.Dirs.Ensure(st.Name, st.UID, st.GID); err != nil {
 		return api.Student{}, fmt.Errorf("directory of student %s: %w", name, err)
 	}
-	return api.Student{Name: name, UID: st.UID, GID: st.GID, Workdir: wd}, nil
+	return st, nil
 }
 
 // Disk is the student's disk usage, or the zero Disk without quotas.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -67,12 +68,31 @@ func newFixtureAt(t *testing.T, root string, lim quota.Limits, layout students.L
 		}
 	})
 	dirs.Quota = q
-	svc, err := files.New(files.Config{Students: st, Dirs: dirs, MaxBytes: maxBytes, Quota: q, Log: log})
+	svc, err := files.New(files.Config{Students: storeStudents{st, dirs}, Dirs: dirs, MaxBytes: maxBytes, Quota: q, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(svc.Close)
 	return &fixture{svc: svc, dirs: dirs, store: st, quota: q}
+}
+
+// storeStudents reads students from the store as the run engine does
+// (run.Engine.GetStudent), without the cgroups and the sandbox an engine
+// needs: a name of the protocol, then the store.
+type storeStudents struct {
+	st   *store.SQLite
+	dirs *students.Dirs
+}
+
+func (s storeStudents) GetStudent(ctx context.Context, name string) (api.Student, error) {
+	if err := students.ValidName(name); err != nil {
+		return api.Student{}, err
+	}
+	r, err := s.st.GetStudent(ctx, name)
+	if err != nil {
+		return api.Student{}, fmt.Errorf("read student %s: %w", name, err)
+	}
+	return api.Student{Name: r.Name, UID: r.UID, GID: r.GID, Workdir: s.dirs.Workdir(r.Name)}, nil
 }
 
 // student creates a student as PUT /v1/students does.

@@ -275,13 +275,13 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 		cfg.HealthChecks = qm.HealthChecks
 	}
 	cfg.Hooks.Ended = qm.AfterRuns(cfg.Hooks.Ended, dirs.Workdir)
-	fsvc, err := files.New(files.Config{Students: st, Dirs: dirs, MaxBytes: def.FileMaxMB << 20, Quota: qm, Log: log})
-	if err != nil {
-		t.Fatalf("files: %v", err)
-	}
 	eng, err := run.New(cfg)
 	if err != nil {
 		t.Fatalf("engine: %v", err)
+	}
+	fsvc, err := files.New(files.Config{Students: eng, Dirs: dirs, MaxBytes: def.FileMaxMB << 20, Quota: qm, Log: log})
+	if err != nil {
+		t.Fatalf("files: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
