@@ -566,3 +566,57 @@ func TestMeasuredQuota(t *testing.T) {
 		t.Fatalf("a run after the delete: %v", err)
 	}
 }
+
+// TestMeasuredQuotaZeroIsOff: quota_mb = 0 or quota_files = 0 turns that
+// limit off, the other still counts.
+func TestMeasuredQuotaZeroIsOff(t *testing.T) {
+	chunk := strings.Repeat("x", 40<<10)
+	t.Run("quota_mb 0", func(t *testing.T) {
+		f := newFixture(t, quota.Limits{Bytes: 0, Files: 4}, students.LayoutPrivate)
+		if f.quota.EnforcedBy() != api.EnforcedByIdexd {
+			t.Skipf("the test directory's filesystem enforces user quotas (%s): TestKernelQuota covers it", f.quota.Status())
+		}
+		alice := f.student(t, "alice")
+		// 3 x 40 KiB, far past any byte limit the test could have set.
+		for _, n := range []string{"a", "b", "c"} {
+			f.put(t, "alice", n, chunk)
+		}
+		_, err := f.svc.Write(ctxT(t), "alice", "d", strings.NewReader(""), false)
+		wantCode(t, "a 5th inode under quota_files 4", err, api.CodeQuotaExceeded)
+		if d := f.svc.Disk(ctxT(t), alice); d.LimitBytes != 0 || d.LimitFiles != 4 || d.UsedFiles != 4 || d.UsedBytes < 120<<10 || d.Over() {
+			t.Fatalf("disk %+v: want no byte limit, 4 of 4 files, at least 120 KiB, not over", d)
+		}
+	})
+	t.Run("quota_files 0", func(t *testing.T) {
+		f := newFixture(t, quota.Limits{Bytes: 100 << 10, Files: 0}, students.LayoutPrivate)
+		if f.quota.EnforcedBy() != api.EnforcedByIdexd {
+			t.Skipf("the test directory's filesystem enforces user quotas (%s): TestKernelQuota covers it", f.quota.Status())
+		}
+		alice := f.student(t, "alice")
+		for i := range 50 {
+			f.put(t, "alice", fmt.Sprintf("n%02d", i), "")
+		}
+		f.put(t, "alice", "a", chunk)
+		f.put(t, "alice", "b", chunk)
+		_, err := f.svc.Write(ctxT(t), "alice", "c", strings.NewReader(chunk), false)
+		wantCode(t, "a third 40 KiB file under quota_mb 100 KiB", err, api.CodeQuotaExceeded)
+		if d := f.svc.Disk(ctxT(t), alice); d.LimitFiles != 0 || d.UsedFiles != 53 || d.Over() {
+			t.Fatalf("disk %+v: want no file limit, 53 inodes, not over", d)
+		}
+	})
+	t.Run("both 0", func(t *testing.T) {
+		f := newFixture(t, quota.Limits{}, students.LayoutPrivate)
+		alice := f.student(t, "alice")
+		f.put(t, "alice", "a", strings.Repeat("y", maxBytes))
+		if err := os.WriteFile(filepath.Join(alice.Workdir, "run.out"), bytes.Repeat([]byte("z"), 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f.quota.RunEnded(alice)
+		if err := f.quota.Admit(ctxT(t), alice); err != nil {
+			t.Fatalf("a run with no limits: %v", err)
+		}
+		if d := f.svc.Disk(ctxT(t), alice); d.LimitBytes != 0 || d.LimitFiles != 0 || d.Over() {
+			t.Fatalf("disk %+v: want no limits", d)
+		}
+	})
+}

@@ -148,3 +148,44 @@ func TestKernelQuota(t *testing.T) {
 		t.Errorf("%d empty files fitted beside 4 inodes under quota_files 20, want 16", i)
 	}
 }
+
+// TestKernelQuotaZeroIsOff: where the kernel enforces, quota_mb = 0 or
+// quota_files = 0 sets no hard limit of that kind (quotactl's 0), while
+// the other still holds.
+func TestKernelQuotaZeroIsOff(t *testing.T) {
+	testutil.RequireRoot(t)
+	chunk := strings.Repeat("k", 60<<10)
+	t.Run("quota_mb 0", func(t *testing.T) {
+		f := newFixtureAt(t, filepath.Join(loopExt4(t), "students"), quota.Limits{Bytes: 0, Files: 5}, students.LayoutPrivate)
+		if f.quota.EnforcedBy() != api.EnforcedByKernel {
+			t.Fatalf("quotas on an ext4 mounted with usrquota: %s", f.quota.Status())
+		}
+		alice := f.student(t, "alice")
+		for _, n := range []string{"a.bin", "b.bin", "c.bin", "d.bin"} {
+			f.put(t, "alice", n, chunk)
+		}
+		_, err := f.svc.Write(ctxT(t), "alice", "e.bin", strings.NewReader(""), false)
+		wantCode(t, "a 6th inode under quota_files 5", err, api.CodeQuotaExceeded)
+		if d := f.svc.Disk(ctxT(t), alice); d.EnforcedBy != api.EnforcedByKernel || d.LimitBytes != 0 || d.LimitFiles != 5 || d.UsedFiles != 5 || d.UsedBytes < 240<<10 {
+			t.Fatalf("disk %+v: want no byte limit, 5 of 5 inodes, at least 240 KiB, from the kernel", d)
+		}
+	})
+	t.Run("quota_files 0", func(t *testing.T) {
+		f := newFixtureAt(t, filepath.Join(loopExt4(t), "students"), quota.Limits{Bytes: 200 << 10, Files: 0}, students.LayoutPrivate)
+		if f.quota.EnforcedBy() != api.EnforcedByKernel {
+			t.Fatalf("quotas on an ext4 mounted with usrquota: %s", f.quota.Status())
+		}
+		alice := f.student(t, "alice")
+		for i := range 40 {
+			f.put(t, "alice", fmt.Sprintf("n%02d", i), "")
+		}
+		for _, n := range []string{"a.bin", "b.bin", "c.bin"} {
+			f.put(t, "alice", n, chunk)
+		}
+		_, err := f.svc.Write(ctxT(t), "alice", "d.bin", strings.NewReader(chunk), false)
+		wantCode(t, "a fourth 60 KiB file under a 200 KiB kernel quota", err, api.CodeQuotaExceeded)
+		if d := f.svc.Disk(ctxT(t), alice); d.EnforcedBy != api.EnforcedByKernel || d.LimitFiles != 0 || d.LimitBytes != 200<<10 || d.UsedFiles < 44 {
+			t.Fatalf("disk %+v: want no inode limit, 200 KiB, at least 44 inodes, from the kernel", d)
+		}
+	})
+}
