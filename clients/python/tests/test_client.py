@@ -15,7 +15,7 @@ import time
 import unittest
 
 import idexd_client
-from idexd_client import (Client, DirectoryNotEmpty, FileExists, FileNotFound, FileTooLarge, InvalidPath,
+from idexd_client import (Client, DirectoryNotEmpty, Draining, FileExists, FileNotFound, FileTooLarge, InvalidPath,
                           InvalidStudent, Locked, NotDirectory, NotRegular, QuotaExceeded, RunEnded,
                           StudentBusy, StudentNotFound, Unreachable, event_bytes)
 
@@ -188,6 +188,21 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(self.c.version()["api"], "v1")
         with self.assertRaises(Unreachable):
             Client("/nonexistent/idexd.sock").version()
+
+    def test_drain_and_resume(self) -> None:
+        # The test runs as root: the admin role.
+        s = new_student(self.c)
+        self.c.write_file(s, "ok.py", "print('ok')\n")
+        try:
+            self.assertEqual(self.c.drain()["status"], "draining")
+            self.assertEqual(self.c.health()["status"], "draining")
+            with self.assertRaises(Draining) as cm:
+                self.c.start_run(s, "ok.py")
+            self.assertEqual(cm.exception.status, 503)
+        finally:
+            self.assertNotEqual(self.c.resume()["status"], "draining")
+        out, final, _ = finish(self.c, self.c.start_run(s, "ok.py")["id"])
+        self.assertEqual((out, final["reason"]), (b"ok\n", "exited"))
 
     def test_every_code_has_a_class(self) -> None:
         for code, cls in idexd_client.ERRORS.items():
