@@ -445,8 +445,8 @@ func (s *Server) stopStudent(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ids := make([]string, len(out.Stopped))
-	for i, run := range out.Stopped {
-		ids[i] = run.ID
+	for i, stopped := range out.Stopped {
+		ids[i] = stopped.ID
 	}
 	s.log.Info("stopped every run of a student", append([]any{"student", name, "runs", ids, "queued_cancelled", out.QueuedCancelled}, peer...)...)
 	writeJSON(w, s.log, http.StatusOK, out)
