@@ -620,3 +620,64 @@ func TestMeasuredQuotaZeroIsOff(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteIsAtomic: a write replaces the file by a rename, never in
+// place. A reader that opened the old file keeps reading the old bytes,
+// and readers while writes go on see the old file or the new one, whole,
+// never a mix or a part.
+func TestWriteIsAtomic(t *testing.T) {
+	f := newFixture(t, quota.Limits{}, students.LayoutPrivate)
+	alice := f.student(t, "alice")
+	a, b := strings.Repeat("A", maxBytes), strings.Repeat("B", maxBytes)
+	f.put(t, "alice", "f.txt", a)
+	old, err := os.Open(filepath.Join(alice.Workdir, "f.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	f.put(t, "alice", "f.txt", b)
+	if got, err := io.ReadAll(old); err != nil || string(got) != a {
+		t.Fatalf("the old file, open before the write, reads %d bytes (%v): replaced in place", len(got), err)
+	}
+	if got, _ := f.get(t, "alice", "f.txt"); got != b {
+		t.Fatalf("after the write: %d bytes, want %d of B", len(got), len(b))
+	}
+	var writes atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			body := a
+			if i%2 == 1 {
+				body = b
+			}
+			if _, err := f.svc.Write(ctxT(t), "alice", "f.txt", strings.NewReader(body), false); err != nil {
+				t.Error(err)
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	reads := 0
+	for running := true; running; reads++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		got, err := f.get(t, "alice", "f.txt")
+		if err != nil {
+			t.Fatalf("read %d: %v", reads, err)
+		}
+		if got != a && got != b {
+			t.Fatalf("read %d during writes: %d bytes, not the whole of either version", reads, len(got))
+		}
+	}
+	t.Logf("%d reads during %d writes, each one whole version", reads, writes.Load())
+	if writes.Load() != 200 {
+		t.Fatalf("%d of 200 writes", writes.Load())
+	}
+	if left := leftovers(t, alice.Workdir); len(left) > 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+}
