@@ -484,6 +484,28 @@ func TestPrivateLayoutRunsWriteForTheStudentOnly(t *testing.T) {
 	if cfg.WorkdirLayout != string(students.LayoutPrivate) {
 		t.Fatalf("the default layout is %q, want private", cfg.WorkdirLayout)
 	}
+	st := runMakes(t, cfg)
+	wantModes(t, st.Workdir, st.UID, st.GID, map[string]uint32{".": 0o700, "make.py": 0o600, "out.txt": 0o600, "made": 0o700})
+}
+
+// TestSharedLayoutFromConfig: workdir_layout = "shared" gives the client
+// group the students' directories (setgid) and runs umask 007, so the
+// group can read and rewrite what a run or the file routes wrote.
+func TestSharedLayoutFromConfig(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.WorkdirLayout = string(students.LayoutShared)
+	st := runMakes(t, cfg)
+	gid, err := lookupGroup(cfg.ClientGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantModes(t, st.Workdir, st.UID, gid, map[string]uint32{".": 0o2770, "make.py": 0o660, "out.txt": 0o660, "made": 0o2770})
+}
+
+// runMakes starts a daemon on cfg, saves a script through the file routes
+// and runs it: it writes out.txt and makes the directory made.
+func runMakes(t *testing.T, cfg config.Config) api.Student {
+	t.Helper()
 	s := start(t, cfg, Options{})
 	defer func() {
 		s.cancel()
@@ -524,13 +546,19 @@ func TestPrivateLayoutRunsWriteForTheStudentOnly(t *testing.T) {
 	if last.Run == nil || last.Run.Reason != api.ReasonExited || last.Run.ExitCode == nil || *last.Run.ExitCode != 0 {
 		t.Fatalf("the run ended %+v", last.Run)
 	}
-	for p, want := range map[string]uint32{"make.py": 0o600, "out.txt": 0o600, "made": 0o700} {
+	return st
+}
+
+// wantModes checks owner, group and mode of paths under dir.
+func wantModes(t *testing.T, dir string, uid, gid uint32, modes map[string]uint32) {
+	t.Helper()
+	for p, want := range modes {
 		var fi syscall.Stat_t
-		if err := syscall.Lstat(filepath.Join(st.Workdir, p), &fi); err != nil {
+		if err := syscall.Lstat(filepath.Join(dir, p), &fi); err != nil {
 			t.Fatal(err)
 		}
-		if fi.Uid != st.UID || fi.Gid != st.GID || fi.Mode&0o7777 != want {
-			t.Errorf("%s is %d:%d %o, want %d:%d %o", p, fi.Uid, fi.Gid, fi.Mode&0o7777, st.UID, st.GID, want)
+		if fi.Uid != uid || fi.Gid != gid || fi.Mode&0o7777 != want {
+			t.Errorf("%s is %d:%d %o, want %d:%d %o", p, fi.Uid, fi.Gid, fi.Mode&0o7777, uid, gid, want)
 		}
 	}
 }
