@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -188,6 +189,10 @@ func TestStopAtEachStartUpStep(t *testing.T) {
 			}
 			if !strings.Contains(w.text(), "stopped during start-up") || strings.Contains(w.text(), "idexd ready") {
 				t.Fatalf("SIGTERM at %q: not a stop during start-up:\n%s", step, w.text())
+			}
+			// Issue 11: who enforces the disk quotas is said at start.
+			if !regexp.MustCompile(`msg="disk quotas" quota_mb=100 quota_files=10000 enforced_by=(kernel|idexd) status="enforced by `).MatchString(w.text()) {
+				t.Errorf("the start-up log does not say who enforces the disk quotas:\n%s", w.text())
 			}
 			noFile(t, cfg.Socket, "socket")
 			parentFree(t, cfg.CgroupParent)
