@@ -375,7 +375,7 @@ func (e *Engine) place(r *Execution, epoch int) {
 	proc := r.proc
 	r.mu.Unlock()
 	var g *cgroup.Group
-	if gp, ok := proc.(interface{ Group() *cgroup.Group }); ok && proc.Warm() {
+	if gp, ok := proc.(Grouped); ok && proc.Warm() {
 		g = gp.Group()
 	}
 	student := r.info.Student
