@@ -571,6 +571,17 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	if err := e.cfg.Store.RecordEnd(ctx, &final); err != nil {
 		log.Error("record run end", "err", err)
 	}
+	var stopLatency time.Duration
+	if !killedAt.IsZero() {
+		stopLatency = end.Sub(killedAt)
+	}
+	// The hooks are told before anyone can see the end: a client that
+	// starts again on the end event finds the metrics counted and the
+	// student's disk use due for measuring (a student the run took past a
+	// measured quota is refused quota_exceeded, not admitted once more).
+	if h := e.cfg.Hooks.Ended; h != nil {
+		h(&final, stopLatency)
+	}
 	// The capacity slot is free before anyone can see the end, so a client
 	// that starts again on the end event is never refused at_capacity.
 	e.release(r)
@@ -583,13 +594,6 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	close(r.done)
 	e.keep(r)
 
-	var stopLatency time.Duration
-	if !killedAt.IsZero() {
-		stopLatency = end.Sub(killedAt)
-	}
-	if h := e.cfg.Hooks.Ended; h != nil {
-		h(&final, stopLatency)
-	}
 	attrs := []any{"reason", final.Reason, "wall_ms", final.WallMS, "cpu_ms", final.CPUMS,
 		"peak_memory_bytes", final.PeakMemoryBytes, "output_bytes", final.OutputBytes}
 	if final.ExitCode != nil {

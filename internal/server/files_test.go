@@ -305,3 +305,40 @@ func TestFileRefusalsOverTheWire(t *testing.T) {
 		t.Fatalf("the run back under quota: %q %+v", out, last.Run)
 	}
 }
+
+// TestRunPastQuotaRefusesTheNext: where idexd measures, a run that takes
+// its student past quota_files ends normally, and a start sent as soon as
+// its end event arrives is refused 507 quota_exceeded, with no wait or
+// poll in between: the end is measured before it is published.
+func TestRunPastQuotaRefusesTheNext(t *testing.T) {
+	env := testutil.NewEnv(t)
+	if env.Quota.EnforcedBy() != api.EnforcedByIdexd {
+		t.Skipf("the test directory's filesystem enforces user quotas (%s): internal/files' TestKernelQuota covers it", env.Quota.Status())
+	}
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 120*time.Second)
+	if _, err := c.EnsureStudent(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	// quota_files is 10,000 by default.
+	src := "import os\nos.mkdir('many')\nfor i in range(10001):\n    open('many/f%d' % i, 'w').close()\nprint('made')\n"
+	if _, err := c.WriteFile(ctx, "alice", "many.py", []byte(src), false); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "many.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := c.Events(ctx, r.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, last, _ := collect(t, evs); out != "made\n" || last.Run.Reason != api.ReasonExited {
+		t.Fatalf("the run past the quota: %q %+v", out, last.Run)
+	}
+	_, err = c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "many.py"})
+	if !errors.Is(err, api.ErrQuotaExceeded) {
+		t.Fatalf("a start on the end event of a run that went past quota_files: %v, want quota_exceeded", err)
+	}
+}
