@@ -99,7 +99,8 @@ func python39() string {
 
 // TestPythonClientSource: clients/python imports only the standard
 // library and parses as Python 3.9 (its requires-python), whatever Python
-// runs the suite; pyproject.toml says both.
+// runs the suite; pyproject.toml says both; every public class and function
+// has a docstring and type hints.
 func TestPythonClientSource(t *testing.T) {
 	check := `
 import ast, pathlib, sys
@@ -124,6 +125,16 @@ for f in files:
             top = m.split(".")[0]
             if top != "__future__" and top not in sys.stdlib_module_names:
                 bad.append("%s imports %s, not in the standard library" % (f.name, m))
+    # Every public class and function has a docstring, and every public
+    # function's arguments and return are annotated.
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_"):
+            if ast.get_docstring(n) is None:
+                bad.append("%s: %s has no docstring" % (f.name, n.name))
+        if isinstance(n, ast.FunctionDef) and (not n.name.startswith("_") or n.name == "__init__"):
+            args = [a for a in n.args.args + n.args.kwonlyargs if a.arg not in ("self", "cls")]
+            if n.returns is None or any(a.annotation is None for a in args):
+                bad.append("%s: %s is not fully annotated" % (f.name, n.name))
 print("\n".join(bad) or "ok %d files" % len(files))
 `
 	out, err := exec.Command("/usr/bin/python3", "-c", check).CombinedOutput()
