@@ -307,9 +307,9 @@ func TestFileRefusalsOverTheWire(t *testing.T) {
 }
 
 // TestRunPastQuotaRefusesTheNext: where idexd measures, a run that takes
-// its student past quota_files ends normally, and a start sent as soon as
-// its end event arrives is refused 507 quota_exceeded, with no wait or
-// poll in between: the end is measured before it is published.
+// its student past quota_mb ends normally, and a start sent as soon as its
+// end event arrives is refused 507 quota_exceeded, with no wait or poll in
+// between: the end is measured before it is published.
 func TestRunPastQuotaRefusesTheNext(t *testing.T) {
 	env := testutil.NewEnv(t)
 	if env.Quota.EnforcedBy() != api.EnforcedByIdexd {
@@ -317,16 +317,18 @@ func TestRunPastQuotaRefusesTheNext(t *testing.T) {
 	}
 	srv := env.Serve(t)
 	c := client.New(srv.Socket)
-	ctx := ctxT(t, 120*time.Second)
+	ctx := ctxT(t, 600*time.Second)
 	if _, err := c.EnsureStudent(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	// quota_files is 10,000 by default.
-	src := "import os\nos.mkdir('many')\nfor i in range(10001):\n    open('many/f%d' % i, 'w').close()\nprint('made')\n"
-	if _, err := c.WriteFile(ctx, "alice", "many.py", []byte(src), false); err != nil {
+	// quota_mb is 100 by default; a run's files are capped at 64 MiB each.
+	src := "for n in ('a.bin', 'b.bin'):\n    open(n, 'wb').write(b'x' * (51 << 20))\nprint('made')\n"
+	if _, err := c.WriteFile(ctx, "alice", "big.py", []byte(src), false); err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "many.py"})
+	// A wall limit for a loaded host: the run's end is what is tested.
+	lim := api.Limits{WallSeconds: 600, CPUSeconds: 600}
+	r, err := c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "big.py", Limits: lim})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,8 +339,8 @@ func TestRunPastQuotaRefusesTheNext(t *testing.T) {
 	if out, last, _ := collect(t, evs); out != "made\n" || last.Run.Reason != api.ReasonExited {
 		t.Fatalf("the run past the quota: %q %+v", out, last.Run)
 	}
-	_, err = c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "many.py"})
+	_, err = c.StartRun(ctx, api.RunRequest{Student: "alice", Script: "big.py", Limits: lim})
 	if !errors.Is(err, api.ErrQuotaExceeded) {
-		t.Fatalf("a start on the end event of a run that went past quota_files: %v, want quota_exceeded", err)
+		t.Fatalf("a start on the end event of a run that went past quota_mb: %v, want quota_exceeded", err)
 	}
 }
