@@ -344,3 +344,60 @@ func TestRunPastQuotaRefusesTheNext(t *testing.T) {
 		t.Fatalf("a start on the end event of a run that went past quota_mb: %v, want quota_exceeded", err)
 	}
 }
+
+// TestListingOnTheWire: GET .../files?path=DIR answers each entry's name,
+// type, size and mtime under those JSON names, for what a run may leave
+// (a file, a directory, a FIFO, a symlink, listed and never followed).
+func TestListingOnTheWire(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	st, err := c.EnsureStudent(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteFile(ctx, "alice", "src/main.py", []byte("print(1)\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2026, 9, 1, 8, 30, 0, 0, time.UTC)
+	if err := os.Chtimes(st.Workdir+"/src/main.py", when, when); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(st.Workdir+"/src/pipe", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/shadow", st.Workdir+"/src/link"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(st.Workdir+"/src/pkg", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rawHTTP(srv.Socket).Get("http://idexd/v1/students/alice/files?path=src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Path    string           `json:"path"`
+		Entries []map[string]any `json:"entries"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("listing: %d %v", resp.StatusCode, err)
+	}
+	var lines []string
+	for _, e := range got.Entries {
+		size := e["size"]
+		if e["type"] == "dir" && size != nil {
+			size = "n" // a directory's size is the filesystem's business
+		}
+		lines = append(lines, fmt.Sprintf("%v %v %v %v", e["name"], e["type"], size, e["mtime"] != nil))
+		if e["name"] == "main.py" && e["mtime"] != "2026-09-01T08:30:00Z" {
+			t.Errorf("main.py's mtime is %v, want 2026-09-01T08:30:00Z", e["mtime"])
+		}
+	}
+	want := "link symlink 11 true|main.py file 9 true|pipe fifo 0 true|pkg dir n true"
+	if strings.Join(lines, "|") != want || got.Path != "src" {
+		t.Errorf("listing of %q:\n%s\nwant\n%s", got.Path, strings.Join(lines, "|"), want)
+	}
+}
