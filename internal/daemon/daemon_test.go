@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -565,5 +566,79 @@ func wantModes(t *testing.T, dir string, uid, gid uint32, modes map[string]uint3
 		if fi.Uid != uid || fi.Gid != gid || fi.Mode&0o7777 != want {
 			t.Errorf("%s is %d:%d %o, want %d:%d %o", p, fi.Uid, fi.Gid, fi.Mode&0o7777, uid, gid, want)
 		}
+	}
+}
+
+// TestWatchdogSelfCheckIsHealth: the watchdog's self-check is the engine's
+// Health, the one /v1/health answers, not a second computation: when the
+// cgroup parent takes no new group, both say so with the same check; a
+// debug hang fails the self-check only.
+func TestWatchdogSelfCheckIsHealth(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.DebugEndpoints = true
+	s := start(t, cfg, Options{})
+	defer func() {
+		s.cancel()
+		if err := errors.Join(s.wait(t), s.d.Close()); err != nil {
+			t.Error(err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.d.selfCheck(ctx); err != nil {
+		t.Fatalf("self-check of a healthy daemon: %v", err)
+	}
+	// No new group under the parent: cgroup v2's own limit on descendants.
+	limit := filepath.Join(parentDirs(t, s.d.cg, cfg.CgroupParent)[0], "cgroup.max.descendants")
+	if err := os.WriteFile(limit, []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.c.Health(ctx)
+	if werr := os.WriteFile(limit, []byte("max"), 0o644); werr != nil {
+		t.Fatal(werr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed *api.Check
+	for i, c := range h.Checks {
+		if c.Name == "cgroup_parent_writable" && !c.OK {
+			failed = &h.Checks[i]
+		}
+	}
+	if h.Status != api.HealthDegraded || failed == nil {
+		t.Fatalf("/v1/health with the parent full: %+v", h)
+	}
+	if err := os.WriteFile(limit, []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	serr := s.d.selfCheck(ctx)
+	if werr := os.WriteFile(limit, []byte("max"), 0o644); werr != nil {
+		t.Fatal(werr)
+	}
+	if serr == nil || !strings.Contains(serr.Error(), "cgroup_parent_writable") || !strings.Contains(serr.Error(), "not writable") {
+		t.Fatalf("self-check with the parent full: %v, want health's check %q", serr, failed.Message)
+	}
+	if err := s.d.selfCheck(ctx); err != nil {
+		t.Fatalf("self-check after the parent took groups again: %v", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://idexd/v1/debug/hang", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", cfg.Socket)
+	}}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := s.d.selfCheck(ctx); err == nil || !strings.Contains(err.Error(), "debug hang") {
+		t.Fatalf("self-check after /v1/debug/hang (%d): %v", resp.StatusCode, err)
+	}
+	if h, err := s.c.Health(ctx); err != nil || h.Status != api.HealthOK {
+		t.Fatalf("/v1/health after the hang: %+v %v (the hang is the watchdog's alone)", h, err)
 	}
 }
