@@ -151,10 +151,12 @@ type keptRun struct {
 const eventOverhead = 128
 
 // keep holds an ended run's events for late readers, within KeepEnded and
-// KeepEndedBytes, and forgets what falls out of either.
-func (e *Engine) keep(r *Execution) {
+// KeepEndedBytes, and forgets what falls out of either. toCome events are
+// still to be appended (the end event: finish keeps the run before it
+// publishes its end).
+func (e *Engine) keep(r *Execution, toCome int) {
 	r.mu.Lock()
-	bytes := r.log.bytes()
+	bytes := r.log.bytes() + int64(toCome)*eventOverhead
 	r.mu.Unlock()
 	e.mu.Lock()
 	e.kept = append(e.kept, keptRun{id: r.id, bytes: bytes, until: time.Now().Add(e.cfg.KeepEnded)})

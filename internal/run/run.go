@@ -587,12 +587,15 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	e.release(r)
 	// Shutdown waits for this, so nothing logs after it returns.
 	defer e.live.Done()
+	// Kept (and the oldest ended runs let go) before anyone sees the end,
+	// so that a reader of the end finds the memory of ended runs already
+	// bounded (TestEndedRunsMemoryIsBounded). The end event is counted.
+	e.keep(r, 1)
 	r.mu.Lock()
 	r.log.appendEvent(api.Event{Type: api.EventEnd, Run: &final})
 	r.log.stop()
 	r.mu.Unlock()
 	close(r.done)
-	e.keep(r)
 
 	attrs := []any{"reason", final.Reason, "wall_ms", final.WallMS, "cpu_ms", final.CPUMS,
 		"peak_memory_bytes", final.PeakMemoryBytes, "output_bytes", final.OutputBytes}
