@@ -29,6 +29,11 @@ import (
 // Options are idexbench's flags.
 type Options struct {
 	Idexd, Idexctl string
+	// IdexdBefore, when set, is a second idexd build (another commit's,
+	// with its idexd-sandbox beside it) benched in the same run: its
+	// latency and throughput samples are taken in turn with the main
+	// idexd's and bare's, so a change is measured under the same noise.
+	IdexdBefore    string
 	Python         string
 	Out            string
 	N              int           // back-to-back latency pairs
@@ -58,6 +63,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.Idexd, "idexd", "", "idexd binary (default: next to idexbench)")
 	fs.StringVar(&o.Idexctl, "idexctl", "", "idexctl binary (default: next to idexbench)")
+	fs.StringVar(&o.IdexdBefore, "idexd-before", "", "a second idexd build to bench in the same run (latency, idle, throughput), interleaved with -idexd and bare")
 	fs.StringVar(&o.Python, "python", "/usr/bin/python3", "interpreter for both sides: an absolute path, not a version-manager shim")
 	fs.StringVar(&o.Out, "out", "", "results file (default bench/results-<date>.txt)")
 	fs.IntVar(&o.N, "n", 300, "back-to-back latency pairs (start->end and first byte)")
@@ -119,7 +125,10 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	for _, b := range []struct {
 		p    *string
 		name string
-	}{{&o.Idexd, "idexd"}, {&o.Idexctl, "idexctl"}} {
+	}{{&o.Idexd, "idexd"}, {&o.Idexctl, "idexctl"}, {&o.IdexdBefore, "idexd-before"}} {
+		if *b.p == "" && b.name == "idexd-before" {
+			continue
+		}
 		if *b.p == "" {
 			*b.p = filepath.Join(filepath.Dir(self), b.name)
 		}
@@ -157,6 +166,8 @@ type bench struct {
 	// PostgreSQL comparison.
 	sqliteEnd *pairs
 	conf      string // the main idexd's configuration file
+	// before is the -idexd-before daemon while the main sections run.
+	before *daemon
 }
 
 func (b *bench) progress(format string, a ...any) {
@@ -180,6 +191,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"command: idexbench " + strings.Join(args, " "),
 		"idexd:   " + o.Idexd,
 		"idexctl: " + o.Idexctl,
+	}
+	if o.IdexdBefore != "" {
+		header = append(header, "idexd-before: "+o.IdexdBefore)
 	}
 
 	if o.wants("latency") || o.wants("idle") || o.wants("throughput") || o.wants("stop") || o.wants("output") {
@@ -253,6 +267,30 @@ func (b *bench) mainDaemon(ctx context.Context) (string, error) {
 		b.fail("version", err)
 	} else {
 		version = fmt.Sprintf("%s (api %s)", v.Version, v.API)
+	}
+	if o.IdexdBefore != "" {
+		bo := o
+		bo.Idexd = o.IdexdBefore
+		bd, err := startDaemon(ctx, bo, daemonConfig{
+			maxRuns:     max(300, maxOf(o.Concurrency)+16),
+			maxOutputKB: int64(o.OutputMiB)*1024 + 1024,
+		})
+		if err != nil {
+			return version, errors.Join(fmt.Errorf("idexd-before: %w", err), d.stop())
+		}
+		b.before = bd
+		if v, err := bd.c.Version(ctx); err != nil {
+			b.fail("version of idexd-before", err)
+		} else {
+			version += fmt.Sprintf("; idexd-before %s (api %s)", v.Version, v.API)
+		}
+		defer func() {
+			b.logProblems("idexd-before", bd)
+			if err := bd.stop(); err != nil {
+				b.fail("idexd-before", err)
+			}
+			b.before = nil
+		}()
 	}
 	run := func(name string, f func(context.Context, *daemon) error) {
 		if ctx.Err() != nil || !o.wants(name) {

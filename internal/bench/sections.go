@@ -60,22 +60,60 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 	if err != nil {
 		return nil, err
 	}
+	if b.before != nil {
+		if _, err := b.before.script(ctx, student, script, hiPy); err != nil {
+			return nil, fmt.Errorf("idexd-before: %w", err)
+		}
+	}
 	req := api.RunRequest{Student: student, Script: script}
 	meter := &cpuMeter{pid: d.pid()}
-	one := func() (idFirst, idEnd, bFirst, bEnd time.Duration, err error) {
+	// idexdOne is one start->end through a daemon; the meter counts the
+	// main idexd's only.
+	idexdOne := func(dm *daemon, metered bool) (first, end time.Duration, err error) {
 		if gap > 0 {
 			time.Sleep(gap)
 		}
-		meter.begin()
+		if metered {
+			meter.begin()
+		}
 		t0 := time.Now()
-		r, _, err := runToEnd(ctx, d.c, req, func() { idFirst = time.Since(t0) })
-		idEnd = time.Since(t0)
-		meter.end(true, 1)
+		r, _, err := runToEnd(ctx, dm.c, req, func() { first = time.Since(t0) })
+		end = time.Since(t0)
+		if metered {
+			meter.end(true, 1)
+		}
 		if err == nil {
 			err = wantExit0(r)
 		}
-		if err != nil {
+		return first, end, err
+	}
+	var befFirst, befEnd time.Duration
+	one := func(i int) (idFirst, idEnd, bFirst, bEnd time.Duration, err error) {
+		// With -idexd-before, the two builds take turns going first, so
+		// neither always follows the bare sample or the other build.
+		before := func() error {
+			if b.before == nil {
+				return nil
+			}
+			var err error
+			befFirst, befEnd, err = idexdOne(b.before, false)
+			if err != nil {
+				return fmt.Errorf("idexd-before: %w", err)
+			}
+			return nil
+		}
+		if i%2 == 1 {
+			if err := before(); err != nil {
+				return 0, 0, 0, 0, err
+			}
+		}
+		if idFirst, idEnd, err = idexdOne(d, true); err != nil {
 			return 0, 0, 0, 0, err
+		}
+		if i%2 == 0 {
+			if err := before(); err != nil {
+				return 0, 0, 0, 0, err
+			}
 		}
 		if gap > 0 {
 			time.Sleep(gap)
@@ -85,24 +123,28 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 		meter.end(false, 1)
 		return idFirst, idEnd, bFirst, bEnd, err
 	}
-	for range b.o.Warmup {
-		if _, _, _, _, err := one(); err != nil {
+	for i := range b.o.Warmup {
+		if _, _, _, _, err := one(i); err != nil {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
 	off := d.logSize()
 	*meter = cpuMeter{pid: d.pid()}
-	var end, first pairs
+	var end, first, bend, bfirst pairs
 	for i := range n {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		idFirst, idEnd, bFirst, bEnd, err := one()
+		idFirst, idEnd, bFirst, bEnd, err := one(i)
 		if err != nil {
 			return nil, fmt.Errorf("pair %d: %w", i, err)
 		}
 		end.add(ms(idEnd), ms(bEnd))
 		first.add(ms(idFirst), ms(bFirst))
+		if b.before != nil {
+			bend.add(ms(befEnd), ms(bEnd))
+			bfirst.add(ms(befFirst), ms(bFirst))
+		}
 	}
 	log, err := d.logSince(off)
 	if err != nil {
@@ -115,7 +157,56 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 	b.raw = append(b.raw,
 		rawLine("start->end idexd, "+label, end.idexd, 2), rawLine("start->end bare, "+label, end.bare, 2),
 		rawLine("first byte idexd, "+label, first.idexd, 2), rawLine("first byte bare, "+label, first.bare, 2))
+	if b.before != nil {
+		b.beforeRows("start->end of print('hi'), "+label+": idexd-before, and idexd against it", "start->end", &end, &bend)
+		b.beforeRows("start request -> first byte, "+label+": idexd-before, and idexd against it", "first byte", &first, &bfirst)
+		b.raw = append(b.raw,
+			rawLine("start->end idexd-before, "+label, bend.idexd, 2), rawLine("first byte idexd-before, "+label, bfirst.idexd, 2))
+	}
 	return &end, nil
+}
+
+// beforeChangeTarget is issue 10's criterion for the sandbox: start->end
+// p50 against bare may get at most 0.05x worse than -idexd-before's.
+var beforeChangeTarget = atMost(0.05, "x")
+
+// ratioChange is how much worse against bare the main idexd's q-th
+// percentile is than the before build's: main/bare - before/bare, each
+// ratio of the percentiles as in the table's ratio column. after and
+// before share their bare samples (taken in the same turns).
+func ratioChange(after, before *pairs, q float64) float64 {
+	c := percentile(after.bare, q)
+	if c <= 0 {
+		return math.NaN()
+	}
+	return (percentile(after.idexd, q) - percentile(before.idexd, q)) / c
+}
+
+// beforeRows adds, for -idexd-before, its p50/p95/p99 against bare and
+// the change of the main idexd's ratio against it (checked at p50).
+func (b *bench) beforeRows(section, name string, after, before *pairs) {
+	b.t.section(section)
+	rs := before.ratios()
+	for _, q := range []float64{50, 95, 99} {
+		a, c := percentile(before.idexd, q), percentile(before.bare, q)
+		b.t.add(row{
+			name:  fmt.Sprintf("%s p%.0f, before", name, q),
+			idexd: msText(a), bare: msText(c), ratio: ratioText(a, c),
+			pairRatio: fmt.Sprintf("%.2fx", percentile(rs, q)),
+		})
+	}
+	for _, q := range []float64{50, 99} {
+		v := ratioChange(after, before, q)
+		r := row{
+			name:  fmt.Sprintf("%s p%.0f ratio, idexd - before", name, q),
+			ratio: fmt.Sprintf("%+.2fx", v),
+		}
+		if q == 50 && name == "start->end" {
+			b.t.check(&r, beforeChangeTarget, v, fmt.Sprintf("idexd %.2f ms, idexd-before %.2f ms, bare %.2f ms (p50).",
+				percentile(after.idexd, q), percentile(before.idexd, q), percentile(after.bare, q)))
+		}
+		b.t.add(r)
+	}
 }
 
 // latencyRows adds p50/p95/p99 rows; the ratio targets apply to p50 and p99.
@@ -151,6 +242,7 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 	}
 	dirs := make([]string, maxC)
 	clients := make([]*client.Client, maxC)
+	befClients := make([]*client.Client, maxC)
 	reqs := make([]api.RunRequest, maxC)
 	for i := range maxC {
 		student := fmt.Sprintf("tp%02d", i)
@@ -160,6 +252,19 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		}
 		dirs[i], clients[i] = dir, client.New(d.sock)
 		reqs[i] = api.RunRequest{Student: student, Script: "hi.py"}
+		if b.before != nil {
+			if _, err := b.before.script(ctx, student, "hi.py", hiPy); err != nil {
+				return fmt.Errorf("idexd-before: %w", err)
+			}
+			befClients[i] = client.New(b.before.sock)
+		}
+	}
+	beforeOne := func(w int) error {
+		r, _, err := runToEnd(ctx, befClients[w], reqs[w], nil)
+		if err != nil {
+			return err
+		}
+		return wantExit0(r)
 	}
 	idexdOne := func(w int) error {
 		r, _, err := runToEnd(ctx, clients[w], reqs[w], nil)
@@ -176,11 +281,16 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 	if _, _, err := window(ctx, maxC, 0, idexdOne); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
+	if b.before != nil {
+		if _, _, err := window(ctx, maxC, 0, beforeOne); err != nil {
+			return fmt.Errorf("warm-up of idexd-before: %w", err)
+		}
+	}
 	b.t.section(fmt.Sprintf("throughput of print('hi') start->end, runs/s, %d windows of %s per side", o.Rounds, o.Window))
 	for _, c := range o.Concurrency {
 		b.progress("throughput: %d concurrent clients, %d x %s per side", c, o.Rounds, o.Window)
-		var p pairs
-		var idRuns, idTime, bRuns, bTime float64
+		var p, bp pairs
+		var idRuns, idTime, bRuns, bTime, befRuns, befTime float64
 		meter := &cpuMeter{pid: d.pid()}
 		off := d.logSize()
 		for range o.Rounds {
@@ -190,6 +300,14 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 			if err != nil {
 				return fmt.Errorf("idexd at %d clients: %w", c, err)
 			}
+			nb, eb := 0, time.Duration(0)
+			if b.before != nil {
+				nb, eb, err = window(ctx, c, o.Window, beforeOne)
+				if err != nil {
+					return fmt.Errorf("idexd-before at %d clients: %w", c, err)
+				}
+				befRuns, befTime = befRuns+float64(nb), befTime+eb.Seconds()
+			}
 			meter.begin()
 			n2, e2, err := window(ctx, c, o.Window, bareOne)
 			meter.end(false, n2)
@@ -197,6 +315,9 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 				return fmt.Errorf("bare at %d clients: %w", c, err)
 			}
 			p.add(float64(n1)/e1.Seconds(), float64(n2)/e2.Seconds())
+			if b.before != nil {
+				bp.add(float64(nb)/eb.Seconds(), float64(n2)/e2.Seconds())
+			}
 			idRuns, idTime, bRuns, bTime = idRuns+float64(n1), idTime+e1.Seconds(), bRuns+float64(n2), bTime+e2.Seconds()
 		}
 		log, err := d.logSince(off)
@@ -218,6 +339,16 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		b.notes = append(b.notes, fmt.Sprintf("throughput at %d concurrent: %s", c, meter.text()))
 		b.raw = append(b.raw, rawLine(fmt.Sprintf("throughput idexd runs/s at %d", c), p.idexd, 1),
 			rawLine(fmt.Sprintf("throughput bare runs/s at %d", c), p.bare, 1))
+		if b.before != nil {
+			a2 := befRuns / befTime
+			b.t.add(row{
+				name:  fmt.Sprintf("%d concurrent, before", c),
+				idexd: fmt.Sprintf("%.1f/s", a2), bare: fmt.Sprintf("%.1f/s", c2), ratio: ratioText(a2, c2),
+				pairRatio: fmt.Sprintf("%.2fx", percentile(bp.ratios(), 50)),
+			})
+			b.t.add(row{name: fmt.Sprintf("%d concurrent ratio, idexd - before", c), ratio: fmt.Sprintf("%+.2fx", a/c2-a2/c2)})
+			b.raw = append(b.raw, rawLine(fmt.Sprintf("throughput idexd-before runs/s at %d", c), bp.idexd, 1))
+		}
 	}
 	return nil
 }

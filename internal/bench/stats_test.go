@@ -1,7 +1,10 @@
 package bench
 
 import (
+	"io"
+	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -105,5 +108,52 @@ time="2026" level=warning msg="falling back to slower kill implementation: open 
 	}
 	if !strings.Contains(got[0], `2 x WARN "read cpu time"`) || !strings.Contains(got[1], `1 x ERROR "record run end"`) {
 		t.Errorf("problems = %q", got)
+	}
+}
+
+func TestRatioChangeAgainstBefore(t *testing.T) {
+	// after and before share their bare samples: bare p50 20 ms,
+	// after p50 24 ms (1.20x), before p50 23 ms (1.15x): +0.05x.
+	var after, before pairs
+	for _, s := range []struct{ a, b, bare float64 }{{24, 23, 20}, {30, 29, 25}, {22, 21, 19}} {
+		after.add(s.a, s.bare)
+		before.add(s.b, s.bare)
+	}
+	if got := ratioChange(&after, &before, 50); math.Abs(got-0.05) > 1e-9 {
+		t.Errorf("ratioChange p50 = %v, want 0.05", got)
+	}
+	var tb table
+	r := row{name: "start->end p50 ratio, idexd - before"}
+	tb.check(&r, beforeChangeTarget, ratioChange(&after, &before, 50), "")
+	if r.result != "PASS" {
+		t.Errorf("+0.05x against a target of at most 0.05x: %q, want PASS", r.result)
+	}
+	after.idexd[0] = 25 // 1.25x against 1.15x
+	r = row{name: "start->end p50 ratio, idexd - before"}
+	tb.check(&r, beforeChangeTarget, ratioChange(&after, &before, 50), "")
+	if r.result != "MISS" {
+		t.Errorf("+0.10x: %q, want MISS", r.result)
+	}
+	if got := ratioChange(&pairs{}, &pairs{}, 50); !math.IsNaN(got) {
+		t.Errorf("no samples: %v, want NaN", got)
+	}
+}
+
+func TestParseIdexdBefore(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "idexd")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"-idexd", exe, "-idexctl", exe}
+	o, err := parseOptions(base, io.Discard)
+	if err != nil || o.IdexdBefore != "" {
+		t.Fatalf("without -idexd-before: %q, %v; want none", o.IdexdBefore, err)
+	}
+	if o, err = parseOptions(append(base, "-idexd-before", exe), io.Discard); err != nil || o.IdexdBefore != exe {
+		t.Errorf("-idexd-before %s: %q, %v", exe, o.IdexdBefore, err)
+	}
+	if _, err := parseOptions(append(base, "-idexd-before", filepath.Join(dir, "missing")), io.Discard); err == nil {
+		t.Error("-idexd-before of a missing file was accepted")
 	}
 }
