@@ -33,22 +33,22 @@ type Options struct {
 	// with its idexd-sandbox beside it) benched in the same run: its
 	// latency and throughput samples are taken in turn with the main
 	// idexd's and bare's, so a change is measured under the same noise.
-	IdexdBefore    string
-	Python         string
-	Out            string
-	N              int           // back-to-back latency pairs
-	IdleN          int           // latency pairs after quiet
-	IdleGap        time.Duration // the quiet before each idle sample
-	Warmup         int
-	Window         time.Duration // one throughput window
-	Rounds         int           // throughput windows per side and concurrency
-	Concurrency    []int
-	StopN          int
-	OutputN        int
-	OutputMiB      int
-	Live           int
-	ClassRounds    int
-	Only           map[string]bool
+	IdexdBefore string
+	Python      string
+	Out         string
+	N           int           // back-to-back latency pairs
+	IdleN       int           // latency pairs after quiet
+	IdleGap     time.Duration // the quiet before each idle sample
+	Warmup      int
+	Window      time.Duration // one throughput window
+	Rounds      int           // throughput windows per side and concurrency
+	Concurrency []int
+	StopN       int
+	OutputN     int
+	OutputMiB   int
+	Live        int
+	ClassRounds int
+	Only        map[string]bool
 	// KeepLogs, when set, is a directory where each idexd's log is copied
 	// before its temporary directory is removed, for a closer look.
 	KeepLogs string
