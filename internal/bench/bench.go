@@ -271,10 +271,18 @@ func (b *bench) mainDaemon(ctx context.Context) (string, error) {
 	if o.IdexdBefore != "" {
 		bo := o
 		bo.Idexd = o.IdexdBefore
-		bd, err := startDaemon(ctx, bo, daemonConfig{
+		dc := daemonConfig{
 			maxRuns:     max(300, maxOf(o.Concurrency)+16),
 			maxOutputKB: int64(o.OutputMiB)*1024 + 1024,
-		})
+		}
+		bd, err := startDaemon(ctx, bo, dc)
+		if err != nil && strings.Contains(err.Error(), "unknown keys: max_runs_per_student") {
+			// A build from before issue 12 has no per-student cap or
+			// start rate, and refuses the keys that turn them off.
+			b.notes = append(b.notes, "idexd-before predates the fair-share keys (issue 12): started without them, it has no such limits.")
+			dc.fairDefaults = true
+			bd, err = startDaemon(ctx, bo, dc)
+		}
 		if err != nil {
 			return version, errors.Join(fmt.Errorf("idexd-before: %w", err), d.stop())
 		}
