@@ -422,6 +422,29 @@ func (m *mix) runMix(ctx context.Context) {
 	close(stopProgress)
 	if int(next.Load()) <= m.o.Runs {
 		m.logf("duration %s reached: %d of %d runs started", m.o.Duration, m.rep.Started, m.o.Runs)
+		m.stopUnseen(runCtx)
+	}
+}
+
+// stopUnseen stops the runs whose start the daemon answered after the
+// load's duration had cancelled the request: the load never learnt their
+// ids, so nobody answers their input. An input kind would wait for it
+// until input_wait_seconds (the wall limit does not count that wait) and
+// the daemon would not come to rest. Every run the load knows has ended
+// by now, so whatever still runs is such a run.
+func (m *mix) stopUnseen(ctx context.Context) {
+	runs, err := m.c.ListRuns(ctx, client.ListFilter{State: api.StateRunning})
+	if err != nil {
+		m.rep.problem(&m.rep.Left.Errors, "list runs after the load: %v", err)
+		return
+	}
+	for _, r := range runs {
+		if _, err := m.c.StopRun(ctx, r.ID); err != nil {
+			m.rep.problem(&m.rep.Left.Errors, "stop run %s started after the load's duration: %v", r.ID, err)
+		}
+	}
+	if len(runs) > 0 {
+		m.logf("stopped %d runs whose start was answered after the duration ran out", len(runs))
 	}
 }
 
