@@ -35,9 +35,12 @@ func TestLoadShort(t *testing.T) {
 	}
 	// A daemon that started almost nothing would pass the leftover checks
 	// trivially; this one must have carried a real load, with every kind
-	// ending and the hostile ones contained.
-	if rep.Started < 500 {
-		t.Fatalf("only %d runs started in 50 s", rep.Started)
+	// ending and the hostile ones contained. The floor is a count, not a
+	// rate: how many start in 50 s is the machine's speed (562 alone on a
+	// quiet 2-core VM, 445 beside the other packages' tests in CI), which
+	// make bench measures, not make test.
+	if rep.Started < 200 {
+		t.Fatalf("only %d runs started in 50 s: not a load", rep.Started)
 	}
 	for _, want := range []api.Reason{api.ReasonExited, api.ReasonSignaled, api.ReasonOOMKilled, api.ReasonOutputLimit, api.ReasonStopped, api.ReasonTimedOut} {
 		if rep.Ended[want] == 0 {
