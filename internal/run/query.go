@@ -119,12 +119,7 @@ func (e *Engine) Events(id string, after int64) (evs []api.Event, more <-chan st
 	if err != nil {
 		return nil, nil, false, err
 	}
-	select {
-	case <-r.Done():
-		ended = true
-	default:
-	}
-	evs, more = r.EventsAfter(after)
+	evs, more, ended = r.eventsAfter(after)
 	return evs, more, ended, nil
 }
 

@@ -725,9 +725,19 @@ func (r *Execution) appendOutput(t api.EventType, p []byte) {
 // EventsAfter returns the events after seq, and a channel closed when more
 // arrive.
 func (r *Execution) EventsAfter(seq int64) ([]api.Event, <-chan struct{}) {
+	evs, more, _ := r.eventsAfter(seq)
+	return evs, more
+}
+
+// eventsAfter is EventsAfter, and whether the end event is in the log:
+// read with the events, so that a reader that saw the end is never told
+// the run goes on (Done closes a moment after the end is appended, and
+// nothing wakes a reader that waits after that).
+func (r *Execution) eventsAfter(seq int64) ([]api.Event, <-chan struct{}, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.log.after(seq)
+	evs, more := r.log.after(seq)
+	return evs, more, r.log.ended
 }
 
 func closeFiles(fs ...*os.File) error {
