@@ -17,6 +17,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == bench.FloorSubcommand {
+		// The floor's spawn server, started by idexbench itself.
+		if err := bench.ServeFloor(ctx, os.Args[2:], os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "idexbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := bench.Main(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "idexbench:", err)
 		os.Exit(1)

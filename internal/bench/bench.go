@@ -168,6 +168,9 @@ type bench struct {
 	conf      string // the main idexd's configuration file
 	// before is the -idexd-before daemon while the main sections run.
 	before *daemon
+	// floor is the minimal spawn server (issue 16) while the latency,
+	// idle and throughput sections run.
+	floor *floor
 }
 
 func (b *bench) progress(format string, a ...any) {
@@ -300,6 +303,19 @@ func (b *bench) mainDaemon(ctx context.Context) (string, error) {
 			b.before = nil
 		}()
 	}
+	if o.wants("latency") || o.wants("idle") || o.wants("throughput") {
+		f, err := startFloor(ctx, o.Python)
+		if err != nil {
+			return version, errors.Join(err, d.stop())
+		}
+		b.floor = f
+		defer func() {
+			if err := f.stop(); err != nil {
+				b.fail("floor", err)
+			}
+			b.floor = nil
+		}()
+	}
 	run := func(name string, f func(context.Context, *daemon) error) {
 		if ctx.Err() != nil || !o.wants(name) {
 			return
@@ -369,7 +385,7 @@ func (b *bench) report(header []string, m *machine) string {
 	s.WriteString("taken in turn with idexd, one sample each).\nratio = idexd figure / bare figure; pair ratio = the same ")
 	s.WriteString("percentile of the per-pair ratios idexd_i/bare_i.\n")
 	s.WriteString(b.t.String())
-	s.WriteString("\nTargets (issue 7):\n")
+	s.WriteString("\nTargets (issues 7, 10 and 16):\n")
 	if len(b.t.misses) == 0 && len(b.failures) == 0 {
 		s.WriteString("  every target that was measured is met.\n")
 	}

@@ -19,8 +19,37 @@ func nproc() int { return runtime.NumCPU() }
 // interpreters). Deltas over a measurement, divided by the runs, say what
 // a run costs each party in CPU: on a 2-core machine that is what limits
 // throughput.
+//
+// host is the busy time of every CPU of the machine (/proc/stat): it
+// also counts what no process of either side is charged for, the
+// kernel's workers (a network namespace is torn down by a kworker, RCU
+// callbacks run in their own threads), and everything else the machine
+// did meanwhile, so it means something only on a quiet machine.
 type cpuUse struct {
-	daemon, daemonKids, self, selfKids time.Duration
+	daemon, daemonKids, self, selfKids, host time.Duration
+}
+
+// hostBusy is the time all CPUs spent busy since boot: user, nice,
+// system, irq, softirq and steal of /proc/stat's "cpu" line.
+func hostBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/stat: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: field %d %q: %w", i, f[i], err)
+		}
+		busy += v
+	}
+	return time.Duration(busy) * (time.Second / userHZ), nil
 }
 
 // userHZ is the unit of /proc/<pid>/stat times: USER_HZ, 100 on Linux
@@ -68,15 +97,18 @@ func readCPU(daemonPid int) (cpuUse, error) {
 	tv := func(t unix.Timeval) time.Duration { return time.Duration(t.Nano()) }
 	u.self = tv(self.Utime) + tv(self.Stime)
 	u.selfKids = tv(kids.Utime) + tv(kids.Stime)
+	if u.host, err = hostBusy(); err != nil {
+		return u, err
+	}
 	return u, nil
 }
 
 func (u cpuUse) sub(v cpuUse) cpuUse {
-	return cpuUse{u.daemon - v.daemon, u.daemonKids - v.daemonKids, u.self - v.self, u.selfKids - v.selfKids}
+	return cpuUse{u.daemon - v.daemon, u.daemonKids - v.daemonKids, u.self - v.self, u.selfKids - v.selfKids, u.host - v.host}
 }
 
 func (u cpuUse) add(v cpuUse) cpuUse {
-	return cpuUse{u.daemon + v.daemon, u.daemonKids + v.daemonKids, u.self + v.self, u.selfKids + v.selfKids}
+	return cpuUse{u.daemon + v.daemon, u.daemonKids + v.daemonKids, u.self + v.self, u.selfKids + v.selfKids, u.host + v.host}
 }
 
 // cpuMeter accumulates CPU deltas of the idexd side and the bare side.
@@ -122,9 +154,40 @@ func (m *cpuMeter) text() string {
 		return "CPU per run unknown: no runs"
 	}
 	per := func(d time.Duration, n int) float64 { return ms(d) / float64(n) }
-	return fmt.Sprintf("CPU per run, ms: idexd daemon %.2f + run processes (helper+python) %.2f + client %.2f = %.2f; "+
-		"bare: python %.2f + exec.Cmd %.2f = %.2f",
+	return fmt.Sprintf("CPU per run, ms: idexd daemon %.2f + run processes (helper+python) %.2f + client %.2f = %.2f (all CPUs busy: %.2f); "+
+		"bare: python %.2f + exec.Cmd %.2f = %.2f (all CPUs busy: %.2f)",
 		per(m.idexd.daemon, m.idRuns), per(m.idexd.daemonKids, m.idRuns), per(m.idexd.self, m.idRuns),
-		per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self, m.idRuns),
-		per(m.bare.selfKids, m.bRuns), per(m.bare.self, m.bRuns), per(m.bare.selfKids+m.bare.self, m.bRuns))
+		per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self, m.idRuns), per(m.idexd.host, m.idRuns),
+		per(m.bare.selfKids, m.bRuns), per(m.bare.self, m.bRuns), per(m.bare.selfKids+m.bare.self, m.bRuns), per(m.bare.host, m.bRuns))
+}
+
+// perRun is the CPU one run cost on the metered side, ms: the server (idexd
+// or the floor), its reaped children (the run's processes) and the client.
+func (m *cpuMeter) perRun() (float64, bool) {
+	if m.err != nil || m.idRuns == 0 {
+		return 0, false
+	}
+	return ms(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self) / float64(m.idRuns), true
+}
+
+// hostPerRun is the busy time of all CPUs per run on the metered side, ms.
+func (m *cpuMeter) hostPerRun() (float64, bool) {
+	if m.err != nil || m.idRuns == 0 {
+		return 0, false
+	}
+	return ms(m.idexd.host) / float64(m.idRuns), true
+}
+
+// floorText says what one run cost in CPU through the floor's server
+// (metered as the server side).
+func (m *cpuMeter) floorText() string {
+	if m.err != nil {
+		return "CPU per run unknown: " + m.err.Error()
+	}
+	if m.idRuns == 0 {
+		return "CPU per run unknown: no runs"
+	}
+	per := func(d time.Duration) float64 { return ms(d) / float64(m.idRuns) }
+	return fmt.Sprintf("CPU per run, ms: floor server %.2f + python %.2f + client %.2f = %.2f (all CPUs busy: %.2f)",
+		per(m.idexd.daemon), per(m.idexd.daemonKids), per(m.idexd.self), per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self), per(m.idexd.host))
 }

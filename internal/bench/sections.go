@@ -87,10 +87,20 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 		}
 		return first, end, err
 	}
-	var befFirst, befEnd time.Duration
+	var freq floorRequest
+	var fc *http.Client
+	floorMeter := &cpuMeter{}
+	if b.floor != nil {
+		if freq, err = floorRequestFor(dir, script); err != nil {
+			return nil, err
+		}
+		fc, floorMeter.pid = b.floor.client(), b.floor.pid()
+	}
+	var befFirst, befEnd, flEnd time.Duration
 	one := func(i int) (idFirst, idEnd, bFirst, bEnd time.Duration, err error) {
 		// With -idexd-before, the two builds take turns going first, so
-		// neither always follows the bare sample or the other build.
+		// neither always follows the bare sample or the other build; the
+		// floor is always between them.
 		before := func() error {
 			if b.before == nil {
 				return nil
@@ -102,16 +112,30 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 			}
 			return nil
 		}
-		if i%2 == 1 {
-			if err := before(); err != nil {
-				return 0, 0, 0, 0, err
+		floorSample := func() error {
+			if b.floor == nil {
+				return nil
 			}
+			if gap > 0 {
+				time.Sleep(gap)
+			}
+			floorMeter.begin()
+			t0 := time.Now()
+			err := floorOne(ctx, fc, freq)
+			flEnd = time.Since(t0)
+			floorMeter.end(true, 1)
+			return err
 		}
-		if idFirst, idEnd, err = idexdOne(d, true); err != nil {
-			return 0, 0, 0, 0, err
+		first, second := before, func() error {
+			var err error
+			idFirst, idEnd, err = idexdOne(d, true)
+			return err
 		}
 		if i%2 == 0 {
-			if err := before(); err != nil {
+			first, second = second, first
+		}
+		for _, f := range []func() error{first, floorSample, second} {
+			if err := f(); err != nil {
 				return 0, 0, 0, 0, err
 			}
 		}
@@ -130,7 +154,8 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 	}
 	off := d.logSize()
 	*meter = cpuMeter{pid: d.pid()}
-	var end, first, bend, bfirst pairs
+	*floorMeter = cpuMeter{pid: floorMeter.pid}
+	var end, first, bend, bfirst, fend pairs
 	for i := range n {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -145,6 +170,9 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 			bend.add(ms(befEnd), ms(bEnd))
 			bfirst.add(ms(befFirst), ms(bFirst))
 		}
+		if b.floor != nil {
+			fend.add(ms(flEnd), ms(bEnd))
+		}
 	}
 	log, err := d.logSince(off)
 	if err != nil {
@@ -157,6 +185,12 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 	b.raw = append(b.raw,
 		rawLine("start->end idexd, "+label, end.idexd, 2), rawLine("start->end bare, "+label, end.bare, 2),
 		rawLine("first byte idexd, "+label, first.idexd, 2), rawLine("first byte bare, "+label, first.bare, 2))
+	if b.floor != nil {
+		b.floorRows("start->end of print('hi'), "+label+": the floor, and idexd against it (issue 16)", &end, &fend)
+		b.notes = append(b.notes, "start->end "+label+", the floor: "+floorMeter.floorText())
+		b.cpuRow(meter, floorMeter)
+		b.raw = append(b.raw, rawLine("start->end floor, "+label, fend.idexd, 2))
+	}
 	if b.before != nil {
 		b.beforeRows("start->end of print('hi'), "+label+": idexd-before, and idexd against it", "start->end", &end, &bend)
 		b.beforeRows("start request -> first byte, "+label+": idexd-before, and idexd against it", "first byte", &first, &bfirst)
@@ -277,6 +311,18 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		_, _, err := bareRun(o.Python, dirs[w], "hi.py")
 		return err
 	}
+	floorClients := make([]*http.Client, maxC)
+	floorReqs := make([]floorRequest, maxC)
+	if b.floor != nil {
+		for i := range maxC {
+			r, err := floorRequestFor(dirs[i], "hi.py")
+			if err != nil {
+				return err
+			}
+			floorReqs[i], floorClients[i] = r, b.floor.client()
+		}
+	}
+	floorW := func(w int) error { return floorOne(ctx, floorClients[w], floorReqs[w]) }
 	// Warm-up: every student's first run creates its group; once each.
 	if _, _, err := window(ctx, maxC, 0, idexdOne); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
@@ -289,9 +335,13 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 	b.t.section(fmt.Sprintf("throughput of print('hi') start->end, runs/s, %d windows of %s per side", o.Rounds, o.Window))
 	for _, c := range o.Concurrency {
 		b.progress("throughput: %d concurrent clients, %d x %s per side", c, o.Rounds, o.Window)
-		var p, bp pairs
-		var idRuns, idTime, bRuns, bTime, befRuns, befTime float64
+		var p, bp, fp pairs
+		var idRuns, idTime, bRuns, bTime, befRuns, befTime, flRuns, flTime float64
 		meter := &cpuMeter{pid: d.pid()}
+		floorMeter := &cpuMeter{}
+		if b.floor != nil {
+			floorMeter.pid = b.floor.pid()
+		}
 		off := d.logSize()
 		for range o.Rounds {
 			meter.begin()
@@ -308,6 +358,16 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 				}
 				befRuns, befTime = befRuns+float64(nb), befTime+eb.Seconds()
 			}
+			nf, ef := 0, time.Duration(0)
+			if b.floor != nil {
+				floorMeter.begin()
+				nf, ef, err = window(ctx, c, o.Window, floorW)
+				floorMeter.end(true, nf)
+				if err != nil {
+					return fmt.Errorf("floor at %d clients: %w", c, err)
+				}
+				flRuns, flTime = flRuns+float64(nf), flTime+ef.Seconds()
+			}
 			meter.begin()
 			n2, e2, err := window(ctx, c, o.Window, bareOne)
 			meter.end(false, n2)
@@ -317,6 +377,9 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 			p.add(float64(n1)/e1.Seconds(), float64(n2)/e2.Seconds())
 			if b.before != nil {
 				bp.add(float64(nb)/eb.Seconds(), float64(n2)/e2.Seconds())
+			}
+			if b.floor != nil {
+				fp.add(float64(nf)/ef.Seconds(), float64(n2)/e2.Seconds())
 			}
 			idRuns, idTime, bRuns, bTime = idRuns+float64(n1), idTime+e1.Seconds(), bRuns+float64(n2), bTime+e2.Seconds()
 		}
@@ -339,6 +402,25 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		b.notes = append(b.notes, fmt.Sprintf("throughput at %d concurrent: %s", c, meter.text()))
 		b.raw = append(b.raw, rawLine(fmt.Sprintf("throughput idexd runs/s at %d", c), p.idexd, 1),
 			rawLine(fmt.Sprintf("throughput bare runs/s at %d", c), p.bare, 1))
+		if b.floor != nil {
+			f := flRuns / flTime
+			b.t.add(row{
+				name:  fmt.Sprintf("%d concurrent, floor", c),
+				idexd: fmt.Sprintf("%.1f/s", f), bare: fmt.Sprintf("%.1f/s", c2), ratio: ratioText(f, c2),
+				pairRatio: fmt.Sprintf("%.2fx", percentile(fp.ratios(), 50)),
+			})
+			vs := pairs{idexd: p.idexd, bare: fp.idexd}
+			r := row{
+				name:  fmt.Sprintf("%d concurrent, idexd / floor", c),
+				idexd: fmt.Sprintf("%.1f/s", a), bare: fmt.Sprintf("%.1f/s (floor)", f), ratio: ratioText(a, f),
+				pairRatio: fmt.Sprintf("%.2fx", percentile(vs.ratios(), 50)),
+			}
+			b.t.check(&r, floorTPTarget, a/f, fmt.Sprintf("idexd: %s; floor: %s.", meter.text(), floorMeter.floorText()))
+			b.t.add(r)
+			b.cpuRow(meter, floorMeter)
+			b.notes = append(b.notes, fmt.Sprintf("throughput at %d concurrent, the floor: %s", c, floorMeter.floorText()))
+			b.raw = append(b.raw, rawLine(fmt.Sprintf("throughput floor runs/s at %d", c), fp.idexd, 1))
+		}
 		if b.before != nil {
 			a2 := befRuns / befTime
 			b.t.add(row{
