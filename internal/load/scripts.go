@@ -165,7 +165,7 @@ while True:
 	{kind: KindMemHog, weight: 7, natural: api.ReasonOOMKilled,
 		// The wall limit is only a backstop: filling 48 MiB next to its
 		// limit with no swap, the interpreter's file pages are reclaimed
-		// and faulted back until the OOM killer acts, 0.3-0.45 s of CPU
+		// and faulted back until the OOM killer acts: 0.27-0.31 s of CPU
 		// even for a bare python in a v1 memory group here. With 64 runs
 		// in flight on 2 cores each gets 1/32 of a CPU: on a quiet machine
 		// 19 of 358 memhogs of make soak's mix needed more than 30 s.
