@@ -65,7 +65,7 @@ func ServeFloor(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("floor-server: listen on %s: %w", *sock, err)
 	}
 	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { floorRun(w, r, *python) }),
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { floorRun(w, r, *python, stderr) }),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go func() {
@@ -80,7 +80,7 @@ func ServeFloor(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-func floorRun(w http.ResponseWriter, r *http.Request, python string) {
+func floorRun(w http.ResponseWriter, r *http.Request, python string, stderr io.Writer) {
 	var req floorRequest
 	if r.Method != http.MethodPost || r.URL.Path != "/run" {
 		http.Error(w, "POST /run only", http.StatusNotFound)
@@ -103,8 +103,8 @@ func floorRun(w http.ResponseWriter, r *http.Request, python string) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(resp); err != nil {
-		// The client went away: nothing to answer.
-		return
+		// The client went away; the benchmark side reports its own error.
+		fmt.Fprintf(stderr, "floor-server: answer run of %s: %v\n", req.Script, err)
 	}
 }
 
