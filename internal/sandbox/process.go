@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,8 @@ type Process struct {
 	// received is an fd the last reply carried (the terminal's master).
 	received *os.File
 	closed   bool
+	// input is what the input watcher needs, once the program runs.
+	input atomic.Pointer[inputWatch]
 }
 
 // helperEnv is the helper's own environment; the program gets the job's.
@@ -265,6 +268,10 @@ func (p *Process) launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 			return nil, fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
 		}
 	}
+	if r.Stdin != nil {
+		p.input.Store(&inputWatch{threads: p.group.Path() + "/cgroup.threads", helper: p.Pid(),
+			uid: int(job.UID), gid: int(job.GID), stdin: *r.Stdin})
+	}
 	master := p.received
 	p.received = nil
 	return master, nil
@@ -301,17 +308,22 @@ type Exit struct {
 }
 
 // Wait follows the helper until it has exited and returns how the program
-// ended. While the program runs, the helper says when it starts and stops
-// waiting for input; onInput (may be nil) is told. It reads the control
-// socket in Go's netpoller (the helper's exit closes it) and only then
-// reaps: a waitid that blocks would hold an OS thread per live run (207
-// threads at 200 runs, bench/README.md).
+// ended. While the program runs, onInput (may be nil) is told when it
+// starts and stops waiting for input (input.go), never after Wait
+// returned. It reads the control socket in Go's netpoller (the helper's
+// exit closes it) and only then reaps: a waitid that blocks would hold an
+// OS thread per live run (207 threads at 200 runs, bench/README.md).
 func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
 	<-p.settledCh
 	var (
 		exit *Exit
 		errs []error
 	)
+	if in := p.input.Load(); in != nil && onInput != nil {
+		in.on = onInput
+		p.sb.inputs.add(in)
+		defer p.sb.inputs.remove(in)
+	}
 	for {
 		r, err := p.read(0)
 		if err != nil {
@@ -321,9 +333,6 @@ func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
 				errs = append(errs, fmt.Errorf("read helper %d: %w", p.Pid(), err))
 			}
 			break
-		}
-		if r.Input != nil && onInput != nil {
-			onInput(*r.Input)
 		}
 		if r.Exit != nil {
 			exit = &Exit{Code: r.Exit.Code, Signal: syscall.Signal(r.Exit.Signal)}
@@ -360,6 +369,15 @@ func (p *Process) reap() (*os.ProcessState, error) {
 		return p.cmd.ProcessState, fmt.Errorf("wait for pid %d: %w", p.Pid(), err)
 	}
 	return p.cmd.ProcessState, nil
+}
+
+// InputSent says the program was given input or a signal: the input
+// watcher, which looks less often at a run that stays as it was, looks at
+// this one at its next tick, when the program may wait again.
+func (p *Process) InputSent() {
+	if in := p.input.Load(); in != nil {
+		in.soon.Store(true)
+	}
 }
 
 // Interrupt sends sig to the program's process group, through the helper

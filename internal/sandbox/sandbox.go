@@ -67,6 +67,7 @@ type Sandbox struct {
 	cfg        Config
 	setupArg   string
 	pool       *pool
+	inputs     *inputWatcher
 	warmStarts atomic.Int64
 }
 
@@ -92,7 +93,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode setup: %w", err)
 	}
-	s := &Sandbox{cfg: cfg, setupArg: string(b)}
+	s := &Sandbox{cfg: cfg, setupArg: string(b), inputs: newInputWatcher(cfg.Log)}
 	s.pool = newPool(s, cfg.WarmRuns)
 	return s, nil
 }

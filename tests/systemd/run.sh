@@ -352,6 +352,19 @@ chown --reference=/srv/idexd/students/alice /srv/idexd/students/alice/hello.py'
 	expect "(c) run: ProtectProc=invisible: the script sees no other uid's process" "foreign processes visible 0" \
 		"$(grep -o 'foreign processes visible [0-9]*' <<<"$out")"
 
+	# Waiting for input is seen from idexd (sandbox/input.go), which reads
+	# the student's /proc as the student: under ProtectProc=invisible and
+	# without CAP_SYS_PTRACE, root could not.
+	csh 10 'cat > /srv/idexd/students/alice/ask.py <<"PY"
+name = input("name? ")
+print("hi", name)
+PY
+chown --reference=/srv/idexd/students/alice /srv/idexd/students/alice/ask.py'
+	out=$(csh 30 '(sleep 2; echo bob) | idexctl --json run --student alice ask.py' 2>&1)
+	if [[ $out == *'"input_wait"'* && $out == *'"input_resume"'* && $out == *'hi bob'* ]]; then
+		pass "(c) run: input() is seen waiting for input and resuming under the unit's hardening"
+	else fail "(c) run: no input_wait/input_resume around 'hi bob' in: ${out//$'\n'/ | }"; fi
+
 	# Roles: a web-tier user in group idex may talk; others cannot connect.
 	csh 10 'id web >/dev/null 2>&1 || useradd --system --no-create-home --groups idex web'
 	rc=0

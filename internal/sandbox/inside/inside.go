@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,9 +119,24 @@ type Reply struct {
 	Threads int    `json:"threads,omitempty"`
 	Error   string `json:"error,omitempty"`
 	Exit    *Exit  `json:"exit,omitempty"`
-	// Input says the program started (true) or stopped (false) waiting
-	// for input: blocked reading its empty stdin.
-	Input *bool `json:"input,omitempty"`
+	// Stdin is what the program's stdin is (with its pid): idexd tells
+	// from it when the program waits for input.
+	Stdin *FileID `json:"stdin,omitempty"`
+}
+
+// FileID is what identifies an open file: its device and inode.
+type FileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// fileID is fd's FileID.
+func fileID(fd int) (FileID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return FileID{}, fmt.Errorf("helper: stat stdin: %w", err)
+	}
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // Main runs the helper when this process was started as one, and never
@@ -216,7 +230,7 @@ func helper() int {
 		return fail(err)
 	}
 	go forward(sigs, pid)
-	reply := Reply{Pid: pid, Threads: threads()}
+	reply := Reply{Pid: pid, Threads: threads(), Stdin: &stdinID}
 	if master >= 0 {
 		err = sendFD(reply, master)
 		_ = unix.Close(master) // idexd holds it now
@@ -227,10 +241,8 @@ func helper() int {
 		// idexd is gone; its death signal is on its way.
 		return ExitFailed
 	}
-	// From here the helper allocates as it watches for input (GOGC=off
-	// suited a helper that only waited): collect as usual.
-	debug.SetGCPercent(100)
-	go watchInput(stdinID)
+	// From here the helper only forwards signals and reaps: it sleeps
+	// until one comes (GOGC=off still suits it, and no timer wakes it).
 	ex := reap(pid, children)
 	if err := send(Reply{Exit: &ex}); err != nil {
 		return ExitFailed

@@ -1,6 +1,6 @@
 //go:build !amd64
 
-package inside
+package sandbox
 
 import "golang.org/x/sys/unix"
 

@@ -1,4 +1,4 @@
-package inside
+package sandbox
 
 import "golang.org/x/sys/unix"
 
