@@ -12,8 +12,8 @@ import (
 	"github.com/idexd/idexd/internal/api"
 )
 
-// inputChanged is told by the run's helper when the program starts or
-// stops waiting for input (sandbox/inside watches its tasks). While it
+// inputChanged is told by the sandbox when the program starts or
+// stops waiting for input (sandbox/input.go watches its tasks). While it
 // waits, the wall limit is paused (a student thinking is not the program
 // running long) and the input limit runs instead: an abandoned program
 // ends input_timeout after Config.InputWait.
