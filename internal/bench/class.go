@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os/exec"
 	"sync"
 	"time"
@@ -46,11 +47,26 @@ func (b *bench) class(ctx context.Context) error {
 			b.fail("class", err)
 		}
 	}()
+	// The floor (issue 16) takes the same burst, each student's run as
+	// that student, beside the same bare hogs.
+	fl, err := startFloor(ctx, b.o.Python)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := fl.stop(); err != nil {
+			b.fail("class", err)
+		}
+	}()
 	names := make([]string, classStudents)
+	reqs := make([]floorRequest, classStudents)
 	var dir string
 	for i := range names {
 		names[i] = fmt.Sprintf("class%02d", i)
 		if dir, err = d.script(ctx, names[i], "answer.py", classPy); err != nil {
+			return err
+		}
+		if reqs[i], err = floorRequestFor(dir, "answer.py"); err != nil {
 			return err
 		}
 	}
@@ -59,8 +75,8 @@ func (b *bench) class(ctx context.Context) error {
 			return err
 		}
 	}
-	var idexd, bare []float64
-	var idHog, bareHog []float64
+	var idexd, bare, floorFirst []float64
+	var idHog, bareHog, floorHog []float64
 	for round := range b.o.ClassRounds {
 		b.progress("class: round %d of %d, idexd", round+1, b.o.ClassRounds)
 		first, hogCPU, err := b.classIdexd(ctx, d, names)
@@ -70,11 +86,29 @@ func (b *bench) class(ctx context.Context) error {
 		idexd, idHog = append(idexd, first...), append(idHog, hogCPU)
 		time.Sleep(time.Second)
 		b.progress("class: round %d of %d, bare", round+1, b.o.ClassRounds)
-		first, hogCPU, err = b.classBare(ctx, dir)
+		first, hogCPU, err = b.classBare(ctx, dir, func(int) (time.Duration, error) {
+			first, _, err := bareRun(b.o.Python, dir, "answer.py")
+			return first, err
+		})
 		if err != nil {
 			return fmt.Errorf("bare round %d: %w", round+1, err)
 		}
 		bare, bareHog = append(bare, first...), append(bareHog, hogCPU)
+		time.Sleep(time.Second)
+		b.progress("class: round %d of %d, floor", round+1, b.o.ClassRounds)
+		clients := make([]*http.Client, classStudents)
+		for i := range clients {
+			clients[i] = fl.client()
+		}
+		first, hogCPU, err = b.classBare(ctx, dir, func(i int) (time.Duration, error) {
+			t0 := time.Now()
+			err := floorOne(ctx, clients[i], reqs[i])
+			return time.Since(t0), err
+		})
+		if err != nil {
+			return fmt.Errorf("floor round %d: %w", round+1, err)
+		}
+		floorFirst, floorHog = append(floorFirst, first...), append(floorHog, hogCPU)
 		time.Sleep(time.Second)
 	}
 	b.t.section(fmt.Sprintf("class at once: %d students press Run on a 50 ms CPU-bound script within %s while another runs %d hogs; "+
@@ -83,13 +117,25 @@ func (b *bench) class(ctx context.Context) error {
 		a, c := percentile(idexd, q), percentile(bare, q)
 		b.t.add(row{name: fmt.Sprintf("first output p%.0f", q), idexd: msText(a), bare: msText(c), ratio: ratioText(a, c)})
 	}
+	for _, q := range []float64{50, 90, 99} {
+		a, c := percentile(floorFirst, q), percentile(bare, q)
+		b.t.add(row{name: fmt.Sprintf("first output p%.0f, floor", q), idexd: msText(a), bare: msText(c), ratio: ratioText(a, c)})
+	}
+	for _, q := range []float64{50, 99} {
+		a, c := percentile(idexd, q), percentile(floorFirst, q)
+		b.t.add(row{name: fmt.Sprintf("first output p%.0f, idexd / floor", q), idexd: msText(a), bare: msText(c) + " (floor)", ratio: ratioText(a, c)})
+	}
 	a, c := percentile(idHog, 50), percentile(bareHog, 50)
 	b.t.add(row{name: "hogs' share of the CPU during the burst, median round", idexd: fmt.Sprintf("%.0f%%", 100*a), bare: fmt.Sprintf("%.0f%%", 100*c)})
+	b.t.add(row{name: "hogs' share of the CPU during the floor's burst, median round", idexd: fmt.Sprintf("%.0f%%", 100*percentile(floorHog, 50)), bare: fmt.Sprintf("%.0f%%", 100*c)})
 	b.notes = append(b.notes, fmt.Sprintf("class at once: idexd with the fair-share defaults as shipped (%s); the hogs' share is "+
 		"their CPU time over the burst's wall time times %d CPUs; bare hogs are 4 plain processes, idexd's are one student's 4 runs.",
-		"max_runs_per_student 4, student_starts_per_minute 60, warm_runs 4", nproc()))
+		"max_runs_per_student 4, student_starts_per_minute 60, warm_runs 4", nproc()),
+		"class at once, the floor: each student's run through the floor's server as that student, beside the same 4 bare hogs; "+
+			"its first output is its answer, which comes once the script has exited (the script prints only at its end).")
 	b.raw = append(b.raw, rawLine("class first output idexd", idexd, 2), rawLine("class first output bare", bare, 2),
-		rawLine("class hogs' CPU share idexd", idHog, 3), rawLine("class hogs' CPU share bare", bareHog, 3))
+		rawLine("class hogs' CPU share idexd", idHog, 3), rawLine("class hogs' CPU share bare", bareHog, 3),
+		rawLine("class first output floor", floorFirst, 2), rawLine("class hogs' CPU share floor", floorHog, 3))
 	return nil
 }
 
@@ -174,8 +220,9 @@ func hogShare(cpu, wall time.Duration) float64 {
 	return cpu.Seconds() / (wall.Seconds() * float64(nproc()))
 }
 
-// classBare is the same round with bare processes.
-func (b *bench) classBare(ctx context.Context, dir string) ([]float64, float64, error) {
+// classBare is the same round beside 4 bare hogs, each student's run
+// started by press: a bare process, or a request to the floor.
+func (b *bench) classBare(ctx context.Context, dir string, press func(i int) (time.Duration, error)) ([]float64, float64, error) {
 	var hogs []*exec.Cmd
 	defer func() {
 		for _, h := range hogs {
@@ -202,12 +249,11 @@ func (b *bench) classBare(ctx context.Context, dir string) ([]float64, float64, 
 		}
 	}
 	t0 := time.Now()
-	first, err := burst(classStudents, func(int) (time.Duration, error) {
+	first, err := burst(classStudents, func(i int) (time.Duration, error) {
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		first, _, err := bareRun(b.o.Python, dir, "answer.py")
-		return first, err
+		return press(i)
 	})
 	wall := time.Since(t0)
 	var hogCPU time.Duration
