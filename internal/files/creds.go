@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/idexd/idexd/internal/fsid"
 )
 
 // workers run file operations as students, on a few OS threads that the
@@ -215,29 +217,10 @@ func setEffective(on bool) error {
 	return nil
 }
 
-// setFS sets fsgid and fsuid. setfsuid/setfsgid report failure only by
-// leaving the value unchanged, so each is read back (an invalid id, -1,
-// changes nothing and returns the current one).
-func setFS(uid, gid uint32) error {
-	if _, err := unix.SetfsgidRetGid(int(gid)); err != nil {
-		return fmt.Errorf("setfsgid %d: %w", gid, err)
-	}
-	if cur, _ := unix.SetfsgidRetGid(-1); cur != int(gid) {
-		return fmt.Errorf("setfsgid %d did not take (fsgid %d)", gid, cur)
-	}
-	if _, err := unix.SetfsuidRetUid(int(uid)); err != nil {
-		return fmt.Errorf("setfsuid %d: %w", uid, err)
-	}
-	if cur, _ := unix.SetfsuidRetUid(-1); cur != int(uid) {
-		return fmt.Errorf("setfsuid %d did not take (fsuid %d)", uid, cur)
-	}
-	return nil
-}
-
 // becomeStudent: the student's fsuid and fsgid, no effective capability.
 // Setting the ids needs CAP_SETUID and CAP_SETGID, so they come first.
 func becomeStudent(uid, gid uint32) error {
-	if err := setFS(uid, gid); err != nil {
+	if err := fsid.Set(uid, gid); err != nil {
 		return fmt.Errorf("act as student: %w", err)
 	}
 	if err := setEffective(false); err != nil {
@@ -251,7 +234,7 @@ func becomeRoot() error {
 	if err := setEffective(true); err != nil {
 		return fmt.Errorf("act as root again: %w", err)
 	}
-	if err := setFS(0, 0); err != nil {
+	if err := fsid.Set(0, 0); err != nil {
 		return fmt.Errorf("act as root again: %w", err)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/idexd/idexd/internal/fsid"
 	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
@@ -47,7 +48,7 @@ const (
 type inputWatch struct {
 	threads  string // the run's cgroup.threads: every task, the helper's too
 	helper   int    // the helper's pid (the run's PID 1), never the one reading
-	uid, gid int    // the student's: the watcher looks as them
+	uid, gid uint32 // the student's: the watcher looks as them
 	stdin    inside.FileID
 	on       func(waiting bool)
 	// soon asks for a look at the next tick (Process.InputSent).
@@ -105,7 +106,7 @@ func (w *inputWatcher) remove(x *inputWatch) {
 
 func (w *inputWatcher) loop() {
 	// The poller changes its thread's filesystem uid and gid to look as
-	// each student (setfsuid is per thread): under systemd's
+	// each student (fsid: per thread): under systemd's
 	// ProtectProc=invisible and without CAP_SYS_PTRACE, root may not read
 	// a student's /proc/PID/syscall, the student may.
 	runtime.LockOSThread()
@@ -144,12 +145,14 @@ func (w *inputWatcher) loop() {
 		}
 		w.sweep.Unlock()
 		if !ok {
-			// Still locked, this goroutine's end ends its thread with
-			// whatever credentials it had; the next add starts anew.
+			// The thread's credentials are not root's: it may never run
+			// anything else, nor end (a child that any goroutine started
+			// on it with Pdeathsig would die with it; internal/files does
+			// the same). The next add starts anew on another thread.
 			w.mu.Lock()
 			w.running = false
 			w.mu.Unlock()
-			return
+			select {}
 		}
 	}
 }
@@ -197,11 +200,11 @@ func (x *inputWatch) blocked() (waiting bool, reads uint64, err error) {
 	if rerr != nil {
 		return false, 0, nil // the run is ending: its group goes
 	}
-	if err := lookAs(x.uid, x.gid); err != nil {
-		return false, 0, errors.Join(fmt.Errorf("look as uid %d: %w", x.uid, err), lookAs(0, 0))
+	if err := fsid.Set(x.uid, x.gid); err != nil {
+		return false, 0, errors.Join(fmt.Errorf("look as uid %d: %w", x.uid, err), fsid.Set(0, 0))
 	}
 	defer func() {
-		if rerr := lookAs(0, 0); rerr != nil {
+		if rerr := fsid.Set(0, 0); rerr != nil {
 			err = fmt.Errorf("look as root again: %w", rerr)
 		}
 	}()
@@ -233,20 +236,6 @@ func (x *inputWatch) blocked() (waiting bool, reads uint64, err error) {
 		}
 	}
 	return false, 0, nil
-}
-
-// lookAs sets the calling thread's filesystem uid and gid. setfsuid(2)
-// reports no error, only the previous value; it cannot fail to go back to
-// 0 in a process whose effective uid is 0, and a switch to the student
-// that failed (no CAP_SETUID) leaves root looking, which sees less under
-// ProtectProc=invisible and never more.
-func lookAs(uid, gid int) error {
-	// The group first: with the fsuid away from 0 the filesystem
-	// capabilities are gone (not CAP_SETGID, but keep the usual order).
-	if err := unix.Setfsgid(gid); err != nil {
-		return err
-	}
-	return unix.Setfsuid(uid)
 }
 
 // stdinRead parses a /proc/TID/syscall line: the fd the task is blocked

@@ -86,7 +86,7 @@ func TestInputWatcher(t *testing.T) {
 	calls := make(chan bool, 16)
 	var removed atomic.Bool
 	var late atomic.Int64
-	x := &inputWatch{threads: threads, uid: os.Getuid(), gid: os.Getgid(),
+	x := &inputWatch{threads: threads, uid: uint32(os.Getuid()), gid: uint32(os.Getgid()),
 		stdin: inside.FileID{Dev: st.Dev, Ino: st.Ino}, on: func(v bool) {
 			if removed.Load() {
 				late.Add(1)

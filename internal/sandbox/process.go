@@ -270,7 +270,7 @@ func (p *Process) launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 	}
 	if r.Stdin != nil {
 		p.input.Store(&inputWatch{threads: p.group.Path() + "/cgroup.threads", helper: p.Pid(),
-			uid: int(job.UID), gid: int(job.GID), stdin: *r.Stdin})
+			uid: job.UID, gid: job.GID, stdin: *r.Stdin})
 	}
 	master := p.received
 	p.received = nil
