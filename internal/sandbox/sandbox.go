@@ -89,6 +89,11 @@ func New(cfg Config) (*Sandbox, error) {
 	if cfg.Setup.TmpInodes <= 0 {
 		cfg.Setup.TmpInodes = 16384
 	}
+	filter, err := compileFilter()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	cfg.Setup.Filter = filter
 	b, err := json.Marshal(cfg.Setup)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode setup: %w", err)

@@ -69,6 +69,9 @@ type Setup struct {
 	// run writes there is also charged to its memory cgroup.
 	TmpBytes  int64 `json:"tmp_bytes"`
 	TmpInodes int64 `json:"tmp_inodes"`
+	// Filter is the run's seccomp filter, compiled by idexd: struct
+	// sock_filter instructions (FilterInstructionSize bytes each).
+	Filter []byte `json:"filter"`
 }
 
 // Rlimits bound one process of the run.
@@ -195,7 +198,7 @@ func helper() int {
 	if err := prepare(setup); err != nil {
 		return fail(err)
 	}
-	filter, err := compileFilter()
+	filter, err := decodeFilter(setup.Filter)
 	if err != nil {
 		return fail(err)
 	}
