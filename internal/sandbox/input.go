@@ -60,10 +60,10 @@ type inputWatch struct {
 	reads    uint64
 	interval time.Duration
 	next     time.Time
-	// unreadable are tasks whose /proc the student may not read: the
-	// helper's own threads (it is not dumpable). They never become
-	// readable, so they are not asked again.
-	unreadable map[int]bool
+	// skip says, for each task seen, whether it is not looked at: the
+	// helper's own threads, and tasks whose /proc the student may not
+	// read (under systemd's hardening, the helper's: it is not dumpable).
+	skip map[int]bool
 }
 
 // inputWatcher runs the one poller while some run is under watch.
@@ -84,7 +84,7 @@ func newInputWatcher(log *slog.Logger) *inputWatcher {
 }
 
 func (w *inputWatcher) add(x *inputWatch) {
-	x.unreadable = make(map[int]bool)
+	x.skip = make(map[int]bool)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.runs[x] = struct{}{}
@@ -211,13 +211,27 @@ func (x *inputWatch) blocked() (waiting bool, reads uint64, err error) {
 	var buf [256]byte
 	for line := range bytes.Lines(tids) {
 		tid, err := strconv.Atoi(string(bytes.TrimSpace(line)))
-		if err != nil || tid == x.helper || x.unreadable[tid] {
+		if err != nil {
+			continue
+		}
+		skip, seen := x.skip[tid]
+		if !seen && len(x.skip) >= 4096 {
+			// A program that forks all the time: forget the dead.
+			clear(x.skip)
+		}
+		if !seen {
+			// One of the helper's threads shows in its task directory;
+			// a thread never changes its process.
+			skip = tid == x.helper || unix.Access("/proc/"+strconv.Itoa(x.helper)+"/task/"+strconv.Itoa(tid), unix.F_OK) == nil
+			x.skip[tid] = skip
+		}
+		if skip {
 			continue
 		}
 		dir := "/proc/" + strconv.Itoa(tid)
 		n, err := readInto(dir+"/syscall", buf[:])
 		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-			x.unreadable[tid] = true
+			x.skip[tid] = true
 			continue
 		}
 		if err != nil {
