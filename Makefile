@@ -20,7 +20,7 @@ go-check:
 build: go-check
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexd ./cmd/idexd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexctl ./cmd/idexctl
-	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/idexd-sandbox ./cmd/idexd-sandbox
+	cmd/idexd-sandbox/build.sh -o $(BIN)/idexd-sandbox $(VERSION)
 
 # idexctl(1) and the shell completions, printed by idexctl from its command
 # table (internal/cli/commands.go); packaged by make package.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # copyright.sh prints /usr/share/doc/idexd/copyright (make copyright): the
-# terms of idexd itself, then Go's and every module linked into the three
-# packaged binaries, each with the license and notice files it ships. The
+# terms of idexd itself, then Go's and every module linked into the two
+# packaged Go binaries, each with the license and notice files it ships. The
 # binaries are static: BSD and MIT licenses ask for their text to travel
 # with them, Apache-2.0 for NOTICE files too. Built from `go list`, so a new
 # dependency cannot be left out. Run from the repository root.
@@ -13,9 +13,10 @@ idexd: runner of students' Python scripts for a classroom web IDE.
 Copyright: the idexd maintainers <idexd-maintainers@localhost>
 License: Proprietary. Ask the vendor named in the package for the terms.
 
-The binaries /usr/bin/idexd, /usr/bin/idexctl and /usr/bin/idexd-sandbox are
-statically linked with the Go standard library and the Go modules below,
-each under its own license, reproduced as the module ships it.
+The binaries /usr/bin/idexd and /usr/bin/idexctl are statically linked with
+the Go standard library and the Go modules below, each under its own
+license, reproduced as the module ships it. /usr/bin/idexd-sandbox is
+idexd's own C, linked dynamically against the system's C library.
 HEAD
 goroot=$("$GO" env GOROOT)
 echo
@@ -37,5 +38,5 @@ while read -r path version dir; do
 		missing=1
 	fi
 done < <("$GO" list -deps -f '{{with .Module}}{{if not .Main}}{{.Path}} {{.Version}} {{.Dir}}{{end}}{{end}}' \
-	./cmd/idexd ./cmd/idexctl ./cmd/idexd-sandbox | sort -u)
+	./cmd/idexd ./cmd/idexctl | sort -u)
 exit "$missing"

@@ -27,8 +27,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, c := range []string{"idexd", "idexctl"} {
+	// idexd finds idexd-sandbox beside itself, as in the packages.
+	for _, c := range []string{"idexd", "idexctl", "idexd-sandbox"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../../cmd/"+c)
+		if c == "idexd-sandbox" {
+			cmd = exec.Command("../../cmd/idexd-sandbox/build.sh", "-o", filepath.Join(dir, c))
+		}
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", c, err, out)

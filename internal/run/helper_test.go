@@ -18,7 +18,9 @@ import (
 // TestDedicatedHelper: runs started through the idexd-sandbox binary, cold
 // (exec'd already as the student) and warm (as root, dropping later), from
 // a directory the student cannot search: the pinned fd is what is
-// executed, and it does not reach the student's program.
+// executed, and it does not reach the student's program. The same runs go
+// through the Go helper too (idexd re-executed, when idexd-sandbox is not
+// installed beside it): both speak one protocol.
 func TestDedicatedHelper(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
@@ -26,7 +28,7 @@ func TestDedicatedHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "idexd-sandbox")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/idexd-sandbox").CombinedOutput(); err != nil {
+	if out, err := exec.Command("../../cmd/idexd-sandbox/build.sh", "-o", bin).CombinedOutput(); err != nil {
 		t.Fatalf("build idexd-sandbox: %v\n%s", err, out)
 	}
 	h, err := sandbox.Open(bin)
@@ -41,8 +43,13 @@ func TestDedicatedHelper(t *testing.T) {
 	if h.String() != bin {
 		t.Fatalf("helper %q, want %q", h.String(), bin)
 	}
-	for _, n := range []int{0, 1} {
-		t.Run(fmt.Sprintf("warm_runs=%d", n), func(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		h    sandbox.Binary
+		n    int
+	}{{"c", h, 0}, {"c", h, 1}, {"go", sandbox.Self(), 0}, {"go", sandbox.Self(), 1}} {
+		h, n := c.h, c.n
+		t.Run(fmt.Sprintf("%s/warm_runs=%d", c.name, n), func(t *testing.T) {
 			env := testutil.NewEnv(t, warm(n), func(c *run.Config) { c.Helper = h })
 			env.WriteScript(t, "alice", "who.py", "import os\nprint(os.getuid(), sorted(os.listdir('/proc/self/fd'), key=int))\n")
 			if n > 0 {

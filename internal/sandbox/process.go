@@ -83,7 +83,7 @@ func (s *Sandbox) spawn(g *cgroup.Group) (_ *Process, err error) {
 	}
 	cmd := &exec.Cmd{
 		Path:       s.cfg.Helper.exe(),
-		Args:       []string{inside.Arg0, s.setupArg},
+		Args:       s.helperArgs,
 		Dir:        "/",
 		Env:        helperEnv,
 		ExtraFiles: []*os.File{theirs},
@@ -227,7 +227,7 @@ func (p *Process) launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 		return nil, errors.New("helper already launched or aborted")
 	}
 	p.settled = true
-	b, err := json.Marshal(job)
+	b, err := job.MarshalBinary()
 	if err != nil {
 		return nil, fmt.Errorf("encode job for helper %d: %w", p.Pid(), err)
 	}

@@ -16,7 +16,6 @@
 package sandbox
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,7 +64,7 @@ type Config struct {
 // Sandbox starts runs' processes on this host.
 type Sandbox struct {
 	cfg        Config
-	setupArg   string
+	helperArgs []string
 	pool       *pool
 	inputs     *inputWatcher
 	warmStarts atomic.Int64
@@ -94,11 +93,7 @@ func New(cfg Config) (*Sandbox, error) {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	cfg.Setup.Filter = filter
-	b, err := json.Marshal(cfg.Setup)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: encode setup: %w", err)
-	}
-	s := &Sandbox{cfg: cfg, setupArg: string(b), inputs: newInputWatcher(cfg.Log)}
+	s := &Sandbox{cfg: cfg, helperArgs: append([]string{inside.Arg0}, cfg.Setup.Args()...), inputs: newInputWatcher(cfg.Log)}
 	s.pool = newPool(s, cfg.WarmRuns)
 	return s, nil
 }

@@ -157,51 +157,48 @@ var helper struct {
 	err  error
 }
 
-// HelperBinary is cmd/idexd-sandbox, built once per test process and
-// pinned, as idexd runs it: a run's PID 1 is then the small helper of
-// production (3 MiB of RSS, charged to the run), not the test binary
-// re-executed (25 MiB with the race detector).
+// HelperBinary is cmd/idexd-sandbox, built once per test process by its
+// build.sh (as make build does) and pinned, as idexd runs it: a run's PID 1
+// is then the helper of production, not the test binary re-executed.
 func HelperBinary(t testing.TB) sandbox.Binary {
 	t.Helper()
 	helper.once.Do(func() {
-		// One path per checkout, replaced atomically: test processes of
-		// other packages (or another checkout) may build at the same time.
-		out, err := exec.Command("go", "list", "-f", "{{.Dir}}", "github.com/idexd/idexd/cmd/idexd-sandbox").Output()
-		if err != nil {
-			helper.err = fmt.Errorf("find cmd/idexd-sandbox: %w", err)
-			return
-		}
-		src := strings.TrimSpace(string(out))
-		sum := sha256.Sum256([]byte(src))
-		dir := filepath.Join(ScratchRoot, "bin", hex.EncodeToString(sum[:8]))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			helper.err = err
-			return
-		}
-		tmp, err := os.CreateTemp(dir, "idexd-sandbox-*")
-		if err != nil {
-			helper.err = err
-			return
-		}
-		if err := tmp.Close(); err != nil {
-			helper.err = err
-			return
-		}
-		if out, err := exec.Command("go", "build", "-o", tmp.Name(), src).CombinedOutput(); err != nil {
-			helper.err = fmt.Errorf("build idexd-sandbox: %w\n%s", err, out)
-			return
-		}
-		path := filepath.Join(dir, "idexd-sandbox")
-		if err := os.Rename(tmp.Name(), path); err != nil {
-			helper.err = err
-			return
-		}
-		helper.bin, helper.err = sandbox.Open(path)
+		helper.bin, helper.err = buildHelper()
 	})
 	if helper.err != nil {
 		t.Fatalf("sandbox helper: %v", helper.err)
 	}
 	return helper.bin
+}
+
+func buildHelper() (sandbox.Binary, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return sandbox.Binary{}, fmt.Errorf("find the module's root: %w", err)
+	}
+	src := filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "cmd", "idexd-sandbox")
+	// One path per checkout, replaced atomically: test processes of other
+	// packages (or another checkout) may build at the same time.
+	sum := sha256.Sum256([]byte(src))
+	dir := filepath.Join(ScratchRoot, "bin", hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return sandbox.Binary{}, err
+	}
+	tmp, err := os.CreateTemp(dir, "idexd-sandbox-*")
+	if err != nil {
+		return sandbox.Binary{}, err
+	}
+	if err := tmp.Close(); err != nil {
+		return sandbox.Binary{}, err
+	}
+	if out, err := exec.Command(filepath.Join(src, "build.sh"), "-o", tmp.Name(), "test").CombinedOutput(); err != nil {
+		return sandbox.Binary{}, fmt.Errorf("build idexd-sandbox: %w\n%s", err, out)
+	}
+	path := filepath.Join(dir, "idexd-sandbox")
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return sandbox.Binary{}, err
+	}
+	return sandbox.Open(path)
 }
 
 // Env is a complete engine stack for one test.

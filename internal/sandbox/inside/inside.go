@@ -62,49 +62,49 @@ const (
 )
 
 // Setup is how the helper prepares its namespaces, before any job; idexd
-// passes it as argv[1].
+// passes it as argv (Setup.Args).
 type Setup struct {
-	Network Network `json:"network"`
+	Network Network
 	// TmpBytes caps each private tmpfs (/tmp, /var/tmp, /dev/shm); what a
 	// run writes there is also charged to its memory cgroup.
-	TmpBytes  int64 `json:"tmp_bytes"`
-	TmpInodes int64 `json:"tmp_inodes"`
+	TmpBytes  int64
+	TmpInodes int64
 	// Filter is the run's seccomp filter, compiled by idexd: struct
 	// sock_filter instructions (FilterInstructionSize bytes each).
-	Filter []byte `json:"filter"`
+	Filter []byte
 }
 
 // Rlimits bound one process of the run.
 type Rlimits struct {
-	FileSizeBytes uint64 `json:"fsize"`
-	OpenFiles     uint64 `json:"nofile"`
+	FileSizeBytes uint64
+	OpenFiles     uint64
 	// CPUSeconds, when non-zero, is a per-process backstop; idexd polls
 	// the whole cgroup's CPU time for the real limit.
-	CPUSeconds uint64 `json:"cpu,omitempty"`
+	CPUSeconds uint64
 }
 
 // Job is what the helper runs, and as whom.
 type Job struct {
-	Interpreter string `json:"interpreter"`
+	Interpreter string
 	// Argv is the interpreter's argv, argv[0] included.
-	Argv []string `json:"argv"`
-	Env  []string `json:"env"`
+	Argv []string
+	Env  []string
 	// Dir is the student's directory: the one place of the host's
 	// filesystem the run may write, bound read-write at the same path.
-	Dir string `json:"dir"`
+	Dir string
 	// Terminal, when set, runs the program on a pseudo-terminal of this
 	// size instead of the stdio idexd sent; the master goes back to idexd
 	// with the reply that gives the program's pid.
-	Terminal *Winsize `json:"terminal,omitempty"`
+	Terminal *Winsize
 	// User is the student's name: the run's own /etc/passwd and /etc/group
 	// give it to UID and GID (whoami, pwd.getpwuid).
-	User string `json:"user"`
+	User string
 	// Cwd is where the program starts: Dir or a directory beneath it.
-	Cwd     string  `json:"cwd"`
-	UID     uint32  `json:"uid"`
-	GID     uint32  `json:"gid"`
-	Umask   uint32  `json:"umask"`
-	Rlimits Rlimits `json:"rlimits"`
+	Cwd     string
+	UID     uint32
+	GID     uint32
+	Umask   uint32
+	Rlimits Rlimits
 }
 
 // Exit is how the program (the interpreter, the run's main process) ended.
@@ -176,12 +176,9 @@ func helper() int {
 		_ = send(Reply{Error: err.Error()})
 		return ExitFailed
 	}
-	if len(os.Args) != 2 {
-		return fail(errors.New("helper: want one argument, the setup"))
-	}
-	var setup Setup
-	if err := json.Unmarshal([]byte(os.Args[1]), &setup); err != nil {
-		return fail(fmt.Errorf("helper: decode setup: %w", err))
+	setup, err := ParseSetup(os.Args[1:])
+	if err != nil {
+		return fail(err)
 	}
 	if os.Getpid() != 1 {
 		return fail(fmt.Errorf("helper: pid %d, want 1: not started in a PID namespace of its own", os.Getpid()))
@@ -295,8 +292,8 @@ func receiveJob() (Job, [3]int, error) {
 		return job, stdio, fmt.Errorf("helper: job came with %d fds, want 3 (stdin, stdout, stderr)", len(fds))
 	}
 	copy(stdio[:], fds)
-	if err := json.Unmarshal(buf[:n], &job); err != nil {
-		return job, stdio, fmt.Errorf("helper: decode job: %w", err)
+	if err := job.UnmarshalBinary(buf[:n]); err != nil {
+		return job, stdio, fmt.Errorf("helper: %w", err)
 	}
 	return job, stdio, nil
 }
