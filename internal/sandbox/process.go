@@ -139,7 +139,7 @@ func (p *Process) read(timeout time.Duration, size int) (inside.Reply, error) {
 		return r, err
 	}
 	if flags&unix.MSG_TRUNC != 0 {
-		return r, fmt.Errorf("helper's reply is over %d bytes: %q...", size, buf[:min(n, 80)])
+		return r, fmt.Errorf("helper's reply is over %d bytes, starting %q", size, buf[:min(n, 80)])
 	}
 	if oobn > 0 {
 		f, err := receivedFile(oob[:oobn])
