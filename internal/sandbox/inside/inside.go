@@ -5,12 +5,14 @@
 // run's PID 1: it forks the interpreter, reaps every orphan, forwards
 // Ctrl-C and friends, and reports how the program ended.
 //
-// It is linked into the small idexd-sandbox binary (and into idexd itself
-// for the re-exec fallback), so it imports nothing of the daemon: only the
-// standard library, x/sys and the seccomp compiler.
+// The installed helper is C (cmd/idexd-sandbox/main.c, no Go runtime to
+// start per run); this package holds the protocol both speak (wire.go) and
+// the helper's Go twin, which idexd runs by re-executing itself when no
+// idexd-sandbox is installed beside it. It imports nothing of the daemon.
 //
 // The helper talks to idexd over one SOCK_SEQPACKET socket at fd 3, one
-// JSON message per packet:
+// message per packet: the job as NUL-terminated fields (Job.MarshalBinary),
+// replies as JSON:
 //
 //	helper -> idexd  {"ready":true}               namespaces prepared
 //	idexd  -> helper Job, with stdin/stdout/stderr as SCM_RIGHTS
