@@ -34,21 +34,25 @@ type Options struct {
 	// latency and throughput samples are taken in turn with the main
 	// idexd's and bare's, so a change is measured under the same noise.
 	IdexdBefore string
-	Python      string
-	Out         string
-	N           int           // back-to-back latency pairs
-	IdleN       int           // latency pairs after quiet
-	IdleGap     time.Duration // the quiet before each idle sample
-	Warmup      int
-	Window      time.Duration // one throughput window
-	Rounds      int           // throughput windows per side and concurrency
-	Concurrency []int
-	StopN       int
-	OutputN     int
-	OutputMiB   int
-	Live        int
-	ClassRounds int
-	Only        map[string]bool
+	// Config and ConfigBefore are TOML lines added to the top of each
+	// daemon's configuration: with the same build on both sides, a
+	// setting's cost is measured under the same noise.
+	Config, ConfigBefore string
+	Python               string
+	Out                  string
+	N                    int           // back-to-back latency pairs
+	IdleN                int           // latency pairs after quiet
+	IdleGap              time.Duration // the quiet before each idle sample
+	Warmup               int
+	Window               time.Duration // one throughput window
+	Rounds               int           // throughput windows per side and concurrency
+	Concurrency          []int
+	StopN                int
+	OutputN              int
+	OutputMiB            int
+	Live                 int
+	ClassRounds          int
+	Only                 map[string]bool
 	// KeepLogs, when set, is a directory where each idexd's log is copied
 	// before its temporary directory is removed, for a closer look.
 	KeepLogs string
@@ -64,6 +68,8 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Idexd, "idexd", "", "idexd binary (default: next to idexbench)")
 	fs.StringVar(&o.Idexctl, "idexctl", "", "idexctl binary (default: next to idexbench)")
 	fs.StringVar(&o.IdexdBefore, "idexd-before", "", "a second idexd build to bench in the same run (latency, idle, throughput), interleaved with -idexd and bare")
+	fs.StringVar(&o.Config, "config", "", "TOML lines added to -idexd's configuration (top-level keys), e.g. 'warm_runs = 8'")
+	fs.StringVar(&o.ConfigBefore, "config-before", "", "TOML lines added to -idexd-before's configuration: with the same build on both sides, the cost of a setting")
 	fs.StringVar(&o.Python, "python", "/usr/bin/python3", "interpreter for both sides: an absolute path, not a version-manager shim")
 	fs.StringVar(&o.Out, "out", "", "results file (default bench/results-<date>.txt)")
 	fs.IntVar(&o.N, "n", 300, "back-to-back latency pairs (start->end and first byte)")
@@ -274,6 +280,7 @@ func (b *bench) mainDaemon(ctx context.Context) (string, error) {
 	if o.IdexdBefore != "" {
 		bo := o
 		bo.Idexd = o.IdexdBefore
+		bo.Config = o.ConfigBefore
 		dc := daemonConfig{
 			maxRuns:     max(300, maxOf(o.Concurrency)+16),
 			maxOutputKB: int64(o.OutputMiB)*1024 + 1024,

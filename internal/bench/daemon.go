@@ -42,6 +42,9 @@ type daemonConfig struct {
 // startDaemon starts idexd and waits until it is healthy.
 func startDaemon(ctx context.Context, o Options, dc daemonConfig) (*daemon, error) {
 	extra := ""
+	if o.Config != "" {
+		extra += o.Config + "\n"
+	}
 	if dc.databaseURL != "" {
 		extra += fmt.Sprintf("database_url = %q\n", dc.databaseURL)
 	}
