@@ -492,6 +492,14 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	proc := r.proc
 	// Nothing may start in the group any more; kill now goes nowhere.
 	r.started = false
+	// Where the end's time goes, in the log: from a stop's kill when
+	// there was one (its latency is what a student waits for).
+	var steps stepTimer
+	steps.start(time.Now())
+	if !r.killedAt.IsZero() {
+		steps.start(r.killedAt)
+		steps.mark("exit")
+	}
 	r.mu.Unlock()
 
 	var stats cgroup.Stats
@@ -499,6 +507,7 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 		if err := proc.KillAndWait(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		steps.mark("empty")
 		s, err := proc.Stats()
 		if err != nil {
 			log.Warn("read run stats", "err", err)
@@ -527,6 +536,7 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 			errs = append(errs, err)
 		}
 	}
+	steps.mark("output")
 	r.stdinMu.Lock()
 	if err := closeFiles(r.master); err != nil {
 		errs = append(errs, err)
@@ -538,9 +548,11 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 			errs = append(errs, err)
 		}
 	}
+	steps.mark("cgroup")
 	if err := r.lease.Release(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release lock: %w", err))
 	}
+	steps.mark("lock")
 
 	r.mu.Lock()
 	end := time.Now()
@@ -589,6 +601,7 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	if err := e.cfg.Store.RecordEnd(ctx, &final); err != nil {
 		log.Error("record run end", "err", err)
 	}
+	steps.mark("store")
 	var stopLatency time.Duration
 	if !killedAt.IsZero() {
 		stopLatency = end.Sub(killedAt)
@@ -614,9 +627,10 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	r.log.stop()
 	r.mu.Unlock()
 	close(r.done)
+	steps.mark("event")
 
 	attrs := []any{"reason", final.Reason, "wall_ms", final.WallMS, "cpu_ms", final.CPUMS,
-		"peak_memory_bytes", final.PeakMemoryBytes, "output_bytes", final.OutputBytes}
+		"peak_memory_bytes", final.PeakMemoryBytes, "output_bytes", final.OutputBytes, "end_steps", steps.String()}
 	if final.ExitCode != nil {
 		attrs = append(attrs, "exit_code", *final.ExitCode)
 	}
