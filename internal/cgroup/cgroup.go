@@ -66,6 +66,10 @@ type Manager struct {
 	v2Mount  string
 	v2Parent string       // absolute group path under v2Mount, e.g. /idexd
 	v1Parent cgroup1.Path // hybrid only
+	// v1Subs are the v1 controllers' hierarchies, found once: cgroup1's
+	// Default parses /proc/self/mountinfo, and per run that was about 3%
+	// of idexd's CPU under a burst (bench/README.md).
+	v1Subs []cgroup1.Subsystem
 	v1Swap   bool         // memory.memsw.* exists: swap can be limited
 	// parentDepth counts the components of the configured parent: the
 	// directories above a run's student group that idexd itself made.
@@ -155,6 +159,9 @@ func New(parent string) (*Manager, error) {
 		}
 		_, err = os.Stat(filepath.Join("/sys/fs/cgroup/memory", filepath.Dir(memRoot), "memory.memsw.limit_in_bytes"))
 		m.v1Swap = err == nil
+		if m.v1Subs, err = v1Hierarchy(); err != nil {
+			return nil, errors.Join(err, m.Close())
+		}
 	}
 	if err := m.Check(); err != nil {
 		return nil, errors.Join(err, m.Close())
@@ -267,7 +274,8 @@ func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 			}
 			return filepath.Join(p, rel), nil
 		}
-		g.v1, err = cgroup1.New(path, v1Resources(lim, m.v1Swap), cgroup1.WithHierarchy(v1Hierarchy))
+		subs := func() ([]cgroup1.Subsystem, error) { return m.v1Subs, nil }
+		g.v1, err = cgroup1.New(path, v1Resources(lim, m.v1Swap), cgroup1.WithHierarchy(subs))
 		if err != nil {
 			return nil, fmt.Errorf("create v1 cgroups %s: %w", rel, err)
 		}
