@@ -180,7 +180,11 @@ func (m *cpuMeter) hostPerRun() (float64, bool) {
 
 // floorText says what one run cost in CPU through the floor's server
 // (metered as the server side).
-func (m *cpuMeter) floorText() string {
+func (m *cpuMeter) floorText() string { return m.serverText("floor server", "python") }
+
+// serverText says what one run cost in CPU on the metered side alone:
+// the server, its children, the client.
+func (m *cpuMeter) serverText(server, kids string) string {
 	if m.err != nil {
 		return "CPU per run unknown: " + m.err.Error()
 	}
@@ -188,6 +192,6 @@ func (m *cpuMeter) floorText() string {
 		return "CPU per run unknown: no runs"
 	}
 	per := func(d time.Duration) float64 { return ms(d) / float64(m.idRuns) }
-	return fmt.Sprintf("CPU per run, ms: floor server %.2f + python %.2f + client %.2f = %.2f (all CPUs busy: %.2f)",
-		per(m.idexd.daemon), per(m.idexd.daemonKids), per(m.idexd.self), per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self), per(m.idexd.host))
+	return fmt.Sprintf("CPU per run, ms: %s %.2f + %s %.2f + client %.2f = %.2f (all CPUs busy: %.2f)", server,
+		per(m.idexd.daemon), kids, per(m.idexd.daemonKids), per(m.idexd.self), per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self), per(m.idexd.host))
 }

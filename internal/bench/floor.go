@@ -280,6 +280,23 @@ func (b *bench) floorRows(section string, idexd, fl *pairs) {
 	}
 }
 
+// cpuBeforeRows adds CPU per run of idexd against idexd-before's: CPU per
+// run is far steadier than runs per second on a noisy machine, so a
+// change's cost shows here first.
+func (b *bench) cpuBeforeRows(idexd, bef *cpuMeter) {
+	for _, f := range []struct {
+		name string
+		get  func(*cpuMeter) (float64, bool)
+	}{{"CPU per run", (*cpuMeter).perRun}, {"all CPUs busy per run", (*cpuMeter).hostPerRun}} {
+		a, okA := f.get(idexd)
+		c, okC := f.get(bef)
+		if !okA || !okC {
+			continue
+		}
+		b.t.add(row{name: f.name + ", idexd / before", idexd: msText(a), bare: msText(c) + " (before)", ratio: ratioText(a, c)})
+	}
+}
+
 // cpuRow adds CPU per run of idexd against the floor's, with issue 16's
 // target, to the current section.
 func (b *bench) cpuRow(idexd, fl *cpuMeter) {

@@ -338,9 +338,12 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		var p, bp, fp pairs
 		var idRuns, idTime, bRuns, bTime, befRuns, befTime, flRuns, flTime float64
 		meter := &cpuMeter{pid: d.pid()}
-		floorMeter := &cpuMeter{}
+		floorMeter, befMeter := &cpuMeter{}, &cpuMeter{}
 		if b.floor != nil {
 			floorMeter.pid = b.floor.pid()
+		}
+		if b.before != nil {
+			befMeter.pid = b.before.pid()
 		}
 		off := d.logSize()
 		for range o.Rounds {
@@ -352,7 +355,9 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 			}
 			nb, eb := 0, time.Duration(0)
 			if b.before != nil {
+				befMeter.begin()
 				nb, eb, err = window(ctx, c, o.Window, beforeOne)
+				befMeter.end(true, nb)
 				if err != nil {
 					return fmt.Errorf("idexd-before at %d clients: %w", c, err)
 				}
@@ -429,6 +434,8 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 				pairRatio: fmt.Sprintf("%.2fx", percentile(bp.ratios(), 50)),
 			})
 			b.t.add(row{name: fmt.Sprintf("%d concurrent ratio, idexd - before", c), ratio: fmt.Sprintf("%+.2fx", a/c2-a2/c2)})
+			b.cpuBeforeRows(meter, befMeter)
+			b.notes = append(b.notes, fmt.Sprintf("throughput at %d concurrent, idexd-before: %s", c, befMeter.serverText("idexd daemon", "run processes (helper+python)")))
 			b.raw = append(b.raw, rawLine(fmt.Sprintf("throughput idexd-before runs/s at %d", c), bp.idexd, 1))
 		}
 	}
