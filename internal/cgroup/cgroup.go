@@ -70,7 +70,7 @@ type Manager struct {
 	// Default parses /proc/self/mountinfo, and per run that was about 3%
 	// of idexd's CPU under a burst (bench/README.md).
 	v1Subs []cgroup1.Subsystem
-	v1Swap   bool         // memory.memsw.* exists: swap can be limited
+	v1Swap bool // memory.memsw.* exists: swap can be limited
 	// parentDepth counts the components of the configured parent: the
 	// directories above a run's student group that idexd itself made.
 	parentDepth int
