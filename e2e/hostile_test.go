@@ -29,6 +29,7 @@ func TestHostile(t *testing.T) {
 	h := newHostile(t)
 	h.isolation()
 	h.network()
+	h.netnsKept()
 	h.files()
 	h.tmpfsCap()
 	h.sysvLeak()
@@ -455,6 +456,45 @@ func (h *hostile) orphans() {
 		})
 		if len(left) > 0 {
 			t.Errorf("processes of the run left on the host 15 s after its end: %v", left)
+		}
+	})
+}
+
+// netnsKept: network namespaces outlive their runs (package netns), and
+// that must not make them shared.
+func (h *hostile) netnsKept() {
+	h.subtest("netns_kept", "a run's network namespace is kept for its student's next run only: her next run joins it, another student's run never does, and after her run left a connection in TIME_WAIT her next run gets a fresh namespace where that port binds", func(t *testing.T) {
+		a, b := h.student(t, "kepta"), h.student(t, "keptb")
+		port := freePort(t)
+		run := func(st student, mode string) (string, map[string]any) {
+			s := h.start(t, st, "netns.py", api.Limits{}, jsonArg(map[string]any{"mode": mode, "port": port}))
+			s.mustReady(t)
+			ns := nsOf(s.python(t).pid)["net"]
+			if ns == "" || ns == h.host["net"] {
+				t.Fatalf("%s: network namespace %q, want one of its own (host %s)", s, ns, h.host["net"])
+			}
+			// The end is recorded after the run's namespace went back.
+			return ns, s.finish(t)
+		}
+		first, _ := run(a, "plain")
+		// Her namespace waits for her now: his run must not get it.
+		other, res := run(b, "bind")
+		if other == first {
+			t.Errorf("%s's run joined %s, %s's namespace", b.name, other, a.name)
+		}
+		if got := str(res, "bind"); got != "OK" {
+			t.Errorf("%s: bind 127.0.0.1:%d = %s, want OK", b.name, port, got)
+		}
+		again, _ := run(a, "timewait")
+		if again != first {
+			t.Errorf("%s's second run is in %s, not in %s where her first ran and left no socket", a.name, again, first)
+		}
+		fresh, res := run(a, "bind")
+		if fresh == first {
+			t.Errorf("%s's run after a TIME_WAIT joined that namespace again (%s)", a.name, fresh)
+		}
+		if got := str(res, "bind"); got != "OK" {
+			t.Errorf("%s: bind 127.0.0.1:%d after her last run's TIME_WAIT = %s, want OK", a.name, port, got)
 		}
 	})
 }

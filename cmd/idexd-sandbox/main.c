@@ -1,10 +1,11 @@
 /*
  * idexd-sandbox is idexd's sandbox helper: idexd clones it for each run into
- * fresh namespaces (network, mount, IPC, PID, UTS) and straight into the
- * run's cgroup. As root it prepares the run's view of the system, waits for
- * the job, becomes the student, starts the interpreter, and stays as the
- * run's PID 1: it reaps every orphan, forwards Ctrl-C and friends to the
- * program's process group, and reports how the program ended.
+ * fresh namespaces (mount, IPC, PID, UTS) and straight into the run's
+ * cgroup. As root it prepares the run's view of the system, waits for the
+ * job, joins the network namespace that comes with it, becomes the student,
+ * starts the interpreter, and stays as the run's PID 1: it reaps every
+ * orphan, forwards Ctrl-C and friends to the program's process group, and
+ * reports how the program ended.
  *
  * It is C, without a Go runtime, for the same reason runc's nsexec,
  * bubblewrap and isolate are: it lives once per run, so its start-up is
@@ -29,6 +30,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -52,7 +54,7 @@
 
 /* What internal/sandbox/inside names; keep both in step. */
 #define ARG0 "idexd-sandbox-helper"
-#define JOB_MAGIC "idexd-job-1"
+#define JOB_MAGIC "idexd-job-2"
 #define EXIT_ABORTED 125
 #define EXIT_FAILED 126
 #define CTL_FD 3
@@ -233,34 +235,9 @@ static int mount_over(const char *dir, const char *fstype, unsigned long flags, 
 	return 0;
 }
 
-/* loopback_up brings lo up, the only interface of the run's network
- * namespace, so programs can serve and connect on 127.0.0.1. */
-static int loopback_up(void)
-{
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return failf("helper: socket for lo: %s", errstr(errno));
-	struct ifreq ifr;
-	memset(&ifr, 0, sizeof ifr);
-	strcpy(ifr.ifr_name, "lo");
-	int err = 0;
-	if (ioctl(fd, SIOCGIFFLAGS, &ifr))
-		err = errno;
-	if (!err) {
-		ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);
-		if (ioctl(fd, SIOCSIFFLAGS, &ifr))
-			err = errno;
-	}
-	if (close(fd) && !err)
-		err = errno;
-	if (err)
-		return failf("helper: bring lo up: %s", errstr(err));
-	return 0;
-}
-
 /* prepare builds the run's view of the filesystem in its own mount
  * namespace, as root, before any job; inside.prepare says why each step. */
-static int prepare(const char *network, unsigned long long tmp_bytes, unsigned long long tmp_inodes)
+static int prepare(unsigned long long tmp_bytes, unsigned long long tmp_inodes)
 {
 	if (mount("", "/", "", MS_REC | MS_PRIVATE, ""))
 		return failf("helper: make mounts private: %s", errstr(errno));
@@ -284,8 +261,6 @@ static int prepare(const char *network, unsigned long long tmp_bytes, unsigned l
 	if (mounted("/dev/mqueue", "/dev") &&
 	    mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""))
 		return failf("helper: mount the run's /dev/mqueue: %s", errstr(errno));
-	if (strcmp(network, "host") != 0 && loopback_up())
-		return -1;
 	return 0;
 }
 
@@ -548,12 +523,13 @@ static int decode_job(char *b, size_t n, struct job *j)
 
 static char jobbuf[MAX_MESSAGE];
 
-/* receive_job waits for the job and the three stdio fds. Returns 1 when
- * idexd closed the socket instead: the start was abandoned. */
-static int receive_job(struct job *j, int stdio[3])
+/* receive_job waits for the job, the three stdio fds and, unless the run
+ * has the host's network, its network namespace (*net, else -1). Returns 1
+ * when idexd closed the socket instead: the start was abandoned. */
+static int receive_job(struct job *j, int stdio[3], int *net)
 {
 	union {
-		char buf[CMSG_SPACE(3 * sizeof(int))];
+		char buf[CMSG_SPACE(4 * sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = {.iov_base = jobbuf, .iov_len = sizeof jobbuf};
@@ -574,6 +550,10 @@ static int receive_job(struct job *j, int stdio[3])
 			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
 			if (nfds < 3)
 				stdio[nfds] = fd;
+			else if (nfds == 3)
+				*net = fd;
+			else
+				close(fd);
 			nfds++;
 		}
 	}
@@ -581,9 +561,29 @@ static int receive_job(struct job *j, int stdio[3])
 		return 1;
 	if (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		return failf("helper: job truncated (%zd bytes, flags %#x)", n, (unsigned)m.msg_flags);
-	if (nfds != 3)
-		return failf("helper: job came with %d fds, want 3 (stdin, stdout, stderr)", nfds);
+	if (nfds != 3 && nfds != 4)
+		return failf("helper: job came with %d fds, want 3 (stdin, stdout, stderr) and the network namespace", nfds);
 	return decode_job(jobbuf, (size_t)n, j);
+}
+
+/* join_network enters the run's network namespace, which idexd made with lo
+ * up and keeps for this student's runs only (package netns). */
+static int join_network(const char *network, int fd)
+{
+	if (strcmp(network, "host") == 0) {
+		if (fd >= 0) {
+			close(fd);
+			return failf("helper: a network namespace came with the job, but the run has the host's network");
+		}
+		return 0;
+	}
+	if (fd < 0)
+		return failf("helper: no network namespace came with the job");
+	int err = setns(fd, CLONE_NEWNET) ? errno : 0;
+	close(fd);
+	if (err)
+		return failf("helper: join the run's network namespace: %s", errstr(err));
+	return 0;
 }
 
 /* open_pty opens a pseudo-terminal of the run's own devpts, sized as the
@@ -816,14 +816,18 @@ static int helper(int argc, char **argv)
 		failf("helper: pid %d, want 1: not started in a PID namespace of its own", (int)getpid());
 		return send_error();
 	}
+	if (strcmp(argv[1], "none") != 0 && strcmp(argv[1], "host") != 0) {
+		failf("helper: setup network %.40s: want none or host", argv[1]);
+		return send_error();
+	}
 	struct sock_fprog filter;
-	if (prepare(argv[1], tmp_bytes, tmp_inodes) || decode_filter(argv[4], &filter))
+	if (prepare(tmp_bytes, tmp_inodes) || decode_filter(argv[4], &filter))
 		return send_error();
 	if (send_packet("{\"ready\":true}", 14, -1))
 		return EXIT_FAILED;
 	struct job job = {0};
-	int stdio[3] = {-1, -1, -1};
-	switch (receive_job(&job, stdio)) {
+	int stdio[3] = {-1, -1, -1}, net = -1;
+	switch (receive_job(&job, stdio, &net)) {
 	case 0:
 		break;
 	case 1:
@@ -831,6 +835,8 @@ static int helper(int argc, char **argv)
 	default:
 		return send_error();
 	}
+	if (join_network(argv[1], net))
+		return send_error();
 	int master = -1;
 	if (job.terminal) {
 		/* The program's stdio is the pty; what idexd sent is not used. */

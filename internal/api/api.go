@@ -332,6 +332,9 @@ type DebugState struct {
 	RunsKept   int `json:"runs_kept"`
 	LocksHeld  int `json:"locks_held"`
 	Cgroups    int `json:"cgroups"`
+	// NetworksKept are network namespaces kept for students' next runs:
+	// one fd of idexd's each, part of FDs.
+	NetworksKept int `json:"networks_kept"`
 }
 
 // VersionInfo is the body of GET /v1/version.

@@ -45,6 +45,9 @@ func (m *mix) check(ctx context.Context, rootBefore map[string]bool) {
 	for _, p := range g.Problems {
 		rep.problem(nil, "%s", p)
 	}
+	if p := checkKeptNetworks(a); p != "" {
+		rep.problem(&rep.Left.Namespaces, "%s", p)
+	}
 
 	running, err := m.c.ListRuns(ctx, client.ListFilter{State: api.StateRunning, Limit: 10000})
 	if err != nil {

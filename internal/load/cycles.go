@@ -30,7 +30,9 @@ import (
 //     exceed the first (before any cycle, at rest too) by at most
 //     FinalTolerance.
 //   - idexd's namespaces and mounts (Census.OwnNS, OwnMounts): none more
-//     in the last sample than in the first.
+//     in the last sample than in the first, the network namespaces kept
+//     for students' next runs aside (discountKeptNetworks), themselves
+//     held to netns.DefaultMaxKept.
 //   - the host's: per namespace type at most HostNamespaces more, and at
 //     most HostMounts more lines in the daemon's mount table, HostNSFS
 //     more nsfs mounts. Other work on a shared host moves these (a test's
@@ -84,6 +86,9 @@ type Sample struct {
 	Goroutines int
 	Threads    int
 	RunsKept   int
+	// NetworksKept are idexd's network namespaces kept for students'
+	// next runs, already taken out of FDs and Census (discountKeptNetworks).
+	NetworksKept int
 	// Rest is false when the daemon did not come to rest in time: the
 	// sample is not comparable and the check fails.
 	Rest   bool
@@ -169,16 +174,16 @@ func Cycles(ctx context.Context, o CycleOptions) (*CycleReport, error) {
 			return err
 		}
 		s := Sample{Cycles: done, At: time.Since(t0), RSSKiB: ds.Proc.RSSKiB, FDs: ds.Debug.FDs, Goroutines: ds.Debug.Goroutines,
-			Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept, Rest: rest, Census: ds.Census}
+			Threads: ds.Proc.Threads, RunsKept: ds.Debug.RunsKept, NetworksKept: ds.Debug.NetworksKept, Rest: rest, Census: ds.Census}
 		rep.Samples = append(rep.Samples, s)
 		rate := 0.0
 		if s.At > 0 {
 			rate = float64(done) / s.At.Seconds()
 		}
 		cs := s.Census
-		fmt.Fprintf(o.Out, "idexload: cycles %d: RSS %.1f MiB, fds %d, goroutines %d, threads %d, runs_kept %d, warm helpers %d; "+
+		fmt.Fprintf(o.Out, "idexload: cycles %d: RSS %.1f MiB, fds %d, goroutines %d, threads %d, runs_kept %d, networks_kept %d (not in fds or namespaces), warm helpers %d; "+
 			"namespaces idexd %d host %d, mounts %d (idexd %d, nsfs %d) (%.1f cycles/s)\n",
-			done, float64(s.RSSKiB)/1024, s.FDs, s.Goroutines, s.Threads, s.RunsKept, cs.Children,
+			done, float64(s.RSSKiB)/1024, s.FDs, s.Goroutines, s.Threads, s.RunsKept, s.NetworksKept, cs.Children,
 			cs.OwnNS.total(), cs.HostNS.total(), cs.Mounts, cs.OwnMounts, cs.NSFS, rate)
 		if !rest {
 			fmt.Fprintf(o.Out, "idexload: cycles %d: the daemon did not come to rest within %s: %s\n", done, restTimeout, rs.unrest(ds))
@@ -357,6 +362,11 @@ func (r *CycleReport) fit(total int, warmup float64) {
 	}
 	if last.Goroutines > first.Goroutines+t.FinalTolerance {
 		r.Failed = append(r.Failed, fmt.Sprintf("goroutines %d before the cycles, %d after (tolerance %d)", first.Goroutines, last.Goroutines, t.FinalTolerance))
+	}
+	for _, s := range r.Samples {
+		if p := checkKeptNetworks(api.DebugState{NetworksKept: s.NetworksKept}); p != "" {
+			r.Failed = append(r.Failed, fmt.Sprintf("after %d cycles: %s", s.Cycles, p))
+		}
 	}
 	g := compareCensus(first.Census, last.Census, t)
 	r.Failed = append(r.Failed, g.Problems...)

@@ -106,6 +106,7 @@ func (s *fakeSandbox) Prepare(student, id string, lim cgroup.Limits) (run.Proces
 
 func (s *fakeSandbox) WarmReady() int    { return 0 }
 func (s *fakeSandbox) WarmStarts() int64 { return 0 }
+func (s *fakeSandbox) NetworksKept() int { return 0 }
 func (s *fakeSandbox) Close() error      { return nil }
 
 // closedOnce fails the test unless every process was closed exactly once.

@@ -20,6 +20,9 @@ type Sandbox interface {
 	Prepare(student, id string, lim cgroup.Limits) (Process, error)
 	WarmReady() int
 	WarmStarts() int64
+	// NetworksKept is how many network namespaces the sandbox keeps for
+	// students' next runs.
+	NetworksKept() int
 	Close() error
 }
 

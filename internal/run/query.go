@@ -215,7 +215,7 @@ func (e *Engine) DebugState(context.Context) (api.DebugState, error) {
 	e.mu.Unlock()
 	st := api.DebugState{
 		Goroutines: runtime.NumGoroutine(), FDs: len(fds),
-		RunsActive: e.Active(), RunsKept: kept, Cgroups: len(cgs),
+		RunsActive: e.Active(), RunsKept: kept, Cgroups: len(cgs), NetworksKept: e.sb.NetworksKept(),
 	}
 	if s, ok := e.cfg.Locks.(lock.Stats); ok {
 		st.LocksHeld = s.Held()

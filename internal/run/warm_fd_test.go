@@ -3,6 +3,7 @@ package run_test
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,14 +20,30 @@ func countFDs(t *testing.T) int {
 	return len(ds)
 }
 
+// netFDs counts the fds of network namespaces among this process's.
+func netFDs(t *testing.T) int {
+	ds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range ds {
+		if l, err := os.Readlink("/proc/self/fd/" + d.Name()); err == nil && strings.HasPrefix(l, "net:[") {
+			n++
+		}
+	}
+	return n
+}
+
 // TestWarmPoolStaysFlat: 100 start/stop cycles on warm slots leave the
-// daemon with the fds it had, the pool full again.
+// daemon with the fds it had, the pool full again, and one network
+// namespace more: alice's, kept for her next run.
 func TestWarmPoolStaysFlat(t *testing.T) {
 	env := testutil.NewEnv(t, warm(4))
 	env.WriteScript(t, "alice", "s.py", "import time\ntime.sleep(30)\n")
 	waitWarm(t, env, 4)
 	time.Sleep(200 * time.Millisecond)
-	base := countFDs(t)
+	base, baseNet := countFDs(t), netFDs(t)
 	for i := 0; i < 100; i++ {
 		r := startRun(t, env, api.RunRequest{Student: "alice", Script: "s.py"})
 		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
@@ -35,9 +52,13 @@ func TestWarmPoolStaysFlat(t *testing.T) {
 	}
 	waitWarm(t, env, 4)
 	time.Sleep(200 * time.Millisecond)
-	t.Logf("fds with 4 warm slots: before %d, after 100 cycles %d", base, countFDs(t))
-	if countFDs(t) != base {
-		t.Errorf("fd leak: %d -> %d", base, countFDs(t))
+	fds, nets := countFDs(t), netFDs(t)
+	t.Logf("fds with 4 warm slots: before %d (%d network namespaces), after 100 cycles %d (%d)", base, baseNet, fds, nets)
+	if nets != baseNet+1 {
+		t.Errorf("network namespace fds %d -> %d, want one more: alice's, kept for her next run", baseNet, nets)
+	}
+	if fds-nets != base-baseNet {
+		t.Errorf("fd leak: %d -> %d, network namespaces aside", base-baseNet, fds-nets)
 	}
 }
 

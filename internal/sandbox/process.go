@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/netns"
 	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
@@ -28,6 +29,10 @@ type Process struct {
 	cmd     *exec.Cmd
 	warm    bool
 	cpuBase time.Duration
+	// netNS is the run's network namespace, sent with the job; it goes back
+	// to student's kept ones at Close (nil with the host's network).
+	netNS   *netns.NS
+	student string
 
 	// mu serializes reads of ctl: Launch waits for the program's pid on
 	// it, Wait reads the program's exit status after the helper is gone.
@@ -77,10 +82,9 @@ func (s *Sandbox) spawn(g *cgroup.Group) (_ *Process, err error) {
 	if !ok {
 		return nil, errors.Join(fmt.Errorf("control socket is a %T, want a Unix socket", fc), fc.Close())
 	}
+	// No CLONE_NEWNET: the network namespace comes with the job, from
+	// the student's kept ones (package netns).
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
-	if s.cfg.Setup.Network != inside.NetworkHost {
-		flags |= unix.CLONE_NEWNET
-	}
 	cmd := &exec.Cmd{
 		Path:       s.cfg.Helper.exe(),
 		Args:       s.helperArgs,
@@ -257,7 +261,11 @@ func (p *Process) launch(job inside.Job, pids int64, stdin, stdout, stderr *os.F
 	if err != nil {
 		return nil, fmt.Errorf("pids limit of helper %d: %w", p.Pid(), err)
 	}
-	rights := unix.UnixRights(int(stdin.Fd()), int(stdout.Fd()), int(stderr.Fd()))
+	fds := []int{int(stdin.Fd()), int(stdout.Fd()), int(stderr.Fd())}
+	if p.netNS != nil {
+		fds = append(fds, p.netNS.FD())
+	}
+	rights := unix.UnixRights(fds...)
 	if _, _, err := p.ctl.WriteMsgUnix(b, rights, nil); err != nil {
 		return nil, fmt.Errorf("send job to helper %d: %w", p.Pid(), err)
 	}
@@ -433,7 +441,17 @@ func (p *Process) Close() error {
 	if closed {
 		return nil
 	}
-	return errors.Join(p.group.Delete(), p.ctl.Close())
+	err := p.group.Delete()
+	if p.netNS != nil {
+		if err == nil {
+			// Every process of the run is gone with its group.
+			p.sb.nets.Put(p.student, p.netNS)
+		} else {
+			err = errors.Join(err, p.netNS.Close())
+		}
+		p.netNS = nil
+	}
+	return errors.Join(err, p.ctl.Close())
 }
 
 // discard ends a helper that no run will use: it exits without running

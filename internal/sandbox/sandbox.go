@@ -1,8 +1,12 @@
 // Package sandbox starts the process tree of a run and takes it down
-// again. Each run gets a helper (package inside) cloned into fresh
-// network, mount, IPC, PID and UTS namespaces and straight into the run's
-// cgroup; the helper prepares the namespaces as root, then waits for the
-// job, becomes the student and stays as the run's PID 1.
+// again. Each run gets a helper (package inside) cloned into fresh mount,
+// IPC, PID and UTS namespaces and straight into the run's cgroup; the
+// helper prepares the namespaces as root, then waits for the job, joins
+// the network namespace that came with it, becomes the student and stays
+// as the run's PID 1.
+//
+// Network namespaces come from package netns: made ahead, and kept after
+// a run for the same student's next one, never for another student's.
 //
 // Preparing a helper is the expensive part (namespaces, mounts, the Go
 // runtime's start-up, the v1 cgroup move on a hybrid host: 10-30 ms here),
@@ -23,6 +27,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/netns"
 	"github.com/idexd/idexd/internal/sandbox/inside"
 )
 
@@ -55,7 +60,11 @@ type Config struct {
 	// run starts cold), with WarmLimits until a run claims one.
 	WarmRuns   int
 	WarmLimits cgroup.Limits
-	Log        *slog.Logger
+	// KeptNetworks bounds the network namespaces kept after their runs
+	// for their students' next runs (package netns); 0:
+	// netns.DefaultMaxKept.
+	KeptNetworks int
+	Log          *slog.Logger
 	// FailAt, when set (by tests), is called before each start-up step; an
 	// error it returns fails that step as if the step itself had failed.
 	FailAt func(step string) error
@@ -66,6 +75,7 @@ type Sandbox struct {
 	cfg        Config
 	helperArgs []string
 	pool       *pool
+	nets       *netns.Supply // nil with the host's network
 	inputs     *inputWatcher
 	warmStarts atomic.Int64
 }
@@ -94,6 +104,17 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	cfg.Setup.Filter = filter
 	s := &Sandbox{cfg: cfg, helperArgs: append([]string{inside.Arg0}, cfg.Setup.Args()...), inputs: newInputWatcher(cfg.Log)}
+	if cfg.Setup.Network == inside.NetworkNone {
+		if cfg.KeptNetworks <= 0 {
+			cfg.KeptNetworks = netns.DefaultMaxKept
+		}
+		// As many spares as warm helpers: a burst that takes the pool
+		// finds a namespace for each.
+		s.nets, err = netns.New(netns.Config{Spares: max(cfg.WarmRuns, 1), MaxKept: cfg.KeptNetworks, Log: cfg.Log})
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+	}
 	s.pool = newPool(s, cfg.WarmRuns)
 	return s, nil
 }
@@ -109,10 +130,25 @@ func (s *Sandbox) step(name string) error {
 // lim: a warm one when the pool has one, else a new one. On error nothing
 // is left behind.
 func (s *Sandbox) Prepare(student, id string, lim cgroup.Limits) (*Process, error) {
-	if p := s.pool.take(); p != nil {
-		return s.claim(p, lim)
+	var (
+		p   *Process
+		err error
+	)
+	if p = s.pool.take(); p != nil {
+		p, err = s.claim(p, lim)
+	} else {
+		p, err = s.cold(student, id, lim)
 	}
-	return s.cold(student, id, lim)
+	if err != nil || s.nets == nil {
+		return p, err
+	}
+	// The helper joins it when the job comes; until then it waits in
+	// idexd's namespace, as root, running nothing of the student's.
+	p.student = student
+	if p.netNS, err = s.nets.Get(student); err != nil {
+		return nil, errors.Join(&StepError{Step: StepSpawn, Err: fmt.Errorf("network namespace: %w", err)}, p.discard())
+	}
+	return p, nil
 }
 
 // claim gives a warm helper the run's limits. Its group stays where the
@@ -199,5 +235,30 @@ func (s *Sandbox) WarmReady() int {
 // WarmStarts is how many runs started on a warm helper.
 func (s *Sandbox) WarmStarts() int64 { return s.warmStarts.Load() }
 
-// Close stops refilling the pool and discards the waiting helpers.
-func (s *Sandbox) Close() error { return s.pool.close() }
+// Networks says where the network namespaces of runs came from (zero
+// with the host's network).
+func (s *Sandbox) Networks() netns.Stats {
+	if s.nets == nil {
+		return netns.Stats{}
+	}
+	return s.nets.Stats()
+}
+
+// NetworksKept is how many network namespaces wait for their students'
+// next runs now (each an fd of idexd's).
+func (s *Sandbox) NetworksKept() int {
+	if s.nets == nil {
+		return 0
+	}
+	return s.nets.Kept()
+}
+
+// Close stops refilling the pool, discards the waiting helpers and drops
+// the network namespaces kept for students.
+func (s *Sandbox) Close() error {
+	err := s.pool.close()
+	if s.nets != nil {
+		err = errors.Join(err, s.nets.Close())
+	}
+	return err
+}

@@ -1,8 +1,8 @@
 // Package inside is the part of a run that lives inside its sandbox: the
-// helper process that idexd clones into fresh namespaces (network, mount,
-// IPC, PID, UTS) and into the run's cgroup, that prepares those namespaces
-// as root, waits for a job, becomes the student, and then stays as the
-// run's PID 1: it forks the interpreter, reaps every orphan, forwards
+// helper process that idexd clones into fresh namespaces (mount, IPC, PID,
+// UTS) and into the run's cgroup, that prepares those namespaces as root,
+// waits for a job, joins the network namespace that comes with it, becomes
+// the student, and then stays as the run's PID 1: it forks the interpreter, reaps every orphan, forwards
 // Ctrl-C and friends, and reports how the program ended.
 //
 // The installed helper is C (cmd/idexd-sandbox/main.c, no Go runtime to
@@ -15,7 +15,8 @@
 // replies as JSON:
 //
 //	helper -> idexd  {"ready":true}               namespaces prepared
-//	idexd  -> helper Job, with stdin/stdout/stderr as SCM_RIGHTS
+//	idexd  -> helper Job, with stdin/stdout/stderr and (unless the run has
+//	                 the host's network) its network namespace as SCM_RIGHTS
 //	helper -> idexd  {"pid":N} or {"error":"..."} the program started, or why not
 //	helper -> idexd  {"exit":{"code":C}} or {"exit":{"signal":S}}
 //
@@ -29,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -172,6 +174,9 @@ func send(r Reply) error {
 }
 
 func helper() int {
+	// The run's network namespace is joined by this thread (setns changes
+	// one thread) and the program forked from it: it must stay this one.
+	runtime.LockOSThread()
 	fail := func(err error) int {
 		// If even this fails idexd still sees the helper exit without
 		// a reply; there is nobody else to tell.
@@ -204,9 +209,14 @@ func helper() int {
 	if err := send(Reply{Ready: true}); err != nil {
 		return ExitFailed
 	}
-	job, stdio, err := receiveJob()
+	job, stdio, netFD, err := receiveJob()
 	if errors.Is(err, errAborted) {
 		return ExitAborted
+	}
+	if err == nil {
+		err = joinNetwork(setup.Network, netFD)
+	} else if netFD >= 0 {
+		_ = unix.Close(netFD)
 	}
 	if err != nil {
 		return fail(err)
@@ -255,12 +265,13 @@ func helper() int {
 
 var errAborted = errors.New("aborted before a job arrived")
 
-// receiveJob waits for the job and the three stdio fds.
-func receiveJob() (Job, [3]int, error) {
+// receiveJob waits for the job, the three stdio fds and, unless the run
+// has the host's network, its network namespace (else -1).
+func receiveJob() (Job, [3]int, int, error) {
 	var job Job
 	stdio := [3]int{-1, -1, -1}
 	buf := make([]byte, MaxMessage)
-	oob := make([]byte, unix.CmsgSpace(3*4))
+	oob := make([]byte, unix.CmsgSpace(4*4))
 	var n, oobn, flags int
 	var err error
 	for {
@@ -270,34 +281,64 @@ func receiveJob() (Job, [3]int, error) {
 		}
 	}
 	if err != nil {
-		return job, stdio, fmt.Errorf("helper: receive job: %w", err)
+		return job, stdio, -1, fmt.Errorf("helper: receive job: %w", err)
 	}
 	if n == 0 && oobn == 0 {
-		return job, stdio, errAborted
+		return job, stdio, -1, errAborted
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		return job, stdio, fmt.Errorf("helper: job truncated (%d bytes, flags %#x)", n, flags)
+		return job, stdio, -1, fmt.Errorf("helper: job truncated (%d bytes, flags %#x)", n, flags)
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil {
-		return job, stdio, fmt.Errorf("helper: parse job's fds: %w", err)
+		return job, stdio, -1, fmt.Errorf("helper: parse job's fds: %w", err)
 	}
 	var fds []int
 	for _, m := range msgs {
 		got, err := unix.ParseUnixRights(&m)
 		if err != nil {
-			return job, stdio, fmt.Errorf("helper: parse job's fds: %w", err)
+			return job, stdio, -1, fmt.Errorf("helper: parse job's fds: %w", err)
 		}
 		fds = append(fds, got...)
 	}
-	if len(fds) != 3 {
-		return job, stdio, fmt.Errorf("helper: job came with %d fds, want 3 (stdin, stdout, stderr)", len(fds))
+	netFD := -1
+	switch len(fds) {
+	case 4:
+		netFD = fds[3]
+	case 3:
+	default:
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+		return job, stdio, -1, fmt.Errorf("helper: job came with %d fds, want 3 (stdin, stdout, stderr) and the network namespace", len(fds))
 	}
 	copy(stdio[:], fds)
 	if err := job.UnmarshalBinary(buf[:n]); err != nil {
-		return job, stdio, fmt.Errorf("helper: %w", err)
+		return job, stdio, netFD, fmt.Errorf("helper: %w", err)
 	}
-	return job, stdio, nil
+	return job, stdio, netFD, nil
+}
+
+// joinNetwork enters the run's network namespace, which idexd made with lo
+// up and keeps for this student's runs only (package netns). setns changes
+// this thread alone: helper locked it, and the program is forked from it.
+func joinNetwork(network Network, fd int) error {
+	if network == NetworkHost {
+		if fd >= 0 {
+			_ = unix.Close(fd)
+			return errors.New("helper: a network namespace came with the job, but the run has the host's network")
+		}
+		return nil
+	}
+	if fd < 0 {
+		return errors.New("helper: no network namespace came with the job")
+	}
+	err := unix.Setns(fd, unix.CLONE_NEWNET)
+	_ = unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("helper: join the run's network namespace: %w", err)
+	}
+	return nil
 }
 
 // start becomes the student and forks the program.

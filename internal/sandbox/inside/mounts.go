@@ -30,8 +30,8 @@ func Shadowed(path string) bool {
 // prepare builds the run's view of the filesystem in its own mount
 // namespace, as root, before any job: the host's tree read-only, private
 // tmpfs on /tmp, /var/tmp and /dev/shm, an empty /run (no host sockets), a
-// /proc of the run's own PID namespace, a devpts of its own, and lo up in
-// its network namespace.
+// /proc of the run's own PID namespace and a devpts of its own. The
+// network namespace comes with the job, lo already up (package netns).
 func prepare(s Setup) error {
 	// Nothing done below may reach the host's mount table.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -76,11 +76,6 @@ func prepare(s Setup) error {
 	if mounted("/dev/mqueue") {
 		if err := unix.Mount("mqueue", "/dev/mqueue", "mqueue", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fmt.Errorf("helper: mount the run's /dev/mqueue: %w", err)
-		}
-	}
-	if s.Network != NetworkHost {
-		if err := loopbackUp(); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -185,28 +180,4 @@ func hasID(file []byte, id uint32) bool {
 		}
 	}
 	return false
-}
-
-// loopbackUp brings lo up, the only interface of the run's network
-// namespace, so programs can serve and connect on 127.0.0.1.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("helper: socket for lo: %w", err)
-	}
-	ifr, err := unix.NewIfreq("lo")
-	if err == nil {
-		err = unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr)
-	}
-	if err == nil {
-		ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-		err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-	}
-	if cerr := unix.Close(fd); cerr != nil && err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("helper: bring lo up: %w", err)
-	}
-	return nil
 }

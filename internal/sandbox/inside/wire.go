@@ -16,7 +16,7 @@ import (
 
 // JobMagic opens every job and changes whenever its fields do, so a helper
 // of another build refuses a job it would misread.
-const JobMagic = "idexd-job-1"
+const JobMagic = "idexd-job-2"
 
 // Args is the helper's argv after Arg0: network, tmpfs bytes, tmpfs
 // inodes, and the seccomp filter in hex.
@@ -33,6 +33,9 @@ func ParseSetup(args []string) (Setup, error) {
 	var s Setup
 	var err error
 	s.Network = Network(args[0])
+	if s.Network != NetworkNone && s.Network != NetworkHost {
+		return Setup{}, fmt.Errorf("helper: setup network %.40s: want none or host", args[0])
+	}
 	if s.TmpBytes, err = strconv.ParseInt(args[1], 10, 64); err != nil {
 		return Setup{}, fmt.Errorf("helper: setup tmp bytes: %w", err)
 	}
