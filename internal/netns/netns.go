@@ -77,7 +77,8 @@ type Stats struct {
 // Supply hands out network namespaces and takes them back.
 type Supply struct {
 	cfg  Config
-	w    *worker
+	wmu  sync.Mutex
+	w    *worker // through worker()
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -125,7 +126,7 @@ func (s *Supply) Get(student string) (*NS, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, errors.New("netns: supply closed")
+		return nil, errClosed
 	}
 	if l := s.kept[student]; len(l) > 0 {
 		n := l[len(l)-1]
@@ -152,7 +153,11 @@ func (s *Supply) Get(student string) (*NS, error) {
 		s.nSpare.Add(1)
 		return n, nil
 	}
-	n, err := s.w.make()
+	w, err := s.worker()
+	if err != nil {
+		return nil, err
+	}
+	n, err = w.make()
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +169,10 @@ func (s *Supply) Get(student string) (*NS, error) {
 // the run is gone. It keeps it for the student's next run when no socket
 // is left in it, and drops it otherwise.
 func (s *Supply) Put(student string, n *NS) {
-	err := s.w.clean(n)
+	w, err := s.worker()
+	if err == nil {
+		err = w.clean(n)
+	}
 	if err == nil {
 		n.used = time.Now()
 		s.mu.Lock()
@@ -174,7 +182,7 @@ func (s *Supply) Put(student string, n *NS) {
 			n = s.evictLocked(s.cfg.MaxKept)
 		}
 		s.mu.Unlock()
-	} else if !errors.Is(err, errSockets) {
+	} else if !errors.Is(err, errSockets) && !errors.Is(err, errClosed) {
 		s.cfg.Log.Error("check a run's network namespace; dropping it", "student", student, "err", err)
 	}
 	if n != nil {
@@ -238,7 +246,14 @@ func (s *Supply) loop() {
 		short := len(s.spares) < s.cfg.Spares
 		s.mu.Unlock()
 		if short && backoff == 0 {
-			n, err := s.w.make()
+			w, err := s.worker()
+			var n *NS
+			if err == nil {
+				n, err = w.make()
+			}
+			if errors.Is(err, errClosed) {
+				return
+			}
 			if err != nil {
 				backoff = 10 * time.Second
 				s.cfg.Log.Error("make a spare network namespace; runs make theirs on the spot meanwhile", "err", err, "retry_in", backoff)
@@ -313,7 +328,9 @@ func (s *Supply) Close() error {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.done
+	s.wmu.Lock()
 	s.w.close()
+	s.wmu.Unlock()
 	var errs []error
 	for _, n := range all {
 		errs = append(errs, n.Close())
@@ -323,6 +340,34 @@ func (s *Supply) Close() error {
 
 // errSockets: a namespace still holds sockets.
 var errSockets = errors.New("sockets left")
+
+// errClosed: the supply is closed.
+var errClosed = errors.New("netns: supply closed")
+
+// worker returns the worker, started again if its thread was lost (it
+// could not return to idexd's namespace): a run should not fail for it.
+func (s *Supply) worker() (*worker, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	select {
+	case <-s.w.gone:
+	default:
+		return s.w, nil
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+	w, err := startWorker()
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Log.Warn("netns: a worker thread could not return to idexd's network namespace; started another")
+	s.w = w
+	return w, nil
+}
 
 // worker runs namespace operations on one OS thread, which enters other
 // network namespaces and must always come back to idexd's own: setns and
