@@ -22,6 +22,8 @@ type Sources struct {
 	LocksLost   func() int64
 	StoreErrors func() int64
 	WarmStarts  func() int64
+	// Networks says where runs' network namespaces came from.
+	Networks func() (kept, spare, made int64)
 	// Queue is the admission queue: its length and its oldest wait.
 	Queue func() (int, time.Duration)
 }
@@ -113,6 +115,18 @@ func (m *Metrics) Watch(src Sources) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "idexd_runs_warm_started_total", Help: "Runs started on a warm helper (no cgroup move on the start path)."},
 			func() float64 { return float64(src.WarmStarts()) }))
+	}
+	if src.Networks != nil {
+		for i, from := range []string{"kept", "spare", "made"} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "idexd_network_namespaces_total",
+				Help:        "Runs' network namespaces by where they came from: kept from the student's last run, a spare made ahead, made on the spot.",
+				ConstLabels: prometheus.Labels{"from": from}},
+				func() float64 {
+					k, s, m := src.Networks()
+					return float64([]int64{k, s, m}[i])
+				}))
+		}
 	}
 }
 

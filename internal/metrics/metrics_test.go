@@ -18,6 +18,7 @@ func TestScrape(t *testing.T) {
 		LockCounts: func() (int64, int64) { return 10, 7 },
 		LocksLost:  func() int64 { return 2 },
 		WarmStarts: func() int64 { return 5 },
+		Networks:   func() (int64, int64, int64) { return 8, 3, 1 },
 		Queue:      func() (int, time.Duration) { return 7, 1500 * time.Millisecond },
 	})
 	h := m.Hooks()
@@ -46,6 +47,9 @@ func TestScrape(t *testing.T) {
 		"idexd_lock_released_total 7",
 		"idexd_lock_lost_total 2",
 		"idexd_runs_warm_started_total 5",
+		`idexd_network_namespaces_total{from="kept"} 8`,
+		`idexd_network_namespaces_total{from="spare"} 3`,
+		`idexd_network_namespaces_total{from="made"} 1`,
 		"idexd_run_start_seconds_count 1",
 		"idexd_run_stop_seconds_count 1",
 		`idexd_admissions_total{outcome="admitted"} 1`,

@@ -208,6 +208,13 @@ func (e *Engine) WarmReady() int { return e.sb.WarmReady() }
 // WarmStarts is how many runs started on a warm helper.
 func (e *Engine) WarmStarts() int64 { return e.sb.WarmStarts() }
 
+// Networks says where runs' network namespaces came from: kept from the
+// student's last run, a spare made ahead, or made on the spot.
+func (e *Engine) Networks() (kept, spare, made int64) {
+	s := e.sb.Networks()
+	return s.Kept, s.Spare, s.Made
+}
+
 // New returns an engine; it starts no run, and fills the warm pool.
 func New(cfg Config) (*Engine, error) {
 	if cfg.Log == nil || cfg.Dirs == nil || cfg.Store == nil || cfg.Locks == nil || (cfg.Cgroups == nil && cfg.Sandbox == nil) {

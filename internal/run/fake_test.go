@@ -19,6 +19,7 @@ import (
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/lock"
+	"github.com/idexd/idexd/internal/netns"
 	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/sandbox/inside"
@@ -107,7 +108,9 @@ func (s *fakeSandbox) Prepare(student, id string, lim cgroup.Limits) (run.Proces
 func (s *fakeSandbox) WarmReady() int    { return 0 }
 func (s *fakeSandbox) WarmStarts() int64 { return 0 }
 func (s *fakeSandbox) NetworksKept() int { return 0 }
-func (s *fakeSandbox) Close() error      { return nil }
+
+func (s *fakeSandbox) Networks() netns.Stats { return netns.Stats{} }
+func (s *fakeSandbox) Close() error          { return nil }
 
 // closedOnce fails the test unless every process was closed exactly once.
 func (s *fakeSandbox) closedOnce(t *testing.T) {

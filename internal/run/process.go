@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/netns"
 	"github.com/idexd/idexd/internal/sandbox"
 	"github.com/idexd/idexd/internal/sandbox/inside"
 )
@@ -21,8 +22,9 @@ type Sandbox interface {
 	WarmReady() int
 	WarmStarts() int64
 	// NetworksKept is how many network namespaces the sandbox keeps for
-	// students' next runs.
+	// students' next runs; Networks, where those of runs came from.
 	NetworksKept() int
+	Networks() netns.Stats
 	Close() error
 }
 
