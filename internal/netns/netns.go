@@ -2,9 +2,9 @@
 // only lo, up, so a program can serve and connect on 127.0.0.1 and reach
 // nothing else.
 //
-// Making a namespace and tearing it down again costs about 6.6 ms of CPU
-// here, most of the teardown in a kernel worker that no run's cgroup is
-// charged for (../shared/platform.md; bench/README.md). So a namespace
+// Making a namespace costs idexd about 0.5 ms of CPU here, and tearing it
+// down more, in a kernel worker that no run's cgroup is charged for: 0.6
+// to 1.8 ms of all CPUs' busy time per run (bench/README.md). So a namespace
 // outlives its run: it goes back to the student whose run it was, and that
 // student's next run joins it again; fresh ones are made ahead, off the
 // path from Run to first output, for students who have none.

@@ -2,8 +2,9 @@
 // helper process that idexd clones into fresh namespaces (mount, IPC, PID,
 // UTS) and into the run's cgroup, that prepares those namespaces as root,
 // waits for a job, joins the network namespace that comes with it, becomes
-// the student, and then stays as the run's PID 1: it forks the interpreter, reaps every orphan, forwards
-// Ctrl-C and friends, and reports how the program ended.
+// the student, and then stays as the run's PID 1: it forks the
+// interpreter, reaps every orphan, forwards Ctrl-C and friends, and
+// reports how the program ended.
 //
 // The installed helper is C (cmd/idexd-sandbox/main.c, no Go runtime to
 // start per run); this package holds the protocol both speak (wire.go) and
