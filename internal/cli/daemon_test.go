@@ -254,19 +254,25 @@ func TestTerminalOutputEscaped(t *testing.T) {
 // run; an end other than exiting is explained on stderr.
 func TestCtrlC(t *testing.T) {
 	env, sock := served(t)
+	// "ready" is printed inside the try: a Ctrl-C sent as soon as it is
+	// read can arrive before print returns (CI saw it once).
 	env.WriteScript(t, "alice", "bye.py", `import time
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     while True:
         time.sleep(0.05)
 except KeyboardInterrupt:
     print("Goodbye!")
 `)
 	env.WriteScript(t, "alice", "stubborn.py", `import time
-print("ready", flush=True)
+ready = False
 while True:
     try:
-        time.sleep(0.05)
+        if not ready:
+            ready = True
+            print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
     except KeyboardInterrupt:
         print("caught", flush=True)
 `)

@@ -204,9 +204,11 @@ for i in range(3000):
 // session.
 func TestInterrupt(t *testing.T) {
 	env := testutil.NewEnv(t, warm(1))
+	// "ready" is printed inside the try: a Ctrl-C sent as soon as it is
+	// read can arrive before print returns.
 	env.WriteScript(t, "dave", "bye.py", `import time
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     while True:
         time.sleep(0.05)
 except KeyboardInterrupt:
