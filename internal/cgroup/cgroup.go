@@ -312,6 +312,7 @@ func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 		return nil, fmt.Errorf("open cgroup %s: %w", g.v2Path, err)
 	}
 	g.dir = fd
+	g.set = &lim
 	return g, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -131,5 +132,79 @@ func TestCheckConcurrent(t *testing.T) {
 	}
 	if n > 0 {
 		t.Fatalf("%d of %d concurrent checks failed", n, workers*each)
+	}
+}
+
+// TestLimitsFollowUpdates: a group's limit files say the limits last set,
+// through Update (which skips writing what the group already has) and
+// SetPids, in every order a run's start uses them.
+func TestLimitsFollowUpdates(t *testing.T) {
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	m, err := cgroup.New("idexd-test/limits-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	})
+	a := cgroup.Limits{MemoryBytes: 64 << 20, Pids: 16, CPUPercent: 100}
+	bb := cgroup.Limits{MemoryBytes: 32 << 20, Pids: 8, CPUPercent: 50}
+	g, err := m.CreateWarm("w1", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	// The files, read as the kernel has them.
+	file := func(ctrl, v1, v2 string) string {
+		dir := g.Path()
+		name := v2
+		if m.Mode() == cgroup.ModeHybrid {
+			name = v1
+			for _, d := range g.V1Dirs() {
+				if strings.Contains(d, "/"+ctrl+"/") {
+					dir = d
+				}
+			}
+		}
+		out, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	check := func(when string, mem, pids, cpu int64) {
+		t.Helper()
+		gotMem := file("memory", "memory.limit_in_bytes", "memory.max")
+		gotPids := file("pids", "pids.max", "pids.max")
+		gotCPU := strings.Fields(file("cpu", "cpu.cfs_quota_us", "cpu.max"))[0]
+		if gotMem != strconv.FormatInt(mem, 10) || gotPids != strconv.FormatInt(pids, 10) || gotCPU != strconv.FormatInt(cpu*1000, 10) {
+			t.Errorf("%s: memory %s, pids %s, cpu quota %s; want %d, %d, %d", when, gotMem, gotPids, gotCPU, mem, pids, cpu*1000)
+		}
+	}
+	check("made with a", a.MemoryBytes, a.Pids, a.CPUPercent)
+	steps := []struct {
+		name string
+		do   func() error
+		want cgroup.Limits
+	}{
+		{"update to a again", func() error { return g.Update(a) }, a},
+		{"update to b", func() error { return g.Update(bb) }, bb},
+		{"pids raised for the helper", func() error { return g.SetPids(bb.Pids + 3) }, cgroup.Limits{MemoryBytes: bb.MemoryBytes, Pids: bb.Pids + 3, CPUPercent: bb.CPUPercent}},
+		{"update to b after SetPids", func() error { return g.Update(bb) }, bb},
+		{"update back to a", func() error { return g.Update(a) }, a},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		check(s.name, s.want.MemoryBytes, s.want.Pids, s.want.CPUPercent)
 	}
 }

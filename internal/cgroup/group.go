@@ -31,10 +31,28 @@ type Group struct {
 	v1Dirs     map[cgroup1.Name]string
 	v1Swap     bool
 	v2Missing  []string
+	// set are the limits last written, so that a warm group claimed by a
+	// run with the limits it was made with (the defaults, most runs) is
+	// not written again: six writes on the start path (v1). Nil: unknown.
+	set *Limits
 }
 
-// Update sets new limits, for a warm group claimed by a run.
+// Update sets new limits, for a warm group claimed by a run; it writes
+// nothing when they are the ones the group already has.
 func (g *Group) Update(lim Limits) error {
+	if g.set != nil && *g.set == lim {
+		return nil
+	}
+	// Unknown until every write below has succeeded.
+	g.set = nil
+	if err := g.update(lim); err != nil {
+		return err
+	}
+	g.set = &lim
+	return nil
+}
+
+func (g *Group) update(lim Limits) error {
 	if g.v1 != nil {
 		if err := g.updateV1Memory(lim); err != nil {
 			return err
@@ -327,8 +345,15 @@ func (g *Group) SetPids(n int64) error {
 	if dir == "" {
 		return nil
 	}
+	set := g.set
+	g.set = nil // unknown until written
 	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10)), 0); err != nil {
 		return fmt.Errorf("set pids.max of %s to %d: %w", dir, n, err)
+	}
+	if set != nil {
+		lim := *set
+		lim.Pids = n
+		g.set = &lim
 	}
 	return nil
 }
