@@ -235,6 +235,8 @@ static int mount_over(const char *dir, const char *fstype, unsigned long flags, 
 	return 0;
 }
 
+static int prebind_users(void);
+
 /* prepare builds the run's view of the filesystem in its own mount
  * namespace, as root, before any job; inside.prepare says why each step. */
 static int prepare(unsigned long long tmp_bytes, unsigned long long tmp_inodes)
@@ -261,7 +263,7 @@ static int prepare(unsigned long long tmp_bytes, unsigned long long tmp_inodes)
 	if (mounted("/dev/mqueue", "/dev") &&
 	    mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""))
 		return failf("helper: mount the run's /dev/mqueue: %s", errstr(errno));
-	return 0;
+	return prebind_users();
 }
 
 /* shadowed reports whether a clean absolute path lies under a directory a
@@ -397,52 +399,79 @@ static int write_all(int fd, const char *b, size_t n)
 	return 0;
 }
 
-/* name_user gives the student's uid and gid a name inside the run, without
- * touching the host's files (inside.nameUser says how). */
-static int name_user(const struct job *j)
+/* The run's /etc/passwd and /etc/group: copies of the host's, bound
+ * read-only over them before any job (prebind_users), to which the job only
+ * appends the student's line (name_user). inside.prebindUsers says why. */
+static struct user_file {
+	const char *path, *tmp;
+	char *host;  /* the host's file as read when the helper started */
+	size_t size; /* bytes in the copy: the host's, with a final newline */
+	int fd;      /* the copy, for the job's line; -1 once the job is done */
+} user_files[] = {{"/etc/passwd", "/tmp/.idexd-passwd", NULL, 0, -1}, {"/etc/group", "/tmp/.idexd-group", NULL, 0, -1}};
+
+static int prebind_users(void)
 {
-	if (!j->user[0] || strpbrk(j->user, ":\n"))
-		return 0;
-	struct {
-		const char *path, *tmp;
-		unsigned long long id;
-	} files[] = {{"/etc/passwd", "/tmp/.idexd-passwd", j->uid}, {"/etc/group", "/tmp/.idexd-group", j->gid}};
 	for (size_t i = 0; i < 2; i++) {
+		struct user_file *f = &user_files[i];
 		size_t n;
-		char *host = read_file(files[i].path, &n);
-		if (!host)
-			return failf("helper: name the student: open %s: %s", files[i].path, errstr(errno));
-		if (has_id(host, files[i].id)) {
-			free(host);
-			continue;
-		}
-		char line[4096 + 64];
-		int ln = i == 0 ? snprintf(line, sizeof line, "%s:x:%llu:%llu:%s:%s:/bin/sh\n", j->user, j->uid, j->gid, j->user, j->dir)
-				: snprintf(line, sizeof line, "%s:x:%llu:\n", j->user, j->gid);
-		if (ln < 0 || (size_t)ln >= sizeof line) {
-			free(host);
-			return failf("helper: name the student: entry too long");
-		}
+		f->host = read_file(f->path, &n);
+		if (!f->host)
+			return failf("helper: name the student: open %s: %s", f->path, errstr(errno));
 		int err = 0;
-		int fd = open(files[i].tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+		int fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 		if (fd < 0)
 			err = errno;
-		if (!err && (fchmod(fd, 0644) || write_all(fd, host, n) ||
-			     (n > 0 && host[n - 1] != '\n' && write_all(fd, "\n", 1)) || write_all(fd, line, (size_t)ln)))
+		f->size = n;
+		if (!err && (fchmod(fd, 0644) || write_all(fd, f->host, n)))
 			err = errno;
-		if (fd >= 0 && close(fd) && !err)
+		if (!err && n > 0 && f->host[n - 1] != '\n') {
+			if (write_all(fd, "\n", 1))
+				err = errno;
+			f->size++;
+		}
+		if (!err && mount(f->tmp, f->path, "", MS_BIND, ""))
 			err = errno;
-		free(host);
-		if (!err && mount(files[i].tmp, files[i].path, "", MS_BIND, ""))
+		if (!err && mount("", f->path, "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, ""))
 			err = errno;
-		if (!err && mount("", files[i].path, "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, ""))
+		if (fd >= 0 && unlink(f->tmp) && !err)
 			err = errno;
-		if (unlink(files[i].tmp) && !err)
-			err = errno;
-		if (err)
-			return failf("helper: name the student in %s: %s", files[i].path, errstr(err));
+		if (err) {
+			if (fd >= 0)
+				close(fd);
+			return failf("helper: name the student in %s: %s", f->path, errstr(err));
+		}
+		f->fd = fd;
 	}
 	return 0;
+}
+
+/* name_user gives the student's uid and gid a name inside the run, without
+ * touching the host's files (inside.nameUser says how), and closes the
+ * copies: the student's processes must never find them open here. */
+static int name_user(const struct job *j)
+{
+	int named = j->user[0] && !strpbrk(j->user, ":\n");
+	int ret = 0;
+	for (size_t i = 0; i < 2; i++) {
+		struct user_file *f = &user_files[i];
+		unsigned long long id = i == 0 ? j->uid : j->gid;
+		if (named && !ret && !has_id(f->host, id)) {
+			char line[4096 + 64];
+			int ln = i == 0 ? snprintf(line, sizeof line, "%s:x:%llu:%llu:%s:%s:/bin/sh\n", j->user, j->uid, j->gid, j->user, j->dir)
+					: snprintf(line, sizeof line, "%s:x:%llu:\n", j->user, j->gid);
+			if (ln < 0 || (size_t)ln >= sizeof line)
+				ret = failf("helper: name the student: entry too long");
+			else {
+				errno = EIO; /* a short write sets none */
+				if (pwrite(f->fd, line, (size_t)ln, (off_t)f->size) != (ssize_t)ln)
+					ret = failf("helper: name the student in %s: %s", f->path, errstr(errno));
+			}
+		}
+		if (close(f->fd) && !ret)
+			ret = failf("helper: name the student in %s: close: %s", f->path, errstr(errno));
+		f->fd = -1;
+	}
+	return ret;
 }
 
 /* A cursor over the job's NUL-terminated fields (inside.Job.MarshalBinary). */

@@ -51,7 +51,11 @@ func TestDedicatedHelper(t *testing.T) {
 		h, n := c.h, c.n
 		t.Run(fmt.Sprintf("%s/warm_runs=%d", c.name, n), func(t *testing.T) {
 			env := testutil.NewEnv(t, warm(n), func(c *run.Config) { c.Helper = h })
-			env.WriteScript(t, "alice", "who.py", "import os\nprint(os.getuid(), sorted(os.listdir('/proc/self/fd'), key=int))\n")
+			// The student's name comes from the run's copies of
+			// /etc/passwd and /etc/group, with the host's lines kept;
+			// the helper's handles on them must not reach the program.
+			env.WriteScript(t, "alice", "who.py", "import grp, os, pwd\nfds = sorted(os.listdir('/proc/self/fd'), key=int)\n"+
+				"print(os.getuid(), fds, pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name, pwd.getpwuid(0).pw_name, pwd.getpwnam('alice').pw_dir == os.environ['HOME'])\n")
 			if n > 0 {
 				waitWarm(t, env, n)
 			}
@@ -63,7 +67,7 @@ func TestDedicatedHelper(t *testing.T) {
 				t.Fatalf("ended %s exit %s: %s", res.Run.Reason, exitCode(res.Run), res.Stderr)
 			}
 			// fd 3 is listdir's own.
-			if want := fmt.Sprintf("%d ['0', '1', '2', '3']\n", res.Run.UID); res.Stdout != want {
+			if want := fmt.Sprintf("%d ['0', '1', '2', '3'] alice alice root True\n", res.Run.UID); res.Stdout != want {
 				t.Errorf("stdout %q, want %q", res.Stdout, want)
 			}
 		})

@@ -200,7 +200,8 @@ func helper() int {
 	signal.Notify(children, unix.SIGCHLD)
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwarded...)
-	if err := prepare(setup); err != nil {
+	users, err := prepare(setup)
+	if err != nil {
 		return fail(err)
 	}
 	filter, err := decodeFilter(setup.Filter)
@@ -238,7 +239,7 @@ func helper() int {
 	if err != nil {
 		return fail(err)
 	}
-	pid, err := start(job, stdio, filter)
+	pid, err := start(job, stdio, filter, users)
 	if err != nil {
 		return fail(err)
 	}
@@ -343,14 +344,14 @@ func joinNetwork(network Network, fd int) error {
 }
 
 // start becomes the student and forks the program.
-func start(job Job, stdio [3]int, filter *unix.SockFprog) (int, error) {
+func start(job Job, stdio [3]int, filter *unix.SockFprog, users []*userFile) (int, error) {
 	if job.UID == 0 || job.GID == 0 {
 		return 0, fmt.Errorf("helper: refusing to run as uid %d gid %d", job.UID, job.GID)
 	}
 	if err := bindWorkdir(job.Dir); err != nil {
 		return 0, err
 	}
-	if err := nameUser(job.User, job.UID, job.GID, job.Dir); err != nil {
+	if err := nameUser(users, job.User, job.UID, job.GID, job.Dir); err != nil {
 		return 0, err
 	}
 	// Go applies these to every thread of the process. Groups first,
