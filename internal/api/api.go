@@ -335,6 +335,9 @@ type DebugState struct {
 	// NetworksKept are network namespaces kept for students' next runs:
 	// one fd of idexd's each, part of FDs.
 	NetworksKept int `json:"networks_kept"`
+	// CgroupsKept are warm groups of ended runs kept for the next warm
+	// helpers (hybrid hosts): one fd of idexd's each, part of FDs.
+	CgroupsKept int `json:"cgroups_kept"`
 }
 
 // VersionInfo is the body of GET /v1/version.

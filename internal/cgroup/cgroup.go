@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	cgroups "github.com/containerd/cgroups/v3"
@@ -86,6 +87,13 @@ type Manager struct {
 	// studentTotals bound all of a student's runs together, in the
 	// student's group (SetStudentTotals); zero fields: no bound.
 	studentTotals Limits
+	// kept are warm groups whose runs ended, emptied for the next warm
+	// helper; at most keep of them (KeepWarmGroups, reuse.go).
+	keptMu sync.Mutex
+	kept   []*Group
+	keep   int
+	// warmReused and warmMade count the warm groups CreateWarm handed out.
+	warmReused, warmMade atomic.Int64
 }
 
 // limitControllers are the v2 controllers that hold a run's limits.
@@ -239,12 +247,28 @@ func (m *Manager) Create(student, id string, lim Limits) (*Group, error) {
 
 // CreateWarm makes a group for a warm helper, with lim until a run claims
 // it and sets its own.
+//
+// When an earlier warm run's group waits emptied (KeepWarmGroups), that
+// one is taken instead, under its old name.
 func (m *Manager) CreateWarm(id string, lim Limits) (*Group, error) {
-	return m.create(WarmPrefix+id, lim)
+	if g := m.takeKept(); g != nil {
+		if err := g.Update(lim); err != nil {
+			return nil, errors.Join(fmt.Errorf("reuse warm cgroup %s: %w", g.v2Path, err), g.Delete())
+		}
+		m.warmReused.Add(1)
+		return g, nil
+	}
+	g, err := m.create(WarmPrefix+id, lim)
+	if err != nil {
+		return nil, err
+	}
+	g.warm = true
+	m.warmMade.Add(1)
+	return g, nil
 }
 
 func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
-	g := &Group{mode: m.mode, v1Swap: m.v1Swap}
+	g := &Group{mode: m.mode, v1Swap: m.v1Swap, m: m}
 	res := &cgroup2.Resources{}
 	if m.mode == ModeUnified {
 		res = v2Resources(lim, m.missing)

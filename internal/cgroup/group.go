@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,11 +37,44 @@ type Group struct {
 	// run with the limits it was made with (the defaults, most runs) is
 	// not written again: six writes on the start path (v1). Nil: unknown.
 	set *Limits
+	// m made the group; warm says it is a warm helper's, which Release
+	// may hand back to m for the next one (Manager.KeepWarmGroups).
+	m    *Manager
+	warm bool
+	// oomBase is the oom_kill count the directories had when this Group
+	// took them over from an earlier run's (v1 never resets it).
+	oomBase uint64
+	// mu orders Release and Delete against what a late holder of the
+	// group may still do to it (a stop's kill, a student's weighing):
+	// once released, the directories may be another run's, so those do
+	// nothing.
+	mu       sync.RWMutex
+	released bool
+	// killed: cgroup.kill was written, and the group cannot be reused.
+	killed atomic.Bool
+}
+
+// errReleased is what a released group's reads return.
+var errReleased = errors.New("cgroup released: its run ended")
+
+// live runs f unless the group was released, and holds the release back
+// meanwhile.
+func (g *Group) live(f func() error) error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.released {
+		return errReleased
+	}
+	return f()
 }
 
 // Update sets new limits, for a warm group claimed by a run; it writes
 // nothing when they are the ones the group already has.
 func (g *Group) Update(lim Limits) error {
+	return g.live(func() error { return g.updateOnce(lim) })
+}
+
+func (g *Group) updateOnce(lim Limits) error {
 	if g.set != nil && *g.set == lim {
 		return nil
 	}
@@ -99,6 +134,10 @@ func readInt(path string) (int64, error) {
 // ResetPeak forgets the peak memory so far (a warm helper's own), where
 // the kernel allows it (v1); v2's memory.peak cannot be reset before 6.12.
 func (g *Group) ResetPeak() error {
+	return g.live(g.resetPeak)
+}
+
+func (g *Group) resetPeak() error {
 	if g.v1 == nil {
 		return nil
 	}
@@ -127,7 +166,7 @@ func (g *Group) Join(pid int) error {
 	if g.v1 == nil {
 		return nil
 	}
-	if err := g.v1.AddProc(uint64(pid)); err != nil {
+	if err := g.live(func() error { return g.v1.AddProc(uint64(pid)) }); err != nil {
 		return fmt.Errorf("move pid %d into v1 cgroups: %w", pid, err)
 	}
 	return nil
@@ -135,8 +174,19 @@ func (g *Group) Join(pid int) error {
 
 // Kill sends SIGKILL to every process of the group at once (cgroup.kill),
 // including any that called setsid and double-forked.
+//
+// A released group's processes are gone already (Release needs it
+// empty): its directories may hold another run's now, so Kill leaves
+// them alone.
 func (g *Group) Kill() error {
-	if err := g.v2.Kill(); err != nil {
+	err := g.live(func() error {
+		g.killed.Store(true)
+		return g.v2.Kill()
+	})
+	if errors.Is(err, errReleased) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("kill cgroup %s: %w", g.v2Path, err)
 	}
 	return nil
@@ -144,7 +194,16 @@ func (g *Group) Kill() error {
 
 // Populated reports whether any process is still in the group. Zombies
 // have already left it: the kernel removes a task at exit, before reaping.
-func (g *Group) Populated() (bool, error) {
+// A released group's were gone before it was released.
+func (g *Group) Populated() (pop bool, err error) {
+	err = g.live(func() (err error) { pop, err = g.populated(); return err })
+	if errors.Is(err, errReleased) {
+		return false, nil
+	}
+	return pop, err
+}
+
+func (g *Group) populated() (bool, error) {
 	b, err := os.ReadFile(filepath.Join(g.v2Path, "cgroup.events"))
 	if err != nil {
 		return false, fmt.Errorf("read cgroup.events of %s: %w", g.v2Path, err)
@@ -158,18 +217,22 @@ func (g *Group) Populated() (bool, error) {
 }
 
 // KillAndWait kills the group and waits until it is empty or ctx ends.
+//
+// An empty group is not killed: a run that ended by itself (its PID 1 gone
+// takes its namespace's processes with it) leaves its group empty, and
+// only a group never killed can be reused (see reuse.go).
 func (g *Group) KillAndWait(ctx context.Context) error {
 	delay := 200 * time.Microsecond
 	for {
-		if err := g.Kill(); err != nil {
-			return err
-		}
 		pop, err := g.Populated()
 		if err != nil {
 			return err
 		}
 		if !pop {
 			return nil
+		}
+		if err := g.Kill(); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -195,7 +258,12 @@ type Stats struct {
 // every run's end path, so it reads only the files it reports: in hybrid
 // mode four small files instead of the ~30 of cgroup1's full Stat (0.7 ms
 // of the end path, bench/README.md).
-func (g *Group) Stats() (Stats, error) {
+func (g *Group) Stats() (s Stats, err error) {
+	err = g.live(func() (err error) { s, err = g.stats(); return err })
+	return s, err
+}
+
+func (g *Group) stats() (Stats, error) {
 	if g.v1 != nil {
 		return g.v1Stats()
 	}
@@ -220,7 +288,7 @@ func (g *Group) Stats() (Stats, error) {
 
 func (g *Group) v1Stats() (Stats, error) {
 	var s Stats
-	cpu, err := g.CPUTime()
+	cpu, err := g.cpuTime()
 	if err != nil {
 		return Stats{}, err
 	}
@@ -246,22 +314,40 @@ func (g *Group) v1Stats() (Stats, error) {
 	}
 	s.PeakMemory += tcpPeak
 	s.Memory += tcpNow
-	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
+	oom, err := v1OOMKills(mem)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			if s.OOMKills, err = strconv.ParseUint(v, 10, 64); err != nil {
-				return Stats{}, fmt.Errorf("parse oom_kill of %s: %w", mem, err)
-			}
-		}
-	}
+	s.OOMKills = oom - min(g.oomBase, oom)
 	return s, nil
 }
 
+// v1OOMKills is the oom_kill count of a v1 memory group (0 on kernels
+// before 4.13, which do not count).
+func v1OOMKills(mem string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse oom_kill of %s: %w", mem, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, nil
+}
+
 // CPUTime is the group's CPU time so far: cheap enough to poll.
-func (g *Group) CPUTime() (time.Duration, error) {
+func (g *Group) CPUTime() (d time.Duration, err error) {
+	err = g.live(func() (err error) { d, err = g.cpuTime(); return err })
+	return d, err
+}
+
+func (g *Group) cpuTime() (time.Duration, error) {
 	if g.v1 != nil {
 		b, err := os.ReadFile(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
 		if err != nil {
@@ -286,7 +372,21 @@ func (g *Group) CPUTime() (time.Duration, error) {
 // A directory that still holds a process refuses with EBUSY, which is
 // retried briefly (a task leaves its groups a moment after it was seen
 // gone) and then reported.
+//
+// A group already released is left alone: its directories may be kept
+// for another run.
 func (g *Group) Delete() error {
+	g.mu.Lock()
+	released := g.released
+	g.released = true
+	g.mu.Unlock()
+	if released {
+		return nil
+	}
+	return g.delete()
+}
+
+func (g *Group) delete() error {
 	var errs []error
 	if g.dir != nil {
 		if err := g.dir.Close(); err != nil {
@@ -341,6 +441,10 @@ func (g *Group) Tasks() (int64, error) {
 
 // SetPids sets the group's task limit alone.
 func (g *Group) SetPids(n int64) error {
+	return g.live(func() error { return g.setPids(n) })
+}
+
+func (g *Group) setPids(n int64) error {
 	dir := g.pidsDir()
 	if dir == "" {
 		return nil

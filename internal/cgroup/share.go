@@ -73,7 +73,18 @@ func (m *Manager) SetStudentShare(student string, share float64) error {
 // SetShare weighs the group as share of one student's CPU share: for a
 // warm helper's group, claimed by one of a student's runs. A group
 // already deleted (the run ended meanwhile) is no error.
+//
+// A released group is no error either, and is left alone: its
+// directories may be another run's by now.
 func (g *Group) SetShare(share float64) error {
+	err := g.live(func() error { return g.setShare(share) })
+	if errors.Is(err, errReleased) {
+		return nil
+	}
+	return err
+}
+
+func (g *Group) setShare(share float64) error {
 	dir := g.v2Path
 	if g.v1 != nil {
 		dir = g.v1Dirs[cgroup1.Cpu]

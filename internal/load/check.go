@@ -48,6 +48,9 @@ func (m *mix) check(ctx context.Context, rootBefore map[string]bool) {
 	if p := checkKeptNetworks(a); p != "" {
 		rep.problem(&rep.Left.Namespaces, "%s", p)
 	}
+	if p := checkKeptCgroups(a, WarmHelpers(m.o.WarmRuns)); p != "" {
+		rep.problem(&rep.Left.Cgroups, "%s", p)
+	}
 
 	running, err := m.c.ListRuns(ctx, client.ListFilter{State: api.StateRunning, Limit: 10000})
 	if err != nil {

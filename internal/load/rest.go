@@ -83,6 +83,7 @@ func (r *restSampler) look(ctx context.Context) (s DaemonState, children int, er
 		return s, 0, err
 	}
 	s.discountKeptNetworks()
+	s.discountKeptCgroups()
 	return s, children, nil
 }
 
@@ -100,6 +101,27 @@ func (s *DaemonState) discountKeptNetworks() {
 	if s.Census.OwnNS != nil {
 		s.Census.OwnNS["net"] -= k
 	}
+}
+
+// discountKeptCgroups takes the warm groups idexd keeps for its next warm
+// helpers (internal/cgroup's reuse, at most warm_runs) out of its fds:
+// how many wait depends on how the last runs ended. An fd leaked outside
+// that count still shows; the count is held to its bound (checkKeptCgroups).
+func (s *DaemonState) discountKeptCgroups() {
+	k := s.Debug.CgroupsKept
+	s.Debug.FDs -= k
+	if s.Census.FDs != nil {
+		s.Census.FDs["warm cgroup"] -= k
+	}
+}
+
+// checkKeptCgroups says what is wrong with the count of kept warm groups,
+// or "".
+func checkKeptCgroups(d api.DebugState, warm int) string {
+	if d.CgroupsKept > warm {
+		return fmt.Sprintf("idexd keeps %d warm cgroups, above its bound (the %d warm helpers)", d.CgroupsKept, warm)
+	}
+	return ""
 }
 
 // checkKeptNetworks says what is wrong with the count of kept network

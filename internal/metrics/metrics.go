@@ -24,6 +24,8 @@ type Sources struct {
 	WarmStarts  func() int64
 	// Networks says where runs' network namespaces came from.
 	Networks func() (kept, spare, made int64)
+	// WarmCgroups says where warm helpers' cgroups came from.
+	WarmCgroups func() (reused, made int64)
 	// Queue is the admission queue: its length and its oldest wait.
 	Queue func() (int, time.Duration)
 }
@@ -125,6 +127,18 @@ func (m *Metrics) Watch(src Sources) {
 				func() float64 {
 					k, s, m := src.Networks()
 					return float64([]int64{k, s, m}[i])
+				}))
+		}
+	}
+	if src.WarmCgroups != nil {
+		for i, from := range []string{"reused", "made"} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "idexd_warm_cgroups_total",
+				Help:        "Warm helpers' cgroups by where they came from: reused from a run that ended by itself (hybrid hosts), or made.",
+				ConstLabels: prometheus.Labels{"from": from}},
+				func() float64 {
+					r, m := src.WarmCgroups()
+					return float64([]int64{r, m}[i])
 				}))
 		}
 	}

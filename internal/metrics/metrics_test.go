@@ -14,12 +14,13 @@ import (
 func TestScrape(t *testing.T) {
 	m := New()
 	m.Watch(Sources{
-		Active:     func() int { return 3 },
-		LockCounts: func() (int64, int64) { return 10, 7 },
-		LocksLost:  func() int64 { return 2 },
-		WarmStarts: func() int64 { return 5 },
-		Networks:   func() (int64, int64, int64) { return 8, 3, 1 },
-		Queue:      func() (int, time.Duration) { return 7, 1500 * time.Millisecond },
+		Active:      func() int { return 3 },
+		LockCounts:  func() (int64, int64) { return 10, 7 },
+		LocksLost:   func() int64 { return 2 },
+		WarmStarts:  func() int64 { return 5 },
+		Networks:    func() (int64, int64, int64) { return 8, 3, 1 },
+		WarmCgroups: func() (int64, int64) { return 40, 6 },
+		Queue:       func() (int, time.Duration) { return 7, 1500 * time.Millisecond },
 	})
 	h := m.Hooks()
 	h.Started(&api.Run{ID: "r1"}, 12*time.Millisecond)
@@ -50,6 +51,8 @@ func TestScrape(t *testing.T) {
 		`idexd_network_namespaces_total{from="kept"} 8`,
 		`idexd_network_namespaces_total{from="spare"} 3`,
 		`idexd_network_namespaces_total{from="made"} 1`,
+		`idexd_warm_cgroups_total{from="reused"} 40`,
+		`idexd_warm_cgroups_total{from="made"} 6`,
 		"idexd_run_start_seconds_count 1",
 		"idexd_run_stop_seconds_count 1",
 		`idexd_admissions_total{outcome="admitted"} 1`,

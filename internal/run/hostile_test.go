@@ -212,14 +212,50 @@ func assertNothingHeld(t *testing.T, env *testutil.Env) {
 	}
 }
 
-// assertGroupsGone checks that cgroup directories a run was seen in are
-// removed: RunGroups does not list warm slots' groups, so a run on a warm
-// slot is checked by the directories it reported.
-func assertGroupsGone(t *testing.T, dirs []string) {
+// assertGroupsLeft checks that the cgroup directories a run was seen in
+// hold nothing of it once it ended: removed, or (a warm group kept for
+// the next warm helper, cgroup/reuse.go) holding no process of the run's
+// uid and no more than 1 MiB of memory charged.
+func assertGroupsLeft(t *testing.T, dirs []string, uid uint32) {
 	t.Helper()
 	for _, d := range dirs {
-		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("cgroup %s of an ended run: stat says %v, want it removed", d, err)
+		_, err := os.Stat(d)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil || !strings.HasPrefix(filepath.Base(d), cgroup.WarmPrefix) {
+			t.Errorf("cgroup %s of an ended run: stat says %v, want it removed (only warm groups are kept)", d, err)
+			continue
+		}
+		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed since
+		}
+		if err != nil {
+			t.Errorf("kept warm cgroup %s: %v", d, err)
+			continue
+		}
+		for _, f := range strings.Fields(string(procs)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatalf("cgroup.procs of %s: %q", d, procs)
+			}
+			if _, u, ok := procStatus(pid); ok && u == uid {
+				t.Errorf("kept warm cgroup %s still holds pid %d of the ended run's uid %d", d, pid, uid)
+			}
+		}
+		usage, err := os.ReadFile(filepath.Join(d, "memory.usage_in_bytes"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // not the memory controller's, or removed since
+		}
+		if err != nil {
+			t.Errorf("kept warm cgroup %s: %v", d, err)
+			continue
+		}
+		// A next warm helper may have been cloned in meanwhile: its own
+		// few MiB are not the run's, so only a group without one counts.
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(usage)), 10, 64); err != nil || (n > 1<<20 && len(strings.Fields(string(procs))) == 0) {
+			t.Errorf("kept warm cgroup %s has %s bytes charged with no process in it, want at most 1 MiB", d, strings.TrimSpace(string(usage)))
 		}
 	}
 }
@@ -441,7 +477,7 @@ func (c hostileCase) run(t *testing.T, env *testutil.Env) {
 		c.check(t, h, res)
 	}
 	assertContained(t, env, res.Run, h.mustDie...)
-	assertGroupsGone(t, h.groups)
+	assertGroupsLeft(t, h.groups, res.Run.UID)
 }
 
 // outputLimitCheck asserts what output_limit promises: exactly output_kb

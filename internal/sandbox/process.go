@@ -431,8 +431,9 @@ func (p *Process) Stats() (cgroup.Stats, error) {
 	return s, err
 }
 
-// Close deletes the run's cgroup, which must be empty (KillAndWait), and
-// releases the control socket.
+// Close releases the run's cgroup, which must be empty (KillAndWait):
+// deleted, or kept for the next warm helper (cgroup.Group.Release). It
+// also closes the control socket.
 func (p *Process) Close() error {
 	p.mu.Lock()
 	closed := p.closed
@@ -441,7 +442,7 @@ func (p *Process) Close() error {
 	if closed {
 		return nil
 	}
-	err := p.group.Delete()
+	err := p.group.Release()
 	if p.netNS != nil {
 		if err == nil {
 			// Every process of the run is gone with its group.

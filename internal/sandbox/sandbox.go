@@ -115,6 +115,11 @@ func New(cfg Config) (*Sandbox, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
+	// As many groups kept as helpers made: a run's end gives one back,
+	// the refill it caused takes it.
+	if err := cfg.Cgroups.KeepWarmGroups(cfg.WarmRuns); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", errors.Join(err, s.closeNets()))
+	}
 	s.pool = newPool(s, cfg.WarmRuns)
 	return s, nil
 }
@@ -257,8 +262,14 @@ func (s *Sandbox) NetworksKept() int {
 // the network namespaces kept for students.
 func (s *Sandbox) Close() error {
 	err := s.pool.close()
-	if s.nets != nil {
-		err = errors.Join(err, s.nets.Close())
+	// The helpers just discarded gave their groups back; none waits for
+	// a helper any more.
+	return errors.Join(err, s.cfg.Cgroups.KeepWarmGroups(0), s.closeNets())
+}
+
+func (s *Sandbox) closeNets() error {
+	if s.nets == nil {
+		return nil
 	}
-	return err
+	return s.nets.Close()
 }

@@ -1,0 +1,174 @@
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/cgroups/v3/cgroup1"
+)
+
+// Warm groups are reused, on hybrid hosts: making a run's groups (a
+// directory in five hierarchies, the memory controller's settings, the
+// modes) and removing them cost idexd 0.72-0.77 ms of CPU per run here,
+// about a seventh of its own, and each removed v1 memory group lingers in
+// the kernel until its last charged page goes. A warm group whose run
+// ended can serve the next warm helper instead, once nothing of the run is
+// left in it: no process, no page cache charged (memory.force_empty gives
+// it back), at most keptChargeMax of kernel objects, the OOM count
+// carried as a base; and never killed. A group whose cgroup.kill was
+// written kills every process later cloned into it on this kernel (6.18:
+// cgroup_css_set_fork reads the kill sequence of the parent's group for
+// CLONE_INTO_CGROUP, cgroup_post_fork compares it with the target's), so
+// a run that was stopped, or had processes left when its PID 1 ended,
+// leaves a group that is deleted.
+// Its peak is reset when a run claims it (ResetPeak) and its CPU is
+// counted from the claim, as for any warm group. Unified hosts delete
+// them: v2's memory.peak cannot be reset before 6.12, so a reused group
+// would report an earlier run's peak.
+
+// keptChargeMax is the most memory a reused group may start with: the
+// kernel objects a run left charged, which a next run's peak then
+// includes, as it includes its own helper's memory (ResetPeak).
+const keptChargeMax = 1 << 20
+
+// KeepWarmGroups sets how many emptied warm groups may wait for the next
+// warm helpers (the size of the warm pool is enough); 0 deletes those
+// waiting and keeps none from now on, as before a clean stop.
+func (m *Manager) KeepWarmGroups(n int) error {
+	m.keptMu.Lock()
+	m.keep = n
+	var drop []*Group
+	if len(m.kept) > n {
+		drop = m.kept[n:]
+		m.kept = m.kept[:n:n]
+	}
+	m.keptMu.Unlock()
+	var errs []error
+	for _, g := range drop {
+		errs = append(errs, g.Delete())
+	}
+	return errors.Join(errs...)
+}
+
+// WarmGroupCounts counts the warm helpers' groups so far: reused from an ended
+// run, or made.
+func (m *Manager) WarmGroupCounts() (reused, made int64) {
+	return m.warmReused.Load(), m.warmMade.Load()
+}
+
+// Kept is how many emptied warm groups wait for a helper now (each holds
+// an fd of idexd's, its v2 directory).
+func (m *Manager) Kept() int {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	return len(m.kept)
+}
+
+// takeKept returns a kept warm group, or nil.
+func (m *Manager) takeKept() *Group {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	n := len(m.kept)
+	if n == 0 {
+		return nil
+	}
+	g := m.kept[n-1]
+	m.kept = m.kept[:n-1]
+	return g
+}
+
+// Release ends the group's use by its run, whose processes must be gone
+// (KillAndWait). A warm group may be kept for the next warm helper (see
+// KeepWarmGroups); any other is deleted. Either way g must not be used
+// again: what a late holder still does to it (Kill, SetShare) does
+// nothing, since its directories may be another run's.
+func (g *Group) Release() error {
+	g.mu.Lock()
+	if g.released {
+		g.mu.Unlock()
+		return nil
+	}
+	g.released = true
+	g.mu.Unlock()
+	if g.warm && g.m != nil {
+		next, err := g.m.reusable(g)
+		if err != nil {
+			return errors.Join(err, g.delete())
+		}
+		if next != nil && g.m.putKept(next) {
+			return nil
+		}
+	}
+	return g.delete()
+}
+
+// reusable returns the group's directories as a fresh Group for the next
+// warm helper, or nil when they should go: not hybrid, no room, or
+// something of the run is still there.
+func (m *Manager) reusable(g *Group) (*Group, error) {
+	if m.mode != ModeHybrid || g.killed.Load() || !m.room() {
+		return nil, nil
+	}
+	if pop, err := g.populated(); err != nil || pop {
+		return nil, err
+	}
+	mem := g.v1Dirs[cgroup1.Memory]
+	// Pages the run's files left in the page cache stay charged to the
+	// group; the next run's usage and peak must not start with them.
+	if err := os.WriteFile(filepath.Join(mem, "memory.force_empty"), []byte("0"), 0); err != nil {
+		return nil, fmt.Errorf("empty the memory of cgroup %s: %w", mem, err)
+	}
+	// What force_empty cannot give back is kernel objects (the dentries
+	// and inodes of the files the run touched, 100-200 KiB after a run
+	// that wrote one), which go as the kernel reclaims them. A group with
+	// more than keptChargeMax left, or any socket buffer, is deleted.
+	checks := []struct {
+		name string
+		max  int64
+	}{{"memory.usage_in_bytes", keptChargeMax}, {"memory.kmem.tcp.usage_in_bytes", 0}}
+	if g.v1Swap {
+		// Swap the run used is given back with its processes; swap cache
+		// charged would show here.
+		checks = append(checks, struct {
+			name string
+			max  int64
+		}{"memory.memsw.usage_in_bytes", keptChargeMax})
+	}
+	for _, f := range checks {
+		v, err := readInt(filepath.Join(mem, f.name))
+		if err != nil {
+			return nil, err
+		}
+		if v > f.max {
+			return nil, nil
+		}
+	}
+	oom, err := v1OOMKills(mem)
+	if err != nil {
+		return nil, fmt.Errorf("read oom_kill of %s: %w", mem, err)
+	}
+	return &Group{
+		mode: g.mode, v2: g.v2, v2Path: g.v2Path, v1: g.v1, dir: g.dir,
+		cpuacctDir: g.cpuacctDir, v1Dirs: g.v1Dirs, v1Swap: g.v1Swap, v2Missing: g.v2Missing,
+		set: g.set, m: m, warm: true, oomBase: oom,
+	}, nil
+}
+
+func (m *Manager) room() bool {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	return len(m.kept) < m.keep
+}
+
+// putKept keeps g for the next warm helper, unless the room went meanwhile.
+func (m *Manager) putKept(g *Group) bool {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	if len(m.kept) >= m.keep {
+		return false
+	}
+	m.kept = append(m.kept, g)
+	return true
+}

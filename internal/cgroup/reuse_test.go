@@ -1,0 +1,223 @@
+package cgroup_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/testutil"
+)
+
+// inGroup starts script (python) in g the way the sandbox starts a helper:
+// cloned into the v2 group, joined to the v1 groups before it goes on
+// (it waits for a line on stdin first).
+func inGroup(t *testing.T, g *cgroup.Group, script string) (*exec.Cmd, func()) {
+	t.Helper()
+	cmd := exec.Command("python3", "-c", "import sys; sys.stdin.readline()\n"+script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: g.FD()}
+	cmd.Stderr = new(bytes.Buffer)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Join(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, func() {
+		if _, err := in.Write([]byte("go\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWarmGroupsReused: on a hybrid host a warm group whose run ended
+// serves the next warm helper, and the next run finds nothing of the
+// last one in it: no OOM kill counted, no memory charged, the limits it
+// is given. What a late holder of the old group does (a stop's kill, a
+// weighing) reaches nothing of the new run. On a unified host the group
+// is deleted instead.
+func TestWarmGroupsReused(t *testing.T) {
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	m, err := cgroup.New("idexd-test/reuse-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := m.KeepWarmGroups(1); err != nil {
+		t.Fatal(err)
+	}
+	small := cgroup.Limits{MemoryBytes: 48 << 20, Pids: 16, CPUPercent: 100}
+	g1, err := m.CreateWarm("w1", small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first run has a child killed by the OOM killer, then leaves
+	// 8 MiB of a file in the page cache and ends by itself.
+	file := filepath.Join(t.TempDir(), "left.bin")
+	cmd, goOn := inGroup(t, g1, "import os\n"+
+		"pid = os.fork()\n"+
+		"if pid == 0:\n    b = bytearray(96 << 20)\n    os._exit(0)\n"+
+		"_, st = os.waitpid(pid, 0)\n"+
+		"assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == 9, st\n"+
+		"open("+pyQuote(file)+", 'wb').write(b'x' * (8 << 20))\n")
+	goOn()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("first run: %v %s", err, cmd.Stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g1.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := g1.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.OOMKills != 1 {
+		t.Fatalf("first run: %d OOM kills, want 1", s1.OOMKills)
+	}
+	if err := g1.Release(); err != nil {
+		t.Fatal(err)
+	}
+
+	big := cgroup.Limits{MemoryBytes: 256 << 20, Pids: 32, CPUPercent: 50}
+	g2, err := m.CreateWarm("w2", big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g2.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	if m.Mode() != cgroup.ModeHybrid {
+		if g2.Path() == g1.Path() {
+			t.Fatalf("unified: %s reused; v2's peak cannot be reset", g2.Path())
+		}
+		if _, err := os.Stat(g1.Path()); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("unified: the ended run's group %s is still there (%v)", g1.Path(), err)
+		}
+		return
+	}
+	if g2.Path() != g1.Path() {
+		t.Fatalf("hybrid: next warm group %s, want %s reused", g2.Path(), g1.Path())
+	}
+	mem := ""
+	for _, d := range g2.V1Dirs() {
+		if strings.Contains(d, "/memory/") {
+			mem = d
+		}
+	}
+	if got := readFile(t, filepath.Join(mem, "memory.limit_in_bytes")); got != "268435456" {
+		t.Errorf("reused group's memory limit %s, want the new 256 MiB", got)
+	}
+	// The 8 MiB of page cache went; the dentry and inode of the file may
+	// stay charged.
+	if got, err := strconv.ParseInt(readFile(t, filepath.Join(mem, "memory.usage_in_bytes")), 10, 64); err != nil || got > 1<<20 {
+		t.Errorf("reused group starts with %d bytes charged (%v), want at most 1 MiB", got, err)
+	}
+	// The second run, alive in the reused group while the old group's
+	// late holder kills and weighs it.
+	cmd2, _ := inGroup(t, g2, "")
+	shares := ""
+	for _, d := range g2.V1Dirs() {
+		if _, err := os.Stat(filepath.Join(d, "cpu.shares")); err == nil {
+			shares = filepath.Join(d, "cpu.shares")
+		}
+	}
+	before := readFile(t, shares)
+	if err := g1.Kill(); err != nil {
+		t.Fatalf("kill through the released group: %v", err)
+	}
+	if err := g1.SetShare(0.25); err != nil {
+		t.Fatalf("weigh through the released group: %v", err)
+	}
+	if _, err := g1.Stats(); err == nil {
+		t.Error("stats of a released group: no error")
+	}
+	if after := readFile(t, shares); after != before {
+		t.Errorf("the old group's weighing wrote cpu.shares %s -> %s of the new run", before, after)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if pop, err := g2.Populated(); err != nil || !pop {
+		t.Fatalf("the new run died of the old group's kill: populated %v, %v", pop, err)
+	}
+	s2, err := g2.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.OOMKills != 0 {
+		t.Errorf("second run: %d OOM kills, want 0 (the first run's counted again)", s2.OOMKills)
+	}
+	// Stopped: its group was killed, and is not reused.
+	if err := g2.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd2.Wait(); err == nil {
+		t.Error("the stopped run ended well")
+	}
+	if err := g2.Release(); err != nil {
+		t.Fatal(err)
+	}
+	g3, err := m.CreateWarm("w3", small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g3.Path() == g2.Path() {
+		t.Fatalf("a killed group %s was reused", g3.Path())
+	}
+	if r, n := m.WarmGroupCounts(); r != 1 || n != 2 {
+		t.Errorf("warm groups reused %d, made %d; want 1, 2", r, n)
+	}
+	// A run that ends by itself: kept, and gone after KeepWarmGroups(0).
+	cmd3, goOn3 := inGroup(t, g3, "")
+	goOn3()
+	if err := cmd3.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g3.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := g3.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.KeepWarmGroups(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append(g3.V1Dirs(), g3.Path()) {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there after KeepWarmGroups(0) (%v)", d, err)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func pyQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "\\'") + "'" }
