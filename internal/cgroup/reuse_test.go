@@ -221,3 +221,46 @@ func readFile(t *testing.T, path string) string {
 }
 
 func pyQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "\\'") + "'" }
+
+// BenchmarkWarmGroup: a warm group's making and release per run, made
+// and removed each time (keep 0) or reused (keep 1; hybrid hosts).
+func BenchmarkWarmGroup(b *testing.B) {
+	for _, keep := range []int{0, 1} {
+		name := map[int]string{0: "made", 1: "reused"}[keep]
+		b.Run(name, func(b *testing.B) {
+			var r [4]byte
+			_, _ = rand.Read(r[:])
+			m, err := cgroup.New("idexd-test/bench-" + hex.EncodeToString(r[:]))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				if err := m.RemoveParent(); err != nil {
+					b.Error(err)
+				}
+			}()
+			if err := m.KeepWarmGroups(keep); err != nil {
+				b.Fatal(err)
+			}
+			lim := cgroup.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUPercent: 100}
+			for i := 0; b.Loop(); i++ {
+				g, err := m.CreateWarm(strconv.Itoa(i), lim)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := g.ResetPeak(); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := g.Stats(); err != nil {
+					b.Fatal(err)
+				}
+				if err := g.Release(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := m.KeepWarmGroups(0); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
