@@ -78,6 +78,12 @@ func (g *Group) updateOnce(lim Limits) error {
 	if g.set != nil && *g.set == lim {
 		return nil
 	}
+	// Only the task limit differs: what a reused warm group has after its
+	// run's Launch raised pids.max for the helper (SetPids), on every
+	// reuse; one write, not six.
+	if g.set != nil && lim.Pids > 0 && g.set.MemoryBytes == lim.MemoryBytes && g.set.CPUPercent == lim.CPUPercent {
+		return g.setPids(lim.Pids)
+	}
 	// Unknown until every write below has succeeded.
 	g.set = nil
 	if err := g.update(lim); err != nil {
