@@ -433,18 +433,18 @@ func describe(r api.Run) string {
 }
 
 // procs lists the run's processes as the host sees them: its student's
-// processes, everything in their cgroups, and everything in their PID
-// namespace (idexd's init may run as another uid).
+// processes and everything in their PID namespace (idexd's init may run
+// as another uid). Not everything in their cgroups: a warm group is
+// reused once its run's processes are gone from it, and the next warm
+// helper cloned into it can be there while the last of them is still
+// seen exiting (that helper's namespaces were once taken for the run's).
 func (s *session) procs() []proc {
 	all := allProcs()
 	host := s.h.host["pid"]
-	cgs, pidns := map[string]bool{}, map[string]bool{}
+	pidns := map[string]bool{}
 	for _, p := range all {
 		if p.uid != s.st.uid {
 			continue
-		}
-		if p.cgroup != "" && p.cgroup != "/" {
-			cgs[p.cgroup] = true
 		}
 		if n := nsOf(p.pid)["pid"]; n != "" && n != host {
 			pidns[n] = true
@@ -452,7 +452,7 @@ func (s *session) procs() []proc {
 	}
 	var out []proc
 	for _, p := range all {
-		if p.uid == s.st.uid || cgs[p.cgroup] || (len(pidns) > 0 && pidns[nsOf(p.pid)["pid"]]) {
+		if p.uid == s.st.uid || (len(pidns) > 0 && pidns[nsOf(p.pid)["pid"]]) {
 			out = append(out, p)
 		}
 	}

@@ -873,6 +873,8 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		out     *fidOutput
 		readers sync.WaitGroup
 		closers []io.Closer
+		// slaveHeld is our copy of a terminal-mode reference's pty slave.
+		slaveHeld *os.File
 	)
 	read := func(f *os.File, stream int) {
 		defer readers.Done()
@@ -900,7 +902,11 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("reference: start %v: %v", argv, err)
 		}
-		fidClose(t, slave)
+		// Our copy of the slave stays open until the program has ended:
+		// a master read may return EIO as soon as the last slave fd
+		// closes, before the tty layer has handed it what the program
+		// wrote last (a reference once lost its "^CGoodbye!" that way).
+		slaveHeld = slave
 		out = newFidOutput(1)
 		readers.Add(1)
 		go read(master, 0)
@@ -951,6 +957,9 @@ func fidReference(ctx context.Context, t *testing.T, p fidProgram, st api.Studen
 	var ee *exec.ExitError
 	if werr != nil && !errors.As(werr, &ee) {
 		t.Fatalf("reference: wait: %v", werr)
+	}
+	if slaveHeld != nil {
+		fidClose(t, slaveHeld)
 	}
 	done := make(chan struct{})
 	go func() { readers.Wait(); close(done) }()
