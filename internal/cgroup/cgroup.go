@@ -194,7 +194,7 @@ func (m *Manager) Missing() []string { return m.missing }
 
 // missingControllers reads which limit controllers dir may hand down.
 func missingControllers(dir string) ([]string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	b, err := readFile(filepath.Join(dir, "cgroup.controllers"))
 	if err != nil {
 		return nil, fmt.Errorf("read controllers of %s: %w", dir, err)
 	}
@@ -435,7 +435,7 @@ func setV2Swap(path string) error {
 	if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err := os.WriteFile(f, []byte("0"), 0); err != nil {
+	if err := writeFile(f, []byte("0")); err != nil {
 		return fmt.Errorf("forbid swap in %s: %w", path, err)
 	}
 	return nil
@@ -468,7 +468,7 @@ func moveSelfToLeaf(own string) (string, error) {
 	if err := os.MkdirAll(leaf, 0o755); err != nil {
 		return "", fmt.Errorf("create daemon leaf cgroup %s: %w", leaf, err)
 	}
-	if err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte("0"), 0); err != nil {
+	if err := writeFile(filepath.Join(leaf, "cgroup.procs"), []byte("0")); err != nil {
 		return "", fmt.Errorf("move idexd into leaf cgroup %s: %w", leaf, err)
 	}
 	return own, nil

@@ -119,14 +119,14 @@ func (g *Group) updateV1Memory(lim Limits) error {
 		return err
 	}
 	tcp := strconv.FormatInt(socketBytes(lim), 10)
-	if err := os.WriteFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp), 0); err != nil {
+	if err := writeFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp)); err != nil {
 		return fmt.Errorf("set memory.kmem.tcp.limit_in_bytes of %s to %s: %w", dir, tcp, err)
 	}
 	return nil
 }
 
 func readInt(path string) (int64, error) {
-	b, err := os.ReadFile(path)
+	b, err := readFile(path)
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -149,7 +149,7 @@ func (g *Group) resetPeak() error {
 	}
 	mem := g.v1Dirs[cgroup1.Memory]
 	for _, f := range []string{"memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes", "memory.kmem.tcp.max_usage_in_bytes"} {
-		err := os.WriteFile(filepath.Join(mem, f), []byte("0"), 0)
+		err := writeFile(filepath.Join(mem, f), []byte("0"))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("reset %s of %s: %w", f, mem, err)
 		}
@@ -172,8 +172,20 @@ func (g *Group) Join(pid int) error {
 	if g.v1 == nil {
 		return nil
 	}
-	if err := g.live(func() error { return g.v1.AddProc(uint64(pid)) }); err != nil {
+	if err := g.live(func() error { return g.joinV1(pid) }); err != nil {
 		return fmt.Errorf("move pid %d into v1 cgroups: %w", pid, err)
+	}
+	return nil
+}
+
+// joinV1 writes pid into cgroup.procs of each v1 group: cgroup1's AddProc
+// does the same through os.WriteFile (see readFile).
+func (g *Group) joinV1(pid int) error {
+	b := []byte(strconv.Itoa(pid))
+	for _, dir := range g.v1Dirs {
+		if err := writeFile(filepath.Join(dir, "cgroup.procs"), b); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -210,7 +222,7 @@ func (g *Group) Populated() (pop bool, err error) {
 }
 
 func (g *Group) populated() (bool, error) {
-	b, err := os.ReadFile(filepath.Join(g.v2Path, "cgroup.events"))
+	b, err := readFile(filepath.Join(g.v2Path, "cgroup.events"))
 	if err != nil {
 		return false, fmt.Errorf("read cgroup.events of %s: %w", g.v2Path, err)
 	}
@@ -331,7 +343,7 @@ func (g *Group) v1Stats() (Stats, error) {
 // v1OOMKills is the oom_kill count of a v1 memory group (0 on kernels
 // before 4.13, which do not count).
 func v1OOMKills(mem string) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(mem, "memory.oom_control"))
+	b, err := readFile(filepath.Join(mem, "memory.oom_control"))
 	if err != nil {
 		return 0, err
 	}
@@ -355,7 +367,7 @@ func (g *Group) CPUTime() (d time.Duration, err error) {
 
 func (g *Group) cpuTime() (time.Duration, error) {
 	if g.v1 != nil {
-		b, err := os.ReadFile(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
+		b, err := readFile(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
 		if err != nil {
 			return 0, fmt.Errorf("read cpuacct.usage of %s: %w", g.cpuacctDir, err)
 		}
@@ -457,7 +469,7 @@ func (g *Group) setPids(n int64) error {
 	}
 	set := g.set
 	g.set = nil // unknown until written
-	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10)), 0); err != nil {
+	if err := writeFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10))); err != nil {
 		return fmt.Errorf("set pids.max of %s to %d: %w", dir, n, err)
 	}
 	if set != nil {

@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -125,7 +124,7 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	if err != nil || !over {
 		return g.reused(m, mem, err)
 	}
-	if err := os.WriteFile(filepath.Join(mem, "memory.force_empty"), []byte("0"), 0); err != nil {
+	if err := writeFile(filepath.Join(mem, "memory.force_empty"), []byte("0")); err != nil {
 		return nil, fmt.Errorf("empty the memory of cgroup %s: %w", mem, err)
 	}
 	// What force_empty cannot give back (kernel objects, the dentries and

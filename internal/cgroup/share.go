@@ -64,7 +64,7 @@ func (m *Manager) SetStudentShare(student string, share float64) error {
 		return err
 	}
 	file, val := weightText(m.mode, share)
-	if err := os.WriteFile(filepath.Join(dir, file), []byte(val), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := writeFile(filepath.Join(dir, file), []byte(val)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("weigh student %s's cgroup (%s = %s): %w", student, file, val, err)
 	}
 	return nil
@@ -92,7 +92,7 @@ func (g *Group) setShare(share float64) error {
 		return nil
 	}
 	file, val := weightText(g.mode, share)
-	if err := os.WriteFile(filepath.Join(dir, file), []byte(val), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := writeFile(filepath.Join(dir, file), []byte(val)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("weigh cgroup %s (%s = %s): %w", dir, file, val, err)
 	}
 	return nil
@@ -154,7 +154,7 @@ func (m *Manager) prepareStudent(student string) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(d, "pids.max"), []byte(strconv.FormatInt(lim.Pids, 10)), 0); err != nil {
+		if err := writeFile(filepath.Join(d, "pids.max"), []byte(strconv.FormatInt(lim.Pids, 10))); err != nil {
 			return fmt.Errorf("student %s's task total: %w", student, err)
 		}
 	}
@@ -180,7 +180,7 @@ func setV1MemoryLimit(dir string, bytes int64, swap bool) error {
 	}
 	v := strconv.FormatInt(bytes, 10)
 	for _, f := range order {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0); err != nil {
+		if err := writeFile(filepath.Join(dir, f), []byte(v)); err != nil {
 			return fmt.Errorf("set %s of %s to %s: %w", f, dir, v, err)
 		}
 	}
