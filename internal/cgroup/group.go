@@ -394,14 +394,20 @@ func (g *Group) cpuTime() (time.Duration, error) {
 // A group already released is left alone: its directories may be kept
 // for another run.
 func (g *Group) Delete() error {
-	g.mu.Lock()
-	released := g.released
-	g.released = true
-	g.mu.Unlock()
-	if released {
+	if !g.release() {
 		return nil
 	}
 	return g.delete()
+}
+
+// release marks the group released, once the writes a late holder is
+// making have ended (live); it reports whether this call did it.
+func (g *Group) release() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	first := !g.released
+	g.released = true
+	return first
 }
 
 func (g *Group) delete() error {

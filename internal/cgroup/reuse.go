@@ -85,13 +85,9 @@ func (m *Manager) takeKept() *Group {
 // again: what a late holder still does to it (Kill, SetShare) does
 // nothing, since its directories may be another run's.
 func (g *Group) Release() error {
-	g.mu.Lock()
-	if g.released {
-		g.mu.Unlock()
+	if !g.release() {
 		return nil
 	}
-	g.released = true
-	g.mu.Unlock()
 	if g.warm && g.m != nil {
 		next, err := g.m.reusable(g)
 		if err != nil {
