@@ -462,7 +462,9 @@ func (s *session) procs() []proc {
 	for _, p := range out {
 		for k, l := range nsOf(p.pid) {
 			if l != s.h.host[k] {
-				s.h.runNS[l] = runNS{run: s.String(), seen: now, mounts: pinned[l]}
+				link, _, _ := strings.Cut(l, "#") // a bind mount's root is the link alone
+				s.h.runNS[l] = runNS{run: s.String(), seen: now, mounts: pinned[link],
+					by: fmt.Sprintf("%d (%s), born at tick %d", p.pid, p.comm, startTicks(strconv.Itoa(p.pid)))}
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 )
 
 // nsKinds are the namespaces a run must not share with the host or
@@ -102,15 +103,68 @@ func allProcs() map[int]proc {
 	return ps
 }
 
-// nsOf returns a process's namespaces ("net" -> "net:[4026531840]").
+// nsOf returns a process's namespaces ("net" -> "net:[4026531840]#12").
 func nsOf(pid int) map[string]string {
 	m := map[string]string{}
 	for _, k := range append(append([]string{}, nsKinds...), "uts", "user", "cgroup") {
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, k)); err == nil {
+		if l := nsIdent(fmt.Sprintf("/proc/%d/ns/%s", pid, k)); l != "" {
 			m[k] = l
 		}
 	}
 	return m
+}
+
+// nsIdent names the namespace at path (a /proc/PID/ns or /proc/PID/fd
+// link): its link, "net:[4026531840]", and where the kernel has NS_GET_ID
+// (6.18) its 64-bit id, "net:[4026531840]#12". The id is what tells two
+// namespaces apart: the kernel gives a freed namespace's inode number to
+// the next one made, so a run's mount namespace and the warm helper made
+// just after the run ended can have the same link. "" if path is gone.
+func nsIdent(path string) string {
+	l, err := os.Readlink(path)
+	if err != nil {
+		return ""
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return l // gone meanwhile, or not a namespace: the link is all there is
+	}
+	defer f.Close() //nolint:errcheck // read-only, nothing to lose
+	var id uint64
+	const nsGetID = 2<<30 | 8<<16 | 0xb7<<8 | 13 // _IOR(NSIO, 13, __u64)
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), nsGetID, uintptr(unsafe.Pointer(&id))); e != 0 {
+		return l
+	}
+	return fmt.Sprintf("%s#%d", l, id)
+}
+
+// nsFDs names the namespaces a process holds open as fds (nsIdent).
+func nsFDs(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		path := filepath.Join(dir, e.Name())
+		if l, err := os.Readlink(path); err == nil && isNSLink(l) {
+			if id := nsIdent(path); id != "" {
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
+// isNSLink reports whether an fd's link names a namespace ("net:[...]").
+func isNSLink(l string) bool {
+	kind, _, ok := strings.Cut(l, ":[")
+	if !ok {
+		return false
+	}
+	switch kind {
+	case "net", "ipc", "mnt", "pid", "uts", "user", "cgroup", "time":
+		return true
+	}
+	return false
 }
 
 // nsCount is how many distinct namespaces of each kind the host's
@@ -338,6 +392,7 @@ type runNS struct {
 	run    string
 	seen   int64
 	mounts map[string]bool
+	by     string // the process it was seen in: "pid (comm), born tick"
 }
 
 // nsfsMounts are the host's bind mounts of namespaces: root ("net:[...]")
@@ -389,10 +444,11 @@ func nsRefs(want map[string]runNS) []string {
 		born := startTicks(e.Name())
 		for k, l := range nsOf(atoi(e.Name())) {
 			if w, ok := want[l]; ok && born <= w.seen {
-				out = append(out, fmt.Sprintf("%s (of %s) held by process %s (%s) as its %s namespace", l, w.run, e.Name(), comm(e.Name()), k))
+				out = append(out, fmt.Sprintf("%s (of %s, seen at tick %d in process %s) held by process %s (%s, born at tick %d, in %v) as its %s namespace",
+					l, w.run, w.seen, w.by, e.Name(), comm(e.Name()), born, nsOf(atoi(e.Name())), k))
 			}
 		}
-		for _, l := range fdLinks(atoi(e.Name())) {
+		for _, l := range nsFDs(atoi(e.Name())) {
 			// idexd keeps a run's network namespace open for the same
 			// student's next run, only with no socket left in it
 			// (netns_kept proves both).
@@ -405,8 +461,15 @@ func nsRefs(want map[string]runNS) []string {
 		}
 	}
 	for _, m := range mountsOf("self") {
-		if w, ok := want[m.root]; ok && m.fstype == "nsfs" && w.mounts[m.id+" "+m.point] {
-			out = append(out, fmt.Sprintf("%s (of %s) bind-mounted at %s", m.root, w.run, m.point))
+		if m.fstype != "nsfs" {
+			continue
+		}
+		// A bind mount's root is the link alone: the mount id and point
+		// recorded at the run's sighting tell it from a recycled number.
+		for k, w := range want {
+			if strings.HasPrefix(k, m.root) && w.mounts[m.id+" "+m.point] {
+				out = append(out, fmt.Sprintf("%s (of %s) bind-mounted at %s", m.root, w.run, m.point))
+			}
 		}
 	}
 	sort.Strings(out)
