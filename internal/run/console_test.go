@@ -230,7 +230,11 @@ except KeyboardInterrupt:
 	env.WriteScript(t, "dave", "calc.py", "n = 0\n")
 	r = startRun(t, env, api.RunRequest{Student: "dave", Script: "calc.py", Mode: api.ModeRepl})
 	ctx := ctxT(t, 30*time.Second)
-	if err := r.WriteStdin(ctx, []byte("print('spin', flush=True)\nwhile True: n += 1\n\n"), false); err != nil {
+	// "spin" is printed from inside the loop: a Ctrl-C sent as soon as it
+	// is read must not reach the REPL still compiling the loop (under
+	// load it once did, and n stayed 0).
+	loop := "while True:\n    n += 1\n    if n == 1: print('spin', flush=True)\n\n"
+	if err := r.WriteStdin(ctx, []byte(loop), false); err != nil {
 		t.Fatal(err)
 	}
 	waitOutput(t, r, "spin\n", 30*time.Second)
