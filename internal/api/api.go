@@ -222,6 +222,10 @@ const (
 	EventInputResume EventType = "input_resume"
 	// EventEnd is the last event of every stream; it carries the final run.
 	EventEnd EventType = "end"
+	// EventStarted opens the answer to POST /v1/runs?follow=1 and only it:
+	// seq 0, with the run as it started (what POST /v1/runs answers), so
+	// that one request starts a run and follows it.
+	EventStarted EventType = "started"
 )
 
 // Event is one line of GET /v1/runs/{id}/events. Output that is valid UTF-8

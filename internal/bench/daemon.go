@@ -285,13 +285,11 @@ func runToEnd(ctx context.Context, c *client.Client, req api.RunRequest, firstOu
 	// A run that never ends is a finding, not a reason to hang.
 	ctx, cancel := context.WithTimeout(ctx, runTimeout)
 	defer cancel()
-	r, err := c.StartRun(ctx, req)
+	// One request, as a web tier would do it (an idexd without follow is
+	// asked twice by the client).
+	r, evs, err := c.StartRunFollow(ctx, req)
 	if err != nil {
 		return api.Run{}, 0, fmt.Errorf("start %s/%s: %w", req.Student, req.Script, err)
-	}
-	evs, err := c.Events(ctx, r.ID, 0)
-	if err != nil {
-		return api.Run{}, 0, fmt.Errorf("events of run %s: %w", r.ID, err)
 	}
 	defer evs.Close() //nolint:errcheck // a read stream, read to its end
 	var out int64

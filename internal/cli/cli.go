@@ -418,6 +418,11 @@ func (a *app) stream(ctx context.Context, id string, after int64, follow, raw bo
 	if err != nil {
 		return nil, err
 	}
+	return a.streamFrom(ctx, id, evs, follow, raw)
+}
+
+// streamFrom is stream on events already open; it closes them.
+func (a *app) streamFrom(ctx context.Context, id string, evs *client.Events, follow, raw bool) (*api.Run, error) {
 	defer evs.Close() //nolint:errcheck // closing a read stream
 	stdout, stderr := a.stdout, a.stderr
 	if !raw && a.stdoutTTY {
@@ -500,7 +505,14 @@ func (a *app) run(ctx context.Context, c *call) (int, error) {
 	} else {
 		onTTY = false
 	}
-	r, err := a.c.StartRun(ctx, req)
+	var r api.Run
+	var evs *client.Events // followed from the start, off a terminal
+	var err error
+	if onTTY {
+		r, err = a.c.StartRun(ctx, req)
+	} else {
+		r, evs, err = a.c.StartRunFollow(ctx, req)
+	}
 	if errors.Is(err, api.ErrStartFailed) {
 		return ExitStartFailed, err // as the run's end start_failed would
 	}
@@ -522,7 +534,7 @@ func (a *app) run(ctx context.Context, c *call) (int, error) {
 	defer signal.Stop(sigs)
 	go a.onSignals(sigs, r.ID)
 	go a.forwardStdin(r.ID)
-	final, err := a.stream(ctx, r.ID, 0, true, c.bool("raw"))
+	final, err := a.streamFrom(ctx, r.ID, evs, true, c.bool("raw"))
 	if err != nil {
 		return ExitError, err
 	}

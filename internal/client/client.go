@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -201,6 +202,45 @@ var statusCodes = map[int]api.Code{
 func (c *Client) StartRun(ctx context.Context, req api.RunRequest) (api.Run, error) {
 	var r api.Run
 	return r, c.send(ctx, "POST", "/v1/runs", req, &r)
+}
+
+// StartRunFollow starts a run and follows its events in the same request
+// (POST /v1/runs?follow=1): one round trip where StartRun and Events take
+// two. The events begin at seq 1, as Events(ctx, id, 0) would give them;
+// the stream lives as long as ctx. A daemon that predates follow answers
+// with the run alone, and then Events is opened for it.
+func (c *Client) StartRunFollow(ctx context.Context, req api.RunRequest) (api.Run, *Events, error) {
+	//nolint:bodyclose // the body belongs to the returned Events; its Close closes it
+	resp, err := c.do(ctx, "POST", "/v1/runs?follow=1", req)
+	if err != nil {
+		return api.Run{}, nil, err
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/x-ndjson") {
+		var r api.Run
+		err := json.NewDecoder(resp.Body).Decode(&r)
+		if _, cerr := io.Copy(io.Discard, resp.Body); err == nil {
+			err = cerr
+		}
+		if cerr := resp.Body.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return api.Run{}, nil, fmt.Errorf("POST /v1/runs: decode response: %w", err)
+		}
+		evs, err := c.Events(ctx, r.ID, 0)
+		return r, evs, err
+	}
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	var first api.Event
+	if err := dec.Decode(&first); err != nil || first.Type != api.EventStarted || first.Run == nil {
+		cerr := resp.Body.Close()
+		if err == nil {
+			err = fmt.Errorf("first event is %q, want %q with the run", first.Type, api.EventStarted)
+		}
+		return api.Run{}, nil, errors.Join(fmt.Errorf("POST /v1/runs?follow=1: %w", err), cerr)
+	}
+	// any: the stream has begun, so a cut before the end is unexpected.
+	return *first.Run, &Events{body: resp.Body, dec: dec, follow: true, any: true}, nil
 }
 
 // GetRun returns a run.

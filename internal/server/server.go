@@ -147,7 +147,7 @@ func (s *Server) routes() []route {
 		{method: "GET", path: "/v1/health", role: RoleClient, h: s.health},
 		{method: "POST", path: "/v1/resume", role: RoleAdmin, h: s.resume},
 		{method: "GET", path: "/v1/runs", role: RoleClient, h: s.listRuns},
-		{method: "POST", path: "/v1/runs", role: RoleClient, h: s.startRun},
+		{method: "POST", path: "/v1/runs", role: RoleClient, stream: true, h: s.startRun},
 		{method: "GET", path: "/v1/runs/{id}", role: RoleClient, h: s.getRun},
 		{method: "GET", path: "/v1/runs/{id}/events", role: RoleClient, stream: true, h: s.events},
 		{method: "POST", path: "/v1/runs/{id}/interrupt", role: RoleClient, h: s.interrupt},
@@ -255,16 +255,34 @@ func (discardWriter) Header() http.Header         { return http.Header{} }
 func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (discardWriter) WriteHeader(int)             {}
 
+// startRun starts a run. With ?follow=1 the answer goes on as the run's
+// event stream (a "started" event with the run, then what GET events
+// sends): the web tier's Run button costs one request instead of two.
+// The route streams; the start alone has the request's deadline.
 func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
+	follow := false
+	switch v := r.URL.Query().Get("follow"); v {
+	case "", "0":
+	case "1":
+		follow = true
+	default:
+		return api.Errorf(api.CodeInvalidRequest, "follow must be 0 or 1, got %q", v)
+	}
 	var req api.RunRequest
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	started, err := s.cfg.Engine.StartRun(r.Context(), req)
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	started, err := s.cfg.Engine.StartRun(ctx, req)
+	cancel()
 	if err != nil {
 		return err
 	}
-	writeJSON(w, s.log, http.StatusCreated, started)
+	if !follow {
+		writeJSON(w, s.log, http.StatusCreated, started)
+		return nil
+	}
+	s.streamEvents(w, r, started.ID, 0, true, http.StatusCreated, &api.Event{Type: api.EventStarted, Run: &started})
 	return nil
 }
 
@@ -325,29 +343,43 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if _, _, _, err := s.cfg.Engine.Events(id, after); err != nil {
 		return err
 	}
+	s.streamEvents(w, r, id, after, follow, http.StatusOK, nil)
+	return nil
+}
+
+// streamEvents writes run id's events after seq as NDJSON under status,
+// first (if not nil) before them. Once the headers are out, nothing is left
+// to answer with an error: a failure ends the stream, and is logged.
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, id string, after int64, follow bool, status int, first *api.Event) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	rc := http.NewResponseController(w)
 	log := s.log.With("run", id)
+	enc := json.NewEncoder(w)
+	if first != nil {
+		if err := enc.Encode(first); err != nil {
+			log.Info("event reader went away", "after", after, "err", err)
+			return
+		}
+	}
 	// The headers go now: a program may print nothing for a long while,
 	// and the reader should know at once that it is following.
 	if err := rc.Flush(); err != nil {
 		log.Info("event reader went away", "after", after, "err", err)
-		return nil
+		return
 	}
-	enc := json.NewEncoder(w)
 	for {
 		evs, changed, ended, err := s.cfg.Engine.Events(id, after)
 		if err != nil {
 			// Forgotten meanwhile (keep_ended): the reader reconnects and
 			// is told.
 			log.Info("event stream ends: the run is no longer in memory", "after", after, "err", err)
-			return nil
+			return
 		}
 		if len(evs) == 0 && ended {
 			// Ended, and the reader has seen everything up to the end
 			// (it reconnected with the end's seq): nothing will come.
-			return nil
+			return
 		}
 		if len(evs) > 0 {
 			for i := range evs {
@@ -358,28 +390,28 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 				}
 				if err := enc.Encode(&evs[i]); err != nil {
 					log.Info("event reader went away", "after", after, "err", err)
-					return nil
+					return
 				}
 				after = evs[i].Seq
 				if evs[i].Type == api.EventEnd {
 					if err := rc.Flush(); err != nil {
 						log.Debug("flush stream", "err", err)
 					}
-					return nil
+					return
 				}
 			}
 			if err := rc.Flush(); err != nil {
 				log.Info("event reader went away", "after", after, "err", err)
-				return nil
+				return
 			}
 		}
 		if !follow {
-			return nil
+			return
 		}
 		select {
 		case <-changed:
 		case <-r.Context().Done():
-			return nil
+			return
 		}
 	}
 }

@@ -263,6 +263,8 @@ func TestBadRequests(t *testing.T) {
 		{"bad student", "POST", "/v1/runs", `{"student":"Robert'); DROP","script":"ok.py"}`, 400, api.CodeInvalidStudent},
 		{"path out", "POST", "/v1/runs", `{"student":"alice","script":"../../etc/passwd"}`, 400, api.CodeInvalidPath},
 		{"missing script", "POST", "/v1/runs", `{"student":"alice","script":"nope.py"}`, 404, api.CodeScriptNotFound},
+		{"bad follow", "POST", "/v1/runs?follow=yes", `{"student":"alice","script":"ok.py"}`, 400, api.CodeInvalidRequest},
+		{"followed start refused", "POST", "/v1/runs?follow=1", `{"student":"alice","script":"nope.py"}`, 404, api.CodeScriptNotFound},
 		{"unknown run", "GET", "/v1/runs/deadbeef", "", 404, api.CodeNotFound},
 		{"unknown run events", "GET", "/v1/runs/deadbeef/events", "", 404, api.CodeNotFound},
 		{"unknown run stdin", "POST", "/v1/runs/deadbeef/stdin", "x", 404, api.CodeNotFound},
@@ -521,6 +523,96 @@ func TestEventStreamEdges(t *testing.T) {
 	defer again.Close()
 	if ev, err := again.Next(); !errors.Is(err, io.EOF) {
 		t.Fatalf("events after the end: %+v %v, want io.EOF at once", ev, err)
+	}
+}
+
+// TestStartAndFollow: POST /v1/runs?follow=1 answers at once with the run
+// (before the program prints anything), then streams exactly the events
+// GET events?after=0 gives, to the end; the wire has the started event
+// first, at seq 0.
+func TestStartAndFollow(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	c := client.New(srv.Socket)
+	ctx := ctxT(t, 60*time.Second)
+	env.WriteScript(t, "alice", "ask.py", "import sys\nprint('got', input())\nprint('oops', file=sys.stderr)\n")
+	type started struct {
+		r   api.Run
+		evs *client.Events
+		err error
+	}
+	got := make(chan started, 1)
+	go func() {
+		r, evs, err := c.StartRunFollow(ctx, api.RunRequest{Student: "alice", Script: "ask.py", Limits: api.Limits{WallSeconds: 600}})
+		got <- started{r, evs, err}
+	}()
+	var st started
+	select {
+	case st = <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer to a followed start while the program waited for input")
+	}
+	if st.err != nil {
+		t.Fatal(st.err)
+	}
+	if st.r.ID == "" || st.r.State != api.StateRunning || st.r.Student != "alice" {
+		t.Fatalf("followed start answered %+v, want the running run", st.r)
+	}
+	if err := c.WriteStdin(ctx, st.r.ID, []byte("x\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	out, last, all := collect(t, st.evs)
+	if err := st.evs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out != "got x\noops\n" || last.Type != api.EventEnd || last.Run == nil || last.Run.ID != st.r.ID || last.Run.Reason != api.ReasonExited {
+		t.Fatalf("followed stream gave %q ending with %+v", out, last)
+	}
+	again, err := c.AllEvents(ctx, st.r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != len(all) {
+		t.Fatalf("followed stream had %d events, GET events %d", len(all), len(again))
+	}
+	for i := range all {
+		if all[i].Seq != int64(i+1) || all[i].Seq != again[i].Seq || all[i].Type != again[i].Type || string(all[i].Bytes()) != string(again[i].Bytes()) {
+			t.Fatalf("event %d: followed %+v, GET events %+v", i, all[i], again[i])
+		}
+	}
+
+	// On the wire: 201, NDJSON, the started event at seq 0, then the rest.
+	env.WriteScript(t, "alice", "hi.py", "print('hi')\n")
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://idexd/v1/runs?follow=1", strings.NewReader(`{"student":"alice","script":"hi.py"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rawHTTP(srv.Socket).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("followed start: %d %q, want 201 application/x-ndjson", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	dec := json.NewDecoder(resp.Body)
+	var lines []api.Event
+	for {
+		var ev api.Event
+		if err := dec.Decode(&ev); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, ev)
+	}
+	if len(lines) < 3 || lines[0].Seq != 0 || lines[0].Type != api.EventStarted || lines[0].Run == nil ||
+		lines[1].Type != api.EventStdout || lines[1].Data != "hi\n" || lines[len(lines)-1].Type != api.EventEnd ||
+		lines[len(lines)-1].Run.ID != lines[0].Run.ID {
+		t.Fatalf("followed start on the wire: %+v", lines)
+	}
+	if n := env.Locks.Held(); n != 0 {
+		t.Fatalf("locks held after the runs: %d", n)
 	}
 }
 

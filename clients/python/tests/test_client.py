@@ -139,6 +139,23 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(self.c.get_run(run["id"])["reason"], "exited")
         self.assertIn(run["id"], [r["id"] for r in self.c.list_runs(student=s)])
 
+    def test_start_and_follow(self) -> None:
+        s = new_student(self.c)
+        self.c.write_file(s, "ask.py", 'print("got", input())\n')
+        run, events = self.c.start_and_follow(s, "ask.py")
+        self.assertEqual(run["state"], "running")
+        self.c.write_stdin(run["id"], "x\n", eof=True)
+        followed = list(events)
+        self.assertEqual(b"".join(event_bytes(e) for e in followed if e["type"] == "stdout"), b"got x\n")
+        self.assertEqual([e["seq"] for e in followed], list(range(1, len(followed) + 1)))
+        self.assertEqual((followed[-1]["type"], followed[-1]["run"]["reason"]), ("end", "exited"))
+        self.assertEqual(list(self.c.events(run["id"])), followed)
+        # A refused start raises, as start_run's does.
+        held = self.c.start_run(s, "ask.py")
+        self.addCleanup(self.c.stop_run, held["id"])
+        with self.assertRaises(Locked):
+            self.c.start_and_follow(s, "ask.py")
+
     def test_locked_and_stop(self) -> None:
         s = new_student(self.c)
         self.c.write_file(s, "wait.py", "print('up', flush=True)\ninput()\n")

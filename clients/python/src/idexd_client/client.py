@@ -40,6 +40,18 @@ def _file_path(student: str, path: str) -> str:
     return "/v1/students/%s/files/%s" % (quote(student, safe=""), quote(path, safe="/"))
 
 
+def _run_body(student: str, script: str, args: Optional[List[str]], mode: str,
+              limits: Optional[Dict[str, int]], wait_seconds: int) -> JSON:
+    body: JSON = {"student": student, "script": script, "mode": mode}
+    if args:
+        body["args"] = list(args)
+    if limits:
+        body["limits"] = dict(limits)
+    if wait_seconds:
+        body["wait_seconds"] = wait_seconds
+    return body
+
+
 def event_bytes(event: JSON) -> bytes:
     """The bytes a stdout or stderr event carries, exactly as the program
     wrote them (``data`` when valid UTF-8, else base64 in ``b64``)."""
@@ -175,14 +187,36 @@ class Client:
         pids, cpu_percent, wall_seconds, cpu_seconds, output_kb;
         ``wait_seconds`` lets the start wait that long (at most idexd's
         max_wait_seconds) for a free slot when the host is full."""
-        body: JSON = {"student": student, "script": script, "mode": mode}
-        if args:
-            body["args"] = list(args)
-        if limits:
-            body["limits"] = dict(limits)
-        if wait_seconds:
-            body["wait_seconds"] = wait_seconds
-        return self._call("POST", "/v1/runs", body)
+        return self._call("POST", "/v1/runs", _run_body(student, script, args, mode, limits, wait_seconds))
+
+    def start_and_follow(self, student: str, script: str, args: Optional[List[str]] = None,
+                         mode: str = "script", limits: Optional[Dict[str, int]] = None,
+                         wait_seconds: int = 0) -> "tuple[JSON, Iterator[JSON]]":
+        """Starts a run and follows it in the same request (POST
+        /v1/runs?follow=1): one round trip where start_run and events take
+        two. Returns the run object and an iterator over its events from
+        seq 1 to the ``end``, as ``events(run["id"])`` yields them. A refused
+        start raises as start_run does. Read the iterator to its end, or
+        close it, to free its connection."""
+        body = json.dumps(_run_body(student, script, args, mode, limits, wait_seconds)).encode()
+        conn, resp = self._open("POST", "/v1/runs?follow=1", body, "application/json", None)
+        try:
+            first = json.loads(resp.readline())
+            if first.get("type") != "started" or "run" not in first:
+                raise error_for("internal", "POST /v1/runs?follow=1: first event is %r, want started" % first.get("type"))
+        except BaseException:
+            conn.close()
+            raise
+
+        def rest() -> Iterator[JSON]:
+            """The events after started; closes the connection at the end."""
+            try:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+            finally:
+                conn.close()
+        return first["run"], rest()
 
     def get_run(self, run_id: str) -> JSON:
         """One run, live or from the store."""
