@@ -39,6 +39,7 @@ import (
 	"github.com/idexd/idexd/internal/server"
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/students"
+	"github.com/idexd/idexd/internal/sysmon"
 	"github.com/idexd/idexd/internal/version"
 )
 
@@ -228,6 +229,13 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		log.Warn("runs share the host's network (network = \"host\"): a student's program can reach every local service and the instance metadata service")
 	}
 
+	// Closed after the engine's shutdown (closers run last first): no run
+	// holds it then.
+	quiet, err := sysmon.New(time.Second)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, quiet.Close)
 	d.met = metrics.New()
 	hooks := d.met.Hooks()
 	hooks.Ended = quotas.AfterRuns(hooks.Ended, dirs.Workdir)
@@ -237,7 +245,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
 		InputWait: time.Duration(cfg.InputWaitSeconds) * time.Second,
-		Helper:    helper, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
+		Helper:    helper, Quiet: quiet, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
 		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,
 		Setup: inside.Setup{Network: inside.Network(cfg.Network), TmpBytes: cfg.TmpMB << 20},
 		Fair: run.Fair{MaxPerStudent: cfg.MaxRunsPerStudent, StartsPerMinute: cfg.StudentStartsPerMinute,

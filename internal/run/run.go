@@ -27,6 +27,7 @@ type Execution struct {
 	id    string
 	lim   api.Limits
 	lease lock.Lease
+	quiet func() // releases the run's hold on the sysmon quieter
 
 	mu        sync.Mutex
 	info      api.Run
@@ -618,6 +619,9 @@ func (r *Execution) doFinish(ex *sandbox.Exit) {
 	e.release(r)
 	// Shutdown waits for this, so nothing logs after it returns.
 	defer e.live.Done()
+	if r.quiet != nil {
+		r.quiet()
+	}
 	// Kept (and the oldest ended runs let go) before anyone sees the end,
 	// so that a reader of the end finds the memory of ended runs already
 	// bounded (TestEndedRunsMemoryIsBounded). The end event is counted.
