@@ -52,6 +52,16 @@ def _run_body(student: str, script: str, args: Optional[List[str]], mode: str,
     return body
 
 
+def _ndjson(conn: _UnixHTTPConnection, resp: http.client.HTTPResponse) -> Iterator[JSON]:
+    """Yields the objects of an NDJSON answer; closes the connection at its end."""
+    try:
+        for line in resp:
+            if line.strip():
+                yield json.loads(line)
+    finally:
+        conn.close()
+
+
 def event_bytes(event: JSON) -> bytes:
     """The bytes a stdout or stderr event carries, exactly as the program
     wrote them (``data`` when valid UTF-8, else base64 in ``b64``)."""
@@ -207,16 +217,7 @@ class Client:
         except BaseException:
             conn.close()
             raise
-
-        def rest() -> Iterator[JSON]:
-            """The events after started; closes the connection at the end."""
-            try:
-                for line in resp:
-                    if line.strip():
-                        yield json.loads(line)
-            finally:
-                conn.close()
-        return first["run"], rest()
+        return first["run"], _ndjson(conn, resp)
 
     def get_run(self, run_id: str) -> JSON:
         """One run, live or from the store."""
@@ -240,12 +241,7 @@ class Client:
         if not follow:
             path += "&follow=0"
         conn, resp = self._open("GET", path, None, None, None)
-        try:
-            for line in resp:
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            conn.close()
+        yield from _ndjson(conn, resp)
 
     def write_stdin(self, run_id: str, data: Union[bytes, str], eof: bool = False) -> None:
         """Feeds the program's stdin; ``eof`` closes it afterwards."""
