@@ -18,8 +18,9 @@
 // signal ends the ppoll with EINTR (ppoll is never restarted, whatever
 // SA_RESTART says): the runtime's preemption (sysmon asks every 10 ms) or a
 // stop-the-world of the GC reaches the goroutine at once, and it yields
-// there, so it never holds the GC up. The ppoll's own timeout bounds that
-// even with asynchronous preemption off.
+// there, so it never holds the GC up. The ppoll's own timeout (5 ms) bounds
+// that even with asynchronous preemption off, and how late the P's own
+// timers can run.
 package sysmon
 
 import (
@@ -51,10 +52,16 @@ type Quieter struct {
 	ts  unix.Timespec
 }
 
-// pollTimeout bounds one wait of the pinned goroutine, so that it looks at
-// the holds, and yields to a stop-the-world even when no signal comes
-// (GODEBUG=asyncpreemptoff=1).
-const pollTimeout = 20 * time.Millisecond
+// pollTimeout bounds one wait of the pinned goroutine. Each wait ends in
+// the scheduler, which is where a P runs its own timers: timers that other
+// goroutines set on this P before it was pinned (a deadline, a flush)
+// would otherwise fire late while every other P is busy. It also lets a
+// stop-the-world in when no signal comes (GODEBUG=asyncpreemptoff=1).
+// At 5 ms the goroutine wakes 200 times a second (sysmon never has to
+// preempt it), against about 100 with sysmon's preemption alone, which
+// asks after 10 ms of one goroutine: a few ms of CPU a second, against
+// sysmon's thousands of wakeups.
+const pollTimeout = 5 * time.Millisecond
 
 // New raises GOMAXPROCS by one for the pinned goroutine and starts it,
 // unpinned. (Setting GOMAXPROCS ends the runtime's own updates of it from

@@ -37,7 +37,7 @@ func spells(t *testing.T, n int) {
 		}
 		// A syscall that blocks for a while (idexd's clone of a helper,
 		// a cgroup's mkdir), then quick ones.
-		nap := unix.NsecToTimespec(int64(300 * time.Microsecond))
+		nap := unix.NsecToTimespec(int64(time.Millisecond))
 		_, _, _ = syscall.Syscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&nap)), 0, 0)
 		end := time.Now().Add(100 * time.Microsecond)
 		for time.Now().Before(end) {
