@@ -15,11 +15,12 @@ import (
 
 // Fair share between students (issue 12). Every group at the parent's
 // level is a student's group (<parent>/<student>, holding the student's
-// cold runs) or a warm helper's (<parent>/warm.<id>), and the scheduler
+// runs when there is no warm pool) or one beside them (<parent>/warm.<id>:
+// a warm helper's, or with a pool a cold run's), and the scheduler
 // divides the CPU between the runnable ones by their weights. A student's
 // runs together must weigh one student's share, wherever they live: the
 // student's group weighs the part of the share its runs hold, and each
-// warm group claimed by one of the student's runs weighs one run's part
+// group beside it that holds one of the student's runs weighs one run's part
 // (the run engine keeps both up to date as the student's runs start and
 // end). Weights are relative between siblings only, which is why warm
 // groups are siblings of the students' groups rather than children of a
@@ -55,9 +56,9 @@ func (m *Manager) cpuDir(rel string) (string, error) {
 	return filepath.Join(m.v2Mount, m.v2Parent, rel), nil
 }
 
-// SetStudentShare weighs the student's group (its cold runs) as share of
-// one student's CPU share. A student whose group does not exist (no cold
-// run yet) is left alone.
+// SetStudentShare weighs the student's group (the runs in it) as share of
+// one student's CPU share. A student whose group does not exist (no run
+// in it yet) is left alone.
 func (m *Manager) SetStudentShare(student string, share float64) error {
 	dir, err := m.cpuDir(student)
 	if err != nil || dir == "" {

@@ -375,7 +375,7 @@ func (e *Engine) place(r *Execution, epoch int) {
 	proc := r.proc
 	r.mu.Unlock()
 	var g *cgroup.Group
-	if gp, ok := proc.(Grouped); ok && proc.Warm() {
+	if gp, ok := proc.(Grouped); ok && gp.Group().Beside() {
 		g = gp.Group()
 	}
 	student := r.info.Student
@@ -397,7 +397,7 @@ func (e *Engine) place(r *Execution, epoch int) {
 }
 
 // weigh gives each of the student's runs an equal part of one student's
-// CPU share: a warm helper's group its part, the student's own group the
+// CPU share: a group beside the students' its part, the student's own group the
 // parts of the runs in it (see package cgroup, share.go).
 func (e *Engine) weigh(student string) {
 	if e.cfg.Cgroups == nil {

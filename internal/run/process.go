@@ -47,15 +47,16 @@ type Process interface {
 	Warm() bool
 }
 
-// Grouped is a Process that can name its cgroup (*sandbox.Process): a warm
-// one's group sits beside the students' groups and is weighed as a part of
-// its student's share (Engine.place). The fake of the lifecycle tests has
+// Grouped is a Process that can name its cgroup (*sandbox.Process): a
+// group beside the students' groups (cgroup.Group.Beside: a warm one's, or
+// with a pool a cold one's) is weighed as a part of its student's share
+// (Engine.place). The fake of the lifecycle tests has
 // none.
 type Grouped interface {
 	Group() *cgroup.Group
 }
 
-// The real process must stay Grouped: were it not, warm runs would go
+// The real process must stay Grouped: were it not, runs beside the students would go
 // unweighed without a word (the assertion in place is optional).
 var _ Grouped = (*sandbox.Process)(nil)
 

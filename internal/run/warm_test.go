@@ -264,6 +264,49 @@ func TestRunsWeighAsTheirStudent(t *testing.T) {
 	assertClean(t, env)
 }
 
+// TestColdRunsBesideStudents: with a warm pool, a run that finds it empty
+// starts cold in a group beside the students' groups, as a warm one runs,
+// not under its student's group: a group that a run left can serve it.
+func TestColdRunsBesideStudents(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	const n = 4
+	for i := range n {
+		env.WriteScript(t, "alice", fmt.Sprintf("s%d.py", i), "import time\ntime.sleep(60)\n")
+	}
+	waitWarm(t, env, 1)
+	before := env.Engine.WarmStarts()
+	// At once: one slot, so at most one or two of them find a helper ready.
+	runs := make([]*run.Execution, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: fmt.Sprintf("s%d.py", i)})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if cold := n - int(env.Engine.WarmStarts()-before); cold == 0 {
+		t.Fatalf("all %d runs started warm: the test did not test the cold path", n)
+	}
+	for i, r := range runs {
+		if !isWarm(t, r) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", r.Pid()))
+			t.Errorf("run %d is not in a group beside the students': %s", i, b)
+		}
+	}
+	for _, r := range runs {
+		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertClean(t, env)
+}
+
 // isWarm reports whether run r runs in a warm helper's group.
 func isWarm(t *testing.T, r *run.Execution) bool {
 	t.Helper()

@@ -188,16 +188,34 @@ func (s *Sandbox) claim(p *Process, lim cgroup.Limits) (*Process, error) {
 	return p, nil
 }
 
-// cold makes a helper in the run's own group <student>/<id>.
+// cold makes a helper for the run now. With a warm pool its group sits
+// beside the students', as a warm helper's does, and may be one an earlier
+// run left (KeepWarmGroups): no v1 directories are made and removed for
+// it. A pool rules out a student's totals (config), which alone need the
+// run's group under the student's: without one it is <student>/<id>.
 func (s *Sandbox) cold(student, id string, lim cgroup.Limits) (*Process, error) {
 	if err := s.step(StepCgroup); err != nil {
 		return nil, &StepError{Step: StepCgroup, Err: err}
 	}
-	g, err := s.cfg.Cgroups.Create(student, id, lim)
+	var g *cgroup.Group
+	var err error
+	if s.pool != nil {
+		g, err = s.cfg.Cgroups.CreateWarm(id, lim)
+	} else {
+		g, err = s.cfg.Cgroups.Create(student, id, lim)
+	}
 	if err != nil {
 		return nil, &StepError{Step: StepCgroup, Err: err}
 	}
-	return s.start(g, s.step)
+	p, err := s.start(g, s.step)
+	if err != nil || !g.Beside() {
+		return p, err
+	}
+	// A group an earlier run left has that run's peak.
+	if err := g.ResetPeak(); err != nil {
+		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
+	}
+	return p, nil
 }
 
 // start spawns a helper into g, moves it into g's v1 groups (hybrid) and
