@@ -245,8 +245,9 @@ func (m *Manager) Create(student, id string, lim Limits) (*Group, error) {
 	return m.create(filepath.Join(student, id), lim)
 }
 
-// CreateWarm makes a group for a warm helper, with lim until a run claims
-// it and sets its own.
+// CreateWarm makes a group beside the students' groups: a warm helper's,
+// with lim until a run claims it and sets its own, or with a pool a cold
+// run's, with the run's lim.
 //
 // When an earlier warm run's group waits emptied (KeepWarmGroups), that
 // one is taken instead, under its old name.

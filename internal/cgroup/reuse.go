@@ -13,7 +13,7 @@ import (
 // modes) and removing them cost idexd 0.72-0.77 ms of CPU per run here,
 // about a seventh of its own, and each removed v1 memory group lingers in
 // the kernel until its last charged page goes. A warm group whose run
-// ended can serve the next warm helper instead, once nothing of the run is
+// ended can serve the next warm helper or cold run instead, once nothing of the run is
 // left in it: no process, at most keptChargeMax of memory charged
 // (memory.force_empty gives page cache back above that), the OOM count
 // carried as a base; and never killed. A group whose cgroup.kill was
@@ -34,7 +34,7 @@ import (
 const keptChargeMax = 1 << 20
 
 // KeepWarmGroups sets how many emptied warm groups may wait for the next
-// warm helpers (the size of the warm pool is enough); 0 deletes those
+// warm helpers and cold runs (the size of the warm pool is enough); 0 deletes those
 // waiting and keeps none from now on, as before a clean stop.
 func (m *Manager) KeepWarmGroups(n int) error {
 	m.keptMu.Lock()
@@ -52,8 +52,9 @@ func (m *Manager) KeepWarmGroups(n int) error {
 	return errors.Join(errs...)
 }
 
-// WarmGroupCounts counts the warm helpers' groups so far: reused from an ended
-// run, or made.
+// WarmGroupCounts counts the groups made beside the students' so far
+// (CreateWarm: warm helpers', and cold runs' with a pool): reused from an
+// ended run, or made.
 func (m *Manager) WarmGroupCounts() (reused, made int64) {
 	return m.warmReused.Load(), m.warmMade.Load()
 }
@@ -80,7 +81,7 @@ func (m *Manager) takeKept() *Group {
 }
 
 // Release ends the group's use by its run, whose processes must be gone
-// (KillAndWait). A warm group may be kept for the next warm helper (see
+// (KillAndWait). A warm group may be kept for the next warm helper or cold run (see
 // KeepWarmGroups); any other is deleted. Either way g must not be used
 // again: what a late holder still does to it (Kill, SetShare) does
 // nothing, since its directories may be another run's.
@@ -101,7 +102,7 @@ func (g *Group) Release() error {
 }
 
 // reusable returns the group's directories as a fresh Group for the next
-// warm helper, or nil when they should go: not hybrid, no room, or
+// warm helper or cold run, or nil when they should go: not hybrid, no room, or
 // something of the run is still there.
 func (m *Manager) reusable(g *Group) (*Group, error) {
 	if m.mode != ModeHybrid || g.killed.Load() || !m.room() {
@@ -180,7 +181,7 @@ func (m *Manager) room() bool {
 	return len(m.kept) < m.keep
 }
 
-// putKept keeps g for the next warm helper, unless the room went meanwhile.
+// putKept keeps g for the next CreateWarm, unless the room went meanwhile.
 func (m *Manager) putKept(g *Group) bool {
 	m.keptMu.Lock()
 	defer m.keptMu.Unlock()

@@ -134,7 +134,7 @@ func (m *Metrics) Watch(src Sources) {
 		for i, from := range []string{"reused", "made"} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name:        "idexd_warm_cgroups_total",
-				Help:        "Warm helpers' cgroups by where they came from: reused from a run that ended by itself (hybrid hosts), or made.",
+				Help:        "Cgroups made beside the students' (warm helpers', and cold runs' when warm_runs > 0) by where they came from: reused from a run that ended by itself (hybrid hosts), or made.",
 				ConstLabels: prometheus.Labels{"from": from}},
 				func() float64 {
 					r, m := src.WarmCgroups()

@@ -432,7 +432,7 @@ func (p *Process) Stats() (cgroup.Stats, error) {
 }
 
 // Close releases the run's cgroup, which must be empty (KillAndWait):
-// deleted, or kept for the next warm helper (cgroup.Group.Release). It
+// deleted, or kept for the next warm helper or cold run (cgroup.Group.Release). It
 // also closes the control socket.
 func (p *Process) Close() error {
 	p.mu.Lock()
