@@ -33,9 +33,10 @@ completion: build
 	$(BIN)/idexctl completion zsh > $(BIN)/_idexctl
 
 # /usr/share/doc/idexd/copyright: idexd's terms and the license of every
-# module linked into the binaries (packaging/copyright.sh).
-copyright: go-check
-	GO=$(GO) packaging/copyright.sh > $(BIN)/copyright
+# module linked into the binaries (packaging/copyright.sh), and musl's when
+# the helper was linked with it.
+copyright: build
+	GO=$(GO) HELPER=$(BIN)/idexd-sandbox packaging/copyright.sh > $(BIN)/copyright
 
 vet:
 	$(GO) vet ./...

@@ -6,6 +6,7 @@ package packaging
 
 import (
 	"bytes"
+	"debug/elf"
 	"errors"
 	"os"
 	"os/exec"
@@ -240,5 +241,60 @@ func TestMakeWithoutGoSaysHow(t *testing.T) {
 	out, err := runMake(t, []string{"PATH=" + t.TempDir()}, nil, "build", "BIN="+t.TempDir())
 	if err == nil || !strings.Contains(out, "Go 1.26 must be on PATH, e.g. export PATH=$PATH:/usr/local/go/bin") {
 		t.Fatalf("make build without go: %v\n%s\nwant how to put go on PATH", err, out)
+	}
+}
+
+// TestHelperLibcAndCopyright: with musl-gcc, build.sh links the helper
+// statically (no dynamic loader per run's exec) and the copyright file
+// then carries musl's notice; the glibc build says it is dynamic and
+// carries none. CI installs musl-tools, so there its absence fails.
+func TestHelperLibcAndCopyright(t *testing.T) {
+	if _, err := exec.LookPath("musl-gcc"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("musl-gcc: %v; .ci/run installs musl-tools, and the shipped helper is built with it", err)
+		}
+		t.Skip("no musl-gcc (apt-get install musl-tools)")
+	}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		libc   string
+		static bool
+	}{{"musl", true}, {"glibc", false}} {
+		bin := filepath.Join(dir, "idexd-sandbox-"+c.libc)
+		build := exec.Command("../cmd/idexd-sandbox/build.sh", "-o", bin, "v1")
+		build.Env = append(os.Environ(), "IDEXD_HELPER_LIBC="+c.libc)
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build.sh with %s: %v\n%s", c.libc, err, out)
+		}
+		f, err := elf.Open(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		interp := false
+		for _, p := range f.Progs {
+			interp = interp || p.Type == elf.PT_INTERP
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if interp == c.static {
+			t.Errorf("%s build: has a program interpreter %v, want %v", c.libc, interp, !c.static)
+		}
+		if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || string(out) != "idexd-sandbox v1\n" {
+			t.Errorf("%s build --version: %v, %q", c.libc, err, out)
+		}
+		cmd := exec.Command("packaging/copyright.sh")
+		cmd.Env = append(os.Environ(), "HELPER="+bin)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		cmd.Dir = ".."
+		text, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("copyright.sh with the %s helper: %v\n%s", c.libc, err, stderr.String())
+		}
+		hasMusl := bytes.Contains(text, []byte("\n=== musl ")) && bytes.Contains(text, []byte("Rich Felker"))
+		if hasMusl != c.static {
+			t.Errorf("copyright with the %s helper: musl's notice present %v, want %v", c.libc, hasMusl, c.static)
+		}
 	}
 }

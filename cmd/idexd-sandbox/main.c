@@ -48,6 +48,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* glibc's setrlimit takes an enum, musl's an int. */
+#ifdef __GLIBC__
+typedef __rlimit_resource_t rlimit_res;
+#else
+typedef int rlimit_res;
+#endif
+
 #ifndef IDEXD_VERSION
 #define IDEXD_VERSION "dev"
 #endif
@@ -730,7 +737,7 @@ static pid_t start(const struct job *j, int stdio[3], const struct sock_fprog *f
 		 * the real limit, this is a per-process backstop. */
 		if (set[i].res == RLIMIT_CPU && j->cpu == 0)
 			continue;
-		if (setrlimit((__rlimit_resource_t)set[i].res, &set[i].rl))
+		if (setrlimit((rlimit_res)set[i].res, &set[i].rl))
 			return failf("helper: set rlimit %s: %s", set[i].name, errstr(errno));
 	}
 	/* Nothing this helper holds may reach the program, even an fd opened
