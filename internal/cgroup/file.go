@@ -60,7 +60,8 @@ func open(path string, mode int) (int, error) {
 }
 
 // ignoringEINTR retries f when a signal interrupted it (the runtime's
-// preemption signals; memory.force_empty returns EINTR on any pending).
+// preemption signals; a cgroup write that reclaims memory, a lowered limit's,
+// returns EINTR on any pending).
 func ignoringEINTR(f func() (int, error)) (int, error) {
 	for {
 		n, err := f()

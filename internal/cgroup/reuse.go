@@ -14,9 +14,9 @@ import (
 // about a seventh of its own, and each removed v1 memory group lingers in
 // the kernel until its last charged page goes. A warm group whose run
 // ended can serve the next warm helper or cold run instead, once nothing of the run is
-// left in it: no process, at most keptChargeMax of memory charged
-// (memory.force_empty gives page cache back above that), the OOM count
-// carried as a base; and never killed. A group whose cgroup.kill was
+// left in it: no process, at most keptChargeMax of memory charged (a
+// group holding more is deleted, its page cache left in place), the OOM
+// count carried as a base; and never killed. A group whose cgroup.kill was
 // written kills every process later cloned into it on this kernel (6.18:
 // cgroup_css_set_fork reads the kill sequence of the parent's group for
 // CLONE_INTO_CGROUP, cgroup_post_fork compares it with the target's), so
@@ -115,19 +115,17 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	// A run leaves memory charged to its group: the page cache of files
 	// it read or wrote, and kernel objects (dentries, inodes), 0.45-0.75
 	// MiB after print('hi') here. Up to keptChargeMax stays with the
-	// group; more is given back first with memory.force_empty, which costs
-	// about what making a group does (0.7-1.4 ms), so only then.
+	// group. A group holding more is deleted, not emptied: v1 charges a
+	// page of the cache to the group that read it first, so what a run
+	// holds may be the interpreter's own files, which every run reads.
+	// memory.force_empty evicted them; the next run read them again from
+	// disk and was charged for them in turn, and once started that went
+	// on for every run: 750-800 pages read again per print('hi'), with
+	// idexd 7.0 ms of CPU per run instead of about 4 (bench/README.md). A
+	// deleted group's pages stay cached, charged to it until the kernel
+	// reclaims them, as every group's were before groups were reused.
 	over, err := g.chargedOver(mem)
-	if err != nil || !over {
-		return g.reused(m, mem, err)
-	}
-	if err := writeFile(filepath.Join(mem, "memory.force_empty"), []byte("0")); err != nil {
-		return nil, fmt.Errorf("empty the memory of cgroup %s: %w", mem, err)
-	}
-	// What force_empty cannot give back (kernel objects, the dentries and
-	// inodes of the files the run touched) goes as the kernel reclaims it;
-	// a group left with more than keptChargeMax is deleted.
-	if over, err = g.chargedOver(mem); err != nil || over {
+	if err != nil || over {
 		return nil, err
 	}
 	return g.reused(m, mem, nil)

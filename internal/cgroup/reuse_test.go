@@ -14,9 +14,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // inGroup starts script (python) in g the way the sandbox starts a helper:
@@ -67,19 +69,24 @@ func TestWarmGroupsReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	small := cgroup.Limits{MemoryBytes: 48 << 20, Pids: 16, CPUPercent: 100}
+	// python's own files in the page cache, charged here: a group that
+	// read them first would hold more than a reused group may.
+	if out, err := exec.Command("python3", "-c", "import os, sys").CombinedOutput(); err != nil {
+		t.Fatalf("python3: %v %s", err, out)
+	}
 	g1, err := m.CreateWarm("w1", small)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The first run has a child killed by the OOM killer, then leaves
-	// 8 MiB of a file in the page cache and ends by itself.
+	// 256 KiB of a file in the page cache and ends by itself.
 	file := filepath.Join(t.TempDir(), "left.bin")
 	cmd, goOn := inGroup(t, g1, "import os\n"+
 		"pid = os.fork()\n"+
 		"if pid == 0:\n    b = bytearray(96 << 20)\n    os._exit(0)\n"+
 		"_, st = os.waitpid(pid, 0)\n"+
 		"assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == 9, st\n"+
-		"open("+pyQuote(file)+", 'wb').write(b'x' * (8 << 20))\n")
+		"open("+pyQuote(file)+", 'wb').write(b'x' * (256 << 10))\n")
 	goOn()
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("first run: %v %s", err, cmd.Stderr)
@@ -131,8 +138,7 @@ func TestWarmGroupsReused(t *testing.T) {
 	if got := readFile(t, filepath.Join(mem, "memory.limit_in_bytes")); got != "268435456" {
 		t.Errorf("reused group's memory limit %s, want the new 256 MiB", got)
 	}
-	// The 8 MiB of page cache went; the dentry and inode of the file may
-	// stay charged.
+	// What the run left is within what a reused group may hold.
 	if got, err := strconv.ParseInt(readFile(t, filepath.Join(mem, "memory.usage_in_bytes")), 10, 64); err != nil || got > 1<<20 {
 		t.Errorf("reused group starts with %d bytes charged (%v), want at most 1 MiB", got, err)
 	}
@@ -209,6 +215,114 @@ func TestWarmGroupsReused(t *testing.T) {
 			t.Errorf("%s still there after KeepWarmGroups(0) (%v)", d, err)
 		}
 	}
+}
+
+// TestWarmGroupOverChargeDeleted: a warm group whose run left more than a
+// reused group may hold (8 MiB of a file it wrote) is deleted, not
+// emptied, and the file stays in the page cache. Emptying it evicted
+// whatever its run had read first, the interpreter's own files among
+// them, and every later run read them from disk again.
+func TestWarmGroupOverChargeDeleted(t *testing.T) {
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	m, err := cgroup.New("idexd-test/over-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := m.KeepWarmGroups(1); err != nil {
+		t.Fatal(err)
+	}
+	lim := cgroup.Limits{MemoryBytes: 64 << 20, Pids: 16, CPUPercent: 100}
+	g1, err := m.CreateWarm("w1", lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written back, so that only eviction, not writeback, could take it.
+	file := filepath.Join(t.TempDir(), "left.bin")
+	cmd, goOn := inGroup(t, g1, "import os\n"+
+		"with open("+pyQuote(file)+", 'wb') as f:\n    f.write(b'x' * (8 << 20))\n    f.flush()\n    os.fsync(f.fileno())\n")
+	goOn()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("run: %v %s", err, cmd.Stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g1.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := residentPages(t, file); got < 2048*9/10 {
+		t.Fatalf("before the release only %d of 2048 pages of the file are cached: nothing to check", got)
+	}
+	if err := g1.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if got := residentPages(t, file); got < 2048*9/10 {
+		t.Errorf("after the release %d of 2048 pages of the run's file are cached; the release evicted them", got)
+	}
+	g2, err := m.CreateWarm("w2", lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g2.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	if g2.Path() == g1.Path() {
+		t.Errorf("%s, holding 8 MiB, was reused", g1.Path())
+	}
+	for _, d := range append(g1.V1Dirs(), g1.Path()) {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there after its release (%v)", d, err)
+		}
+	}
+	if r, n := m.WarmGroupCounts(); r != 0 || n != 2 {
+		t.Errorf("warm groups reused %d, made %d; want 0, 2", r, n)
+	}
+}
+
+// residentPages counts the pages of path in the page cache (mincore).
+func residentPages(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := f.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.Munmap(mem); err != nil {
+			t.Error(err)
+		}
+	}()
+	page := os.Getpagesize()
+	vec := make([]byte, (len(mem)+page-1)/page)
+	// x/sys/unix has no wrapper for mincore(2).
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatalf("mincore %s: %v", path, errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
 
 func readFile(t *testing.T, path string) string {
