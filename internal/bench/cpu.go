@@ -25,8 +25,38 @@ func nproc() int { return runtime.NumCPU() }
 // kernel's workers (a network namespace is torn down by a kworker, RCU
 // callbacks run in their own threads), and everything else the machine
 // did meanwhile, so it means something only on a quiet machine.
+//
+// diskKiB is what the whole machine read from block devices (pgpgin of
+// /proc/vmstat, KiB): a print('hi') reads nothing once the interpreter's
+// files are cached, so a figure above a few KiB per run says its files
+// are being read again, and its CPU figures with them (bench/README.md,
+// "The page cache read again").
 type cpuUse struct {
 	daemon, daemonKids, self, selfKids, host time.Duration
+	diskKiB                                  int64
+}
+
+// diskReadKiB is pgpgin of /proc/vmstat: KiB read from block devices
+// since boot.
+func diskReadKiB() (int64, error) {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/vmstat: %w", err)
+	}
+	return parsePgpgin(string(b))
+}
+
+func parsePgpgin(vmstat string) (int64, error) {
+	for _, line := range strings.Split(vmstat, "\n") {
+		if v, ok := strings.CutPrefix(line, "pgpgin "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/vmstat: pgpgin %q: %w", v, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("/proc/vmstat has no pgpgin line")
 }
 
 // hostBusy is the time all CPUs spent busy since boot: user, nice,
@@ -100,15 +130,18 @@ func readCPU(daemonPid int) (cpuUse, error) {
 	if u.host, err = hostBusy(); err != nil {
 		return u, err
 	}
+	if u.diskKiB, err = diskReadKiB(); err != nil {
+		return u, err
+	}
 	return u, nil
 }
 
 func (u cpuUse) sub(v cpuUse) cpuUse {
-	return cpuUse{u.daemon - v.daemon, u.daemonKids - v.daemonKids, u.self - v.self, u.selfKids - v.selfKids, u.host - v.host}
+	return cpuUse{u.daemon - v.daemon, u.daemonKids - v.daemonKids, u.self - v.self, u.selfKids - v.selfKids, u.host - v.host, u.diskKiB - v.diskKiB}
 }
 
 func (u cpuUse) add(v cpuUse) cpuUse {
-	return cpuUse{u.daemon + v.daemon, u.daemonKids + v.daemonKids, u.self + v.self, u.selfKids + v.selfKids, u.host + v.host}
+	return cpuUse{u.daemon + v.daemon, u.daemonKids + v.daemonKids, u.self + v.self, u.selfKids + v.selfKids, u.host + v.host, u.diskKiB + v.diskKiB}
 }
 
 // cpuMeter accumulates CPU deltas of the idexd side and the bare side.
@@ -154,11 +187,12 @@ func (m *cpuMeter) text() string {
 		return "CPU per run unknown: no runs"
 	}
 	per := func(d time.Duration, n int) float64 { return ms(d) / float64(n) }
-	return fmt.Sprintf("CPU per run, ms: idexd daemon %.2f + run processes (helper+python) %.2f + client %.2f = %.2f (all CPUs busy: %.2f); "+
-		"bare: python %.2f + exec.Cmd %.2f = %.2f (all CPUs busy: %.2f)",
+	kib := func(u cpuUse, n int) float64 { return float64(u.diskKiB) / float64(n) }
+	return fmt.Sprintf("CPU per run, ms: idexd daemon %.2f + run processes (helper+python) %.2f + client %.2f = %.2f (all CPUs busy: %.2f; disk read %.0f KiB); "+
+		"bare: python %.2f + exec.Cmd %.2f = %.2f (all CPUs busy: %.2f; disk read %.0f KiB)",
 		per(m.idexd.daemon, m.idRuns), per(m.idexd.daemonKids, m.idRuns), per(m.idexd.self, m.idRuns),
-		per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self, m.idRuns), per(m.idexd.host, m.idRuns),
-		per(m.bare.selfKids, m.bRuns), per(m.bare.self, m.bRuns), per(m.bare.selfKids+m.bare.self, m.bRuns), per(m.bare.host, m.bRuns))
+		per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self, m.idRuns), per(m.idexd.host, m.idRuns), kib(m.idexd, m.idRuns),
+		per(m.bare.selfKids, m.bRuns), per(m.bare.self, m.bRuns), per(m.bare.selfKids+m.bare.self, m.bRuns), per(m.bare.host, m.bRuns), kib(m.bare, m.bRuns))
 }
 
 // perRun is the CPU one run cost on the metered side, ms: the server (idexd
@@ -192,6 +226,7 @@ func (m *cpuMeter) serverText(server, kids string) string {
 		return "CPU per run unknown: no runs"
 	}
 	per := func(d time.Duration) float64 { return ms(d) / float64(m.idRuns) }
-	return fmt.Sprintf("CPU per run, ms: %s %.2f + %s %.2f + client %.2f = %.2f (all CPUs busy: %.2f)", server,
-		per(m.idexd.daemon), kids, per(m.idexd.daemonKids), per(m.idexd.self), per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self), per(m.idexd.host))
+	return fmt.Sprintf("CPU per run, ms: %s %.2f + %s %.2f + client %.2f = %.2f (all CPUs busy: %.2f; disk read %.0f KiB)", server,
+		per(m.idexd.daemon), kids, per(m.idexd.daemonKids), per(m.idexd.self), per(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self), per(m.idexd.host),
+		float64(m.idexd.diskKiB)/float64(m.idRuns))
 }

@@ -157,3 +157,21 @@ func TestParseIdexdBefore(t *testing.T) {
 		t.Error("-idexd-before of a missing file was accepted")
 	}
 }
+
+// TestParsePgpgin: the disk reads idexbench reports per run come from
+// pgpgin, wherever it sits in /proc/vmstat.
+func TestParsePgpgin(t *testing.T) {
+	got, err := parsePgpgin("nr_free_pages 5\npgpgin 70123\npgpgout 9\n")
+	if err != nil || got != 70123 {
+		t.Errorf("parsePgpgin: %d, %v; want 70123", got, err)
+	}
+	if _, err := parsePgpgin("nr_free_pages 5\npgpgout 9\n"); err == nil {
+		t.Error("parsePgpgin without the line: no error")
+	}
+	if _, err := parsePgpgin("pgpgin x\n"); err == nil {
+		t.Error("parsePgpgin of a non-number: no error")
+	}
+	if n, err := diskReadKiB(); err != nil || n <= 0 {
+		t.Errorf("diskReadKiB of this machine: %d, %v; want a positive count", n, err)
+	}
+}
