@@ -34,8 +34,9 @@ import (
 const keptChargeMax = 1 << 20
 
 // KeepWarmGroups sets how many emptied warm groups may wait for the next
-// warm helpers and cold runs (the size of the warm pool is enough); 0 deletes those
-// waiting and keeps none from now on, as before a clean stop.
+// warm helpers and cold runs (the sandbox keeps enough for a burst's cold
+// starts too); 0 deletes those waiting and keeps none from now on, as
+// before a clean stop.
 func (m *Manager) KeepWarmGroups(n int) error {
 	m.keptMu.Lock()
 	m.keep = n

@@ -360,3 +360,61 @@ else:
 		assertClean(t, env)
 	}
 }
+
+// TestBurstGroupsKept: on a hybrid host the groups of a burst of runs
+// that ended by themselves wait for the next burst's cold runs, more of
+// them than the pool has helpers: with only a pool's worth kept, a burst
+// made and removed a group for nearly every cold start.
+func TestBurstGroupsKept(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	const n = 6
+	for i := range n {
+		env.WriteScript(t, "alice", fmt.Sprintf("b%d.py", i), "print('x')\n")
+	}
+	burst := func() {
+		t.Helper()
+		waitWarm(t, env, 1)
+		runs := make([]*run.Execution, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: fmt.Sprintf("b%d.py", i)})
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range runs {
+			if res := testutil.Collect(ctxT(t, 30*time.Second), t, r); res.Run.Reason != api.ReasonExited {
+				t.Fatalf("run %d ended %s (%s), want exited", i, res.Run.Reason, res.Run.Error)
+			}
+		}
+	}
+	burst()
+	before, _ := env.Cgroups.WarmGroupCounts()
+	warmBefore := env.Engine.WarmStarts()
+	burst()
+	// The refill the warm start caused has taken its group too.
+	waitWarm(t, env, 1)
+	reused, _ := env.Cgroups.WarmGroupCounts()
+	cold := n - int(env.Engine.WarmStarts()-warmBefore)
+	if env.Cgroups.Mode() != cgroup.ModeHybrid {
+		if reused != 0 {
+			t.Errorf("%d groups reused on a unified host, want 0", reused)
+		}
+		return
+	}
+	if cold < 2 {
+		t.Fatalf("%d of the second burst's %d runs started cold: the test did not test a burst", cold, n)
+	}
+	// Each cold run, and the pool's refill, took a group the first
+	// burst left.
+	if got := int(reused - before); got < cold {
+		t.Errorf("the second burst reused %d groups for %d cold starts and a refill, want at least %d", got, cold, cold)
+	}
+	assertClean(t, env)
+}

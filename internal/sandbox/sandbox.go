@@ -115,13 +115,30 @@ func New(cfg Config) (*Sandbox, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
-	// As many groups kept as helpers made: a run's end gives one back,
-	// the refill it caused takes it.
-	if err := cfg.Cgroups.KeepWarmGroups(cfg.WarmRuns); err != nil {
+	if err := cfg.Cgroups.KeepWarmGroups(keptGroups(cfg.WarmRuns)); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", errors.Join(err, s.closeNets()))
 	}
 	s.pool = newPool(s, cfg.WarmRuns)
 	return s, nil
+}
+
+// keptGroupsMin is how many ended runs' groups wait, at least, for the
+// next warm helpers and cold runs (hybrid hosts). A run's end gives one
+// back and the refill it caused takes it; but when a burst empties the
+// pool, every start is cold and takes one too, and a pool's worth was
+// too few: at 64 clients two thirds of the starts were cold, and most of
+// their groups were made and removed (five directories each, 0.7 ms of
+// idexd's CPU). A kept group is five empty directories and an fd.
+const keptGroupsMin = 32
+
+// keptGroups is how many groups the cgroup manager keeps for a pool of
+// warm helpers: none without a pool (cold runs then sit under their
+// students' groups).
+func keptGroups(warm int) int {
+	if warm <= 0 {
+		return 0
+	}
+	return max(warm, keptGroupsMin)
 }
 
 func (s *Sandbox) step(name string) error {
