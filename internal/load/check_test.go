@@ -72,3 +72,18 @@ func TestCheckFiles(t *testing.T) {
 		t.Fatalf("3 files out of place, counted %d: %v", m.rep.Left.FilesOutside, m.rep.Problems)
 	}
 }
+
+// TestCheckKeptCgroups: the kept warm groups are held to the sandbox's
+// bound, which a burst may fill beyond the pool's size, and to none
+// without warm helpers.
+func TestCheckKeptCgroups(t *testing.T) {
+	for _, c := range []struct {
+		kept, warm int
+		ok         bool
+	}{{0, 4, true}, {32, 4, true}, {33, 4, false}, {40, 40, true}, {41, 40, false}, {0, 0, true}, {1, 0, false}} {
+		p := checkKeptCgroups(api.DebugState{CgroupsKept: c.kept}, c.warm)
+		if (p == "") != c.ok {
+			t.Errorf("%d kept with %d warm helpers: %q, want ok %v", c.kept, c.warm, p, c.ok)
+		}
+	}
+}

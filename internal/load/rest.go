@@ -12,6 +12,7 @@ import (
 	"github.com/idexd/idexd/internal/client"
 	"github.com/idexd/idexd/internal/config"
 	"github.com/idexd/idexd/internal/netns"
+	"github.com/idexd/idexd/internal/sandbox"
 )
 
 // The daemon is compared with itself only at rest: no run active and its
@@ -104,7 +105,7 @@ func (s *DaemonState) discountKeptNetworks() {
 }
 
 // discountKeptCgroups takes the warm groups idexd keeps for its next warm
-// helpers (internal/cgroup's reuse, at most warm_runs) out of its fds:
+// helpers (internal/cgroup's reuse, at most sandbox.KeptGroups) out of its fds:
 // how many wait depends on how the last runs ended. An fd leaked outside
 // that count still shows; the count is held to its bound (checkKeptCgroups).
 func (s *DaemonState) discountKeptCgroups() {
@@ -118,8 +119,8 @@ func (s *DaemonState) discountKeptCgroups() {
 // checkKeptCgroups says what is wrong with the count of kept warm groups,
 // or "".
 func checkKeptCgroups(d api.DebugState, warm int) string {
-	if d.CgroupsKept > warm {
-		return fmt.Sprintf("idexd keeps %d warm cgroups, above its bound (the %d warm helpers)", d.CgroupsKept, warm)
+	if bound := sandbox.KeptGroups(warm); d.CgroupsKept > bound {
+		return fmt.Sprintf("idexd keeps %d warm cgroups, above its bound (%d for %d warm helpers)", d.CgroupsKept, bound, warm)
 	}
 	return ""
 }

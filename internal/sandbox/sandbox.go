@@ -115,7 +115,7 @@ func New(cfg Config) (*Sandbox, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
-	if err := cfg.Cgroups.KeepWarmGroups(keptGroups(cfg.WarmRuns)); err != nil {
+	if err := cfg.Cgroups.KeepWarmGroups(KeptGroups(cfg.WarmRuns)); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", errors.Join(err, s.closeNets()))
 	}
 	s.pool = newPool(s, cfg.WarmRuns)
@@ -131,10 +131,10 @@ func New(cfg Config) (*Sandbox, error) {
 // idexd's CPU). A kept group is five empty directories and an fd.
 const keptGroupsMin = 32
 
-// keptGroups is how many groups the cgroup manager keeps for a pool of
-// warm helpers: none without a pool (cold runs then sit under their
+// KeptGroups is how many ended runs' groups a sandbox with warm helpers
+// keeps, at most: none without a pool (cold runs then sit under their
 // students' groups).
-func keptGroups(warm int) int {
+func KeptGroups(warm int) int {
 	if warm <= 0 {
 		return 0
 	}
