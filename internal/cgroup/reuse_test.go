@@ -46,17 +46,14 @@ func inGroup(t *testing.T, g *cgroup.Group, script string) (*exec.Cmd, func()) {
 	}
 }
 
-// TestWarmGroupsReused: on a hybrid host a warm group whose run ended
-// serves the next warm helper, and the next run finds nothing of the
-// last one in it: no OOM kill counted, no memory charged, the limits it
-// is given. What a late holder of the old group does (a stop's kill, a
-// weighing) reaches nothing of the new run. On a unified host the group
-// is deleted instead.
-func TestWarmGroupsReused(t *testing.T) {
+// keepingManager is a cgroup manager of its own that keeps one ended
+// warm group for the next, removed with the test.
+func keepingManager(t *testing.T, name string) *cgroup.Manager {
+	t.Helper()
 	testutil.RequireRoot(t)
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	m, err := cgroup.New("idexd-test/reuse-" + hex.EncodeToString(b[:]))
+	m, err := cgroup.New("idexd-test/" + name + "-" + hex.EncodeToString(b[:]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +65,17 @@ func TestWarmGroupsReused(t *testing.T) {
 	if err := m.KeepWarmGroups(1); err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// TestWarmGroupsReused: on a hybrid host a warm group whose run ended
+// serves the next warm helper, and the next run finds nothing of the
+// last one in it: no OOM kill counted, no memory charged, the limits it
+// is given. What a late holder of the old group does (a stop's kill, a
+// weighing) reaches nothing of the new run. On a unified host the group
+// is deleted instead.
+func TestWarmGroupsReused(t *testing.T) {
+	m := keepingManager(t, "reuse")
 	small := cgroup.Limits{MemoryBytes: 48 << 20, Pids: 16, CPUPercent: 100}
 	// python's own files in the page cache, charged here: a group that
 	// read them first would hold more than a reused group may.
@@ -223,21 +231,7 @@ func TestWarmGroupsReused(t *testing.T) {
 // whatever its run had read first, the interpreter's own files among
 // them, and every later run read them from disk again.
 func TestWarmGroupOverChargeDeleted(t *testing.T) {
-	testutil.RequireRoot(t)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	m, err := cgroup.New("idexd-test/over-" + hex.EncodeToString(b[:]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.RemoveParent(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := m.KeepWarmGroups(1); err != nil {
-		t.Fatal(err)
-	}
+	m := keepingManager(t, "over")
 	lim := cgroup.Limits{MemoryBytes: 64 << 20, Pids: 16, CPUPercent: 100}
 	g1, err := m.CreateWarm("w1", lim)
 	if err != nil {

@@ -276,20 +276,7 @@ func TestColdRunsBesideStudents(t *testing.T) {
 	waitWarm(t, env, 1)
 	before := env.Engine.WarmStarts()
 	// At once: one slot, so at most one or two of them find a helper ready.
-	runs := make([]*run.Execution, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: fmt.Sprintf("s%d.py", i)})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	runs := startAtOnce(t, env, "alice", "s%d.py", n)
 	if cold := n - int(env.Engine.WarmStarts()-before); cold == 0 {
 		t.Fatalf("all %d runs started warm: the test did not test the cold path", n)
 	}
@@ -305,6 +292,27 @@ func TestColdRunsBesideStudents(t *testing.T) {
 		}
 	}
 	assertClean(t, env)
+}
+
+// startAtOnce starts n runs of student's scripts (script is a format for
+// the run's index) from n goroutines at once.
+func startAtOnce(t *testing.T, env *testutil.Env, student, script string, n int) []*run.Execution {
+	t.Helper()
+	runs := make([]*run.Execution, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: student, Script: fmt.Sprintf(script, i)})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return runs
 }
 
 // isWarm reports whether run r runs in a warm helper's group.
@@ -374,21 +382,7 @@ func TestBurstGroupsKept(t *testing.T) {
 	burst := func() {
 		t.Helper()
 		waitWarm(t, env, 1)
-		runs := make([]*run.Execution, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: "alice", Script: fmt.Sprintf("b%d.py", i)})
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			t.Fatal(err)
-		}
-		for i, r := range runs {
+		for i, r := range startAtOnce(t, env, "alice", "b%d.py", n) {
 			if res := testutil.Collect(ctxT(t, 30*time.Second), t, r); res.Run.Reason != api.ReasonExited {
 				t.Fatalf("run %d ended %s (%s), want exited", i, res.Run.Reason, res.Run.Error)
 			}
