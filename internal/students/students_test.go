@@ -1,9 +1,12 @@
 package students
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -68,4 +71,32 @@ func FuzzResolveScript(f *testing.F) {
 			t.Fatalf("ResolveScript(%q): canonical %q is not a regular file (%v)", script, s.Canonical, err)
 		}
 	})
+}
+
+// TestResolveScriptAllocations: resolving a script (every run's start)
+// hashes it through a reused buffer, not a 32 KiB one made each time,
+// and still hashes all of it.
+func TestResolveScriptAllocations(t *testing.T) {
+	wd := t.TempDir()
+	body := strings.Repeat("print('hi')\n", 4000) // 48 KB: more than one buffer
+	if err := os.WriteFile(filepath.Join(wd, "hi.py"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256([]byte(body))
+	s, err := ResolveScript(wd, "hi.py")
+	if err != nil || s.SHA256 != hex.EncodeToString(want[:]) {
+		t.Fatalf("ResolveScript: %+v, %v; want sha256 %x", s, err, want)
+	}
+	const calls = 50
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range calls {
+		if _, err := ResolveScript(wd, "hi.py"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / calls; per > 8<<10 {
+		t.Errorf("ResolveScript allocated %d bytes a call, want at most 8 KiB", per)
+	}
 }
