@@ -121,8 +121,8 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	// holds may be the interpreter's own files, which every run reads.
 	// memory.force_empty evicted them; the next run read them again from
 	// disk and was charged for them in turn, and once started that went
-	// on for every run: 750-800 pages read again per print('hi'), with
-	// idexd 7.0 ms of CPU per run instead of about 4 (bench/README.md). A
+	// on for every run: 750-800 pages read again per print('hi'), and
+	// idexd's CPU per run 7.4-8.4 ms instead of 5.0-5.7 (bench/README.md). A
 	// deleted group's pages stay cached, charged to it until the kernel
 	// reclaims them, as every group's were before groups were reused.
 	over, err := g.chargedOver(mem)
