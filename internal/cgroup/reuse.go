@@ -129,7 +129,7 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	if err != nil || over {
 		return nil, err
 	}
-	return g.reused(m, mem, nil)
+	return g.reused(m, mem)
 }
 
 // chargedOver says whether the group holds more than keptChargeMax of
@@ -159,10 +159,7 @@ func (g *Group) chargedOver(mem string) (bool, error) {
 
 // reused is the group's directories as a fresh Group, its OOM count the
 // base of the next run's.
-func (g *Group) reused(m *Manager, mem string, err error) (*Group, error) {
-	if err != nil {
-		return nil, err
-	}
+func (g *Group) reused(m *Manager, mem string) (*Group, error) {
 	oom, err := v1OOMKills(mem)
 	if err != nil {
 		return nil, fmt.Errorf("read oom_kill of %s: %w", mem, err)

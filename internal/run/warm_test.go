@@ -396,6 +396,7 @@ func TestBurstGroupsKept(t *testing.T) {
 	waitWarm(t, env, 1)
 	reused, _ := env.Cgroups.WarmGroupCounts()
 	cold := n - int(env.Engine.WarmStarts()-warmBefore)
+	assertClean(t, env)
 	if env.Cgroups.Mode() != cgroup.ModeHybrid {
 		if reused != 0 {
 			t.Errorf("%d groups reused on a unified host, want 0", reused)
@@ -410,5 +411,4 @@ func TestBurstGroupsKept(t *testing.T) {
 	if got := int(reused - before); got < cold {
 		t.Errorf("the second burst reused %d groups for %d cold starts and a refill, want at least %d", got, cold, cold)
 	}
-	assertClean(t, env)
 }
