@@ -204,6 +204,16 @@ func (m *cpuMeter) perRun() (float64, bool) {
 	return ms(m.idexd.daemon+m.idexd.daemonKids+m.idexd.self) / float64(m.idRuns), true
 }
 
+// serverPerRun is what issue 16's target counts, ms: the server (idexd or
+// the floor) and its reaped children (the run's processes), without the
+// client.
+func (m *cpuMeter) serverPerRun() (float64, bool) {
+	if m.err != nil || m.idRuns == 0 {
+		return 0, false
+	}
+	return ms(m.idexd.daemon+m.idexd.daemonKids) / float64(m.idRuns), true
+}
+
 // hostPerRun is the busy time of all CPUs per run on the metered side, ms.
 func (m *cpuMeter) hostPerRun() (float64, bool) {
 	if m.err != nil || m.idRuns == 0 {
