@@ -337,7 +337,8 @@ type DebugState struct {
 	LocksHeld  int `json:"locks_held"`
 	Cgroups    int `json:"cgroups"`
 	// NetworksKept are network namespaces kept for students' next runs:
-	// one fd of idexd's each, part of FDs.
+	// four fds of idexd's each (the namespace and three lists of its
+	// sockets), part of FDs.
 	NetworksKept int `json:"networks_kept"`
 	// CgroupsKept are warm groups of ended runs kept for the next warm
 	// helpers (hybrid hosts): one fd of idexd's each, part of FDs.

@@ -33,7 +33,8 @@ func isNSType(t string) bool {
 // FDKinds counts open fds by what they point at: "stdio" (0-2), "file",
 // "cgroup" (a directory or file under /sys/fs/cgroup), "warm cgroup" (the
 // group of a warm helper), "pipe", "socket", "pidfd", "eventpoll",
-// "eventfd", "ns:<type>" (a namespace held open), and so on. A failed
+// "eventfd", "ns:<type>" (a namespace held open), "netns socket list" (a
+// proc/net file internal/netns keeps open for a namespace), and so on. A failed
 // check prints how the kinds moved, so a leak names itself.
 type FDKinds map[string]int
 
@@ -46,6 +47,8 @@ func fdKind(fd int, target string) string {
 			return "warm cgroup"
 		}
 		return "cgroup"
+	case strings.HasPrefix(target, "/proc/") && strings.Contains(target, "/net/"):
+		return "netns socket list"
 	case strings.HasPrefix(target, "/"):
 		return "file"
 	case strings.HasPrefix(target, "anon_inode:"):

@@ -29,6 +29,7 @@ func TestFDKind(t *testing.T) {
 		{9, "anon_inode:inotify", "inotify"},
 		{30, "net:[4026532008]", "ns:net"},
 		{31, "mnt:[4026532009]", "ns:mnt"},
+		{32, "/proc/4711/net/sockstat6", "netns socket list"},
 	} {
 		if got := fdKind(tc.fd, tc.target); got != tc.to {
 			t.Errorf("fdKind(%d, %q) = %q, want %q", tc.fd, tc.target, got, tc.to)

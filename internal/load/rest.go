@@ -95,9 +95,10 @@ func (r *restSampler) look(ctx context.Context) (s DaemonState, children int, er
 // shows; the count itself is held to its bound (checkKeptNetworks).
 func (s *DaemonState) discountKeptNetworks() {
 	k := s.Debug.NetworksKept
-	s.Debug.FDs -= k
+	s.Debug.FDs -= k * netns.FDsPerNS
 	if s.Census.FDs != nil {
 		s.Census.FDs["ns:net"] -= k
+		s.Census.FDs["netns socket list"] -= k * (netns.FDsPerNS - 1)
 	}
 	if s.Census.OwnNS != nil {
 		s.Census.OwnNS["net"] -= k

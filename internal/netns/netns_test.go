@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -17,7 +18,7 @@ import (
 
 func TestMain(m *testing.M) { testutil.Main(m) }
 
-func newSupply(t *testing.T, cfg netns.Config) *netns.Supply {
+func newSupply(t testing.TB, cfg netns.Config) *netns.Supply {
 	t.Helper()
 	testutil.RequireRoot(t)
 	cfg.Log = testutil.Logger(t)
@@ -299,5 +300,67 @@ func TestManyStudentsAtOnce(t *testing.T) {
 	}
 	if st := s.Stats(); st.Kept == 0 {
 		t.Errorf("stats %+v: no namespace was reused", st)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestCloseLeavesNoFD: a namespace holds more than its own fd (the files
+// that list its sockets); closing the supply closes every one of them, and
+// a namespace handed out and closed by its holder leaves nothing either.
+func TestCloseLeavesNoFD(t *testing.T) {
+	testutil.RequireRoot(t)
+	before := openFDs(t)
+	s, err := netns.New(netns.Config{Spares: 2, MaxKept: 8, Log: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*netns.NS
+	for _, st := range []string{"a", "b", "c"} {
+		n, err := s.Get(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, n)
+	}
+	s.Put("a", held[0])
+	s.Put("b", held[1])
+	if err := held[2].Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Kept() != 2 {
+		t.Fatalf("kept %d, want 2", s.Kept())
+	}
+	if during := openFDs(t); during < before+2*4 {
+		t.Fatalf("%d fds open with two namespaces kept, %d before: want at least 4 more per namespace", during, before)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d fds open after Close, %d before", after, before)
+	}
+}
+
+// BenchmarkGetPut is a run's round trip through the supply: its
+// student's kept namespace out, checked for sockets and kept again.
+func BenchmarkGetPut(b *testing.B) {
+	s := newSupply(b, netns.Config{Spares: 1, MaxKept: 8})
+	for b.Loop() {
+		n, err := s.Get("ada")
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Put("ada", n)
+	}
+	if st := s.Stats(); st.Kept == 0 {
+		b.Fatal("no namespace came back kept")
 	}
 }
