@@ -2,7 +2,13 @@ package store_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"runtime/metrics"
 	"testing"
+	"time"
+
+	"github.com/idexd/idexd/internal/api"
 
 	"github.com/idexd/idexd/internal/store"
 	"github.com/idexd/idexd/internal/store/storetest"
@@ -16,4 +22,58 @@ func TestSQLiteConformance(t *testing.T) {
 		}
 		return s
 	})
+}
+
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// TestPerRunStatementsStartNoGoroutine: the statements every run makes,
+// given the cancellable contexts idexd gives them (a request's, a run
+// end's timeout), start no goroutine. modernc.org/sqlite starts one per
+// statement for such a context, and database/sql one per query: 800
+// here. An already cancelled context is still refused.
+func TestPerRunStatementsStartNoGoroutine(t *testing.T) {
+	s, err := store.OpenSQLite(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatalf("open sqlite store: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, _, err := s.EnsureStudent(ctx, "ada", 60000, 60100); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	before := goroutinesCreated()
+	for i := range n {
+		if _, err := s.GetStudent(ctx, "ada"); err != nil {
+			t.Fatal(err)
+		}
+		r := &api.Run{ID: fmt.Sprintf("r%d", i), Student: "ada", Script: "a.py", State: api.StateRunning, StartedAt: time.Now()}
+		if err := s.RecordStart(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		now, code := time.Now(), 0
+		r.State, r.Reason, r.EndedAt, r.ExitCode = api.StateEnded, api.ReasonExited, &now, &code
+		if err := s.RecordEnd(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Anything else of the process's (the test runner, the runtime) may
+	// start a few meanwhile.
+	if made := goroutinesCreated() - before; made > n/20 {
+		t.Errorf("%d goroutines started by %d runs' statements, want none", made, n)
+	}
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if err := s.RecordStart(done, &api.Run{ID: "late", Student: "ada", Script: "a.py", State: api.StateRunning, StartedAt: time.Now()}); !errors.Is(err, context.Canceled) {
+		t.Errorf("RecordStart with a cancelled context: %v, want context.Canceled", err)
+	}
 }
