@@ -18,7 +18,7 @@
 // signal ends the ppoll with EINTR (ppoll is never restarted, whatever
 // SA_RESTART says): the runtime's preemption (sysmon asks every 10 ms) or a
 // stop-the-world of the GC reaches the goroutine at once, and it yields
-// there, so it never holds the GC up. The ppoll's own timeout (5 ms) bounds
+// there, so it never holds the GC up. The ppoll's own timeout (9 ms) bounds
 // that even with asynchronous preemption off, and how late the P's own
 // timers can run.
 package sysmon
@@ -52,16 +52,18 @@ type Quieter struct {
 	ts  unix.Timespec
 }
 
-// pollTimeout bounds one wait of the pinned goroutine. Each wait ends in
-// the scheduler, which is where a P runs its own timers: timers that other
-// goroutines set on this P before it was pinned (a deadline, a flush)
-// would otherwise fire late while every other P is busy. It also lets a
-// stop-the-world in when no signal comes (GODEBUG=asyncpreemptoff=1).
-// At 5 ms the goroutine wakes 200 times a second (sysmon never has to
-// preempt it), against about 100 with sysmon's preemption alone, which
-// asks after 10 ms of one goroutine: a few ms of CPU a second, against
-// sysmon's thousands of wakeups.
-const pollTimeout = 5 * time.Millisecond
+// pollTimeout bounds one wait of the pinned goroutine. A wait that times
+// out ends in the scheduler (Gosched), which is where a P runs its own
+// timers: timers that other goroutines set on this P before it was pinned
+// (a deadline, a flush) would otherwise wait for an idle P to take them
+// over, late when every other P is busy. The pass through the scheduler
+// also tells sysmon that the goroutine is not one that has run for 10 ms
+// (it would preempt it, with a signal), and lets a stop-the-world in when
+// no signal comes (GODEBUG=asyncpreemptoff=1). 9 ms stays under sysmon's
+// 10 ms. Each Gosched wakes an idle thread (the runtime's wakep), which
+// looks for work and sleeps again: at 5 ms, and after every signal too,
+// that was 5.4 thread wake-ups a run, a third of idexd's, with one client.
+const pollTimeout = 9 * time.Millisecond
 
 // New raises GOMAXPROCS by one for the pinned goroutine and starts it,
 // unpinned. (Setting GOMAXPROCS ends the runtime's own updates of it from
@@ -147,19 +149,26 @@ func (q *Quieter) loop() {
 		for q.stayPinned() {
 			q.ts = unix.NsecToTimespec(int64(pollTimeout)) // ppoll leaves what was left in it
 			// Raw: the P stays the goroutine's, in the runtime's eyes
-			// running. The result does not matter: a signal (EINTR), the
-			// timeout or Close's write all lead to the same look below.
-			_, _, _ = unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&q.fds[0])), 1,
+			// running. A signal (EINTR), the timeout or Close's write all
+			// lead to the same look in stayPinned.
+			n, _, errno := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&q.fds[0])), 1,
 				uintptr(unsafe.Pointer(&q.ts)), 0, 0, 0)
-			// A safe point, where a preemption or a stop-the-world that
-			// the signal announced takes this goroutine.
-			runtime.Gosched()
+			if n == 0 && errno == 0 {
+				// Timed out: through the scheduler (pollTimeout says why).
+				runtime.Gosched()
+			}
+			// Otherwise a signal (EINTR) or Close: a preemption or a GC's
+			// stack scan that a signal announced takes this goroutine in
+			// stayPinned's prologue, where the runtime checks for it.
 		}
 	}
 }
 
 // stayPinned decides, and unpins, under one lock: a Hold that finds the
-// goroutine pinned sends no wake, so it must not be about to unpin.
+// goroutine pinned sends no wake, so it must not be about to unpin. Never
+// inlined: its prologue is the loop's safe point after a signal.
+//
+//go:noinline
 func (q *Quieter) stayPinned() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
