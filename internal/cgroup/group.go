@@ -57,13 +57,13 @@ type Group struct {
 // errReleased is what a released group's reads return.
 var errReleased = errors.New("cgroup released: its run ended")
 
-// live runs f unless the group was released, and holds the release back
-// meanwhile.
 // Beside reports whether the group sits beside the students' groups
 // (made by CreateWarm, named WarmPrefix+id) rather than under one: the
 // run engine then weighs it as a part of its student's CPU share.
 func (g *Group) Beside() bool { return g.warm }
 
+// live runs f unless the group was released, and holds the release back
+// meanwhile.
 func (g *Group) live(f func() error) error {
 	g.mu.RLock()
 	defer g.mu.RUnlock()

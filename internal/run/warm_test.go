@@ -412,3 +412,37 @@ func TestBurstGroupsKept(t *testing.T) {
 		t.Errorf("the second burst reused %d groups for %d cold starts and a refill, want at least %d", got, cold, cold)
 	}
 }
+
+// TestReusedGroupPeakIsTheRunsOwn: a warm run in a group an earlier run
+// left reports its own peak memory, not the earlier run's (hybrid hosts,
+// where groups are reused). The peak is reset when the pool's helper is
+// ready, off the start's path: the helper only waits from then on.
+func TestReusedGroupPeakIsTheRunsOwn(t *testing.T) {
+	env := testutil.NewEnv(t, warm(1))
+	env.WriteScript(t, "alice", "big.py", "b = b'x' * (96 << 20)\nprint(len(b))\n")
+	env.WriteScript(t, "alice", "small.py", "print('small')\n")
+	run := func(script string) api.Run {
+		t.Helper()
+		waitWarm(t, env, 1)
+		res := testutil.Collect(ctxT(t, 30*time.Second), t, startRun(t, env, api.RunRequest{Student: "alice", Script: script}))
+		if res.Run.Reason != api.ReasonExited {
+			t.Fatalf("%s ended %s (%s), want exited", script, res.Run.Reason, res.Run.Error)
+		}
+		return res.Run
+	}
+	before, _ := env.Cgroups.WarmGroupCounts()
+	if p := run("big.py").PeakMemoryBytes; p < 96<<20 {
+		t.Fatalf("big.py's peak %d bytes, want at least 96 MiB", p)
+	}
+	// The big run's group is kept when it ends; the refill after the
+	// next start takes it, and the start after that runs in it.
+	for i := range 4 {
+		if p := run("small.py").PeakMemoryBytes; p > 48<<20 {
+			t.Errorf("small run %d: peak %d bytes, the big run's counted again", i, p)
+		}
+	}
+	assertClean(t, env)
+	if reused, _ := env.Cgroups.WarmGroupCounts(); env.Cgroups.Mode() == cgroup.ModeHybrid && reused-before < 2 {
+		t.Fatalf("%d groups reused: the test did not test a reused group", reused-before)
+	}
+}

@@ -181,17 +181,11 @@ func (s *Sandbox) Prepare(student, id string, lim cgroup.Limits) (*Process, erro
 func (s *Sandbox) claim(p *Process, lim cgroup.Limits) (*Process, error) {
 	s.warmStarts.Add(1)
 	p.warm = true
+	// The peak was reset and the CPU base read when the helper was ready
+	// (start): it has waited since, using neither.
 	err := s.step(StepCgroup)
 	if err == nil {
 		err = p.group.Update(lim)
-	}
-	if err == nil {
-		err = p.group.ResetPeak()
-	}
-	if err == nil {
-		// Charged to the run from here: the helper's own start-up was not
-		// the student's.
-		p.cpuBase, err = p.group.CPUTime()
 	}
 	if err != nil {
 		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
@@ -224,15 +218,7 @@ func (s *Sandbox) cold(student, id string, lim cgroup.Limits) (*Process, error) 
 	if err != nil {
 		return nil, &StepError{Step: StepCgroup, Err: err}
 	}
-	p, err := s.start(g, s.step)
-	if err != nil || !g.Beside() {
-		return p, err
-	}
-	// A group an earlier run left has that run's peak.
-	if err := g.ResetPeak(); err != nil {
-		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
-	}
-	return p, nil
+	return s.start(g, s.step)
 }
 
 // start spawns a helper into g, moves it into g's v1 groups (hybrid) and
@@ -256,6 +242,16 @@ func (s *Sandbox) start(g *cgroup.Group, step func(string) error) (*Process, err
 	if err := p.awaitReady(30 * time.Second); err != nil {
 		return nil, errors.Join(&StepError{Step: StepSpawn, Err: err}, p.discard())
 	}
+	// A group beside the students' may be one an earlier run left, with
+	// that run's peak; done here, off a warm start's path, since a ready
+	// helper only waits. A group of the student's own is new.
+	if g.Beside() {
+		if err := g.ResetPeak(); err != nil {
+			return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
+		}
+	}
+	// Charged to the run from here: the helper's own start-up was not the
+	// student's.
 	cpu, err := g.CPUTime()
 	if err != nil {
 		return nil, errors.Join(&StepError{Step: StepCgroup, Err: err}, p.discard())
