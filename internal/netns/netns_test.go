@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -303,21 +302,12 @@ func TestManyStudentsAtOnce(t *testing.T) {
 	}
 }
 
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // TestCloseLeavesNoFD: a namespace holds more than its own fd (the files
 // that list its sockets); closing the supply closes every one of them, and
 // a namespace handed out and closed by its holder leaves nothing either.
 func TestCloseLeavesNoFD(t *testing.T) {
 	testutil.RequireRoot(t)
-	before := openFDs(t)
+	before := testutil.OpenFDs(t)
 	s, err := netns.New(netns.Config{Spares: 2, MaxKept: 8, Log: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -338,13 +328,13 @@ func TestCloseLeavesNoFD(t *testing.T) {
 	if s.Kept() != 2 {
 		t.Fatalf("kept %d, want 2", s.Kept())
 	}
-	if during := openFDs(t); during < before+2*4 {
+	if during := testutil.OpenFDs(t); during < before+2*4 {
 		t.Fatalf("%d fds open with two namespaces kept, %d before: want at least 4 more per namespace", during, before)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if after := openFDs(t); after != before {
+	if after := testutil.OpenFDs(t); after != before {
 		t.Fatalf("%d fds open after Close, %d before", after, before)
 	}
 }

@@ -47,6 +47,8 @@ func TestOutputQueueIsLong(t *testing.T) {
 	}
 }
 
+// openFDs is testutil.OpenFDs, which this package's own tests cannot
+// import (testutil imports run).
 func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -76,11 +78,7 @@ func TestStdioStock(t *testing.T) {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sets[i], errs[i] = newStdio(f)
-		}()
+		wg.Go(func() { sets[i], errs[i] = newStdio(f) })
 	}
 	wg.Wait()
 	seen := map[string]bool{}

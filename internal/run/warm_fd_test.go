@@ -12,14 +12,6 @@ import (
 	"github.com/idexd/idexd/internal/testutil"
 )
 
-func countFDs(t *testing.T) int {
-	ds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ds)
-}
-
 // netFDs counts the fds a kept network namespace holds among this
 // process's: the namespace, and the proc/net files that list its sockets
 // (opened from inside it, so they name a thread's /proc/TID/net).
@@ -47,7 +39,7 @@ func TestWarmPoolStaysFlat(t *testing.T) {
 	env.WriteScript(t, "alice", "s.py", "import time\ntime.sleep(30)\n")
 	waitWarm(t, env, 4)
 	time.Sleep(200 * time.Millisecond)
-	base, baseNet := countFDs(t), netFDs(t)
+	base, baseNet := testutil.OpenFDs(t), netFDs(t)
 	for i := 0; i < 100; i++ {
 		r := startRun(t, env, api.RunRequest{Student: "alice", Script: "s.py"})
 		if _, err := r.Stop(ctxT(t, 10*time.Second)); err != nil {
@@ -56,7 +48,7 @@ func TestWarmPoolStaysFlat(t *testing.T) {
 	}
 	waitWarm(t, env, 4)
 	time.Sleep(200 * time.Millisecond)
-	fds, nets := countFDs(t), netFDs(t)
+	fds, nets := testutil.OpenFDs(t), netFDs(t)
 	t.Logf("fds with 4 warm slots: before %d (%d network namespaces), after 100 cycles %d (%d)", base, baseNet, fds, nets)
 	if nets != baseNet+4 {
 		t.Errorf("network namespace fds %d -> %d, want four more: alice's namespace and its socket lists, kept for her next run", baseNet, nets)

@@ -50,6 +50,16 @@ func Main(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// OpenFDs counts this process's open fds, for leak checks.
+func OpenFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
 // RequireRoot fails the test under CI=true when not root, else skips it.
 func RequireRoot(t testing.TB) {
 	t.Helper()
