@@ -214,7 +214,7 @@ func max64(a, b int64) int64 {
 // Given a context that can be cancelled, modernc.org/sqlite starts a
 // goroutine per statement to interrupt it (and installs a progress
 // handler), and database/sql another per query to close its rows: each
-// is a goroutine made and woken, which was a seventh of the runtime's
+// is a goroutine made and woken, which was a sixth of the runtime's
 // thread wake-ups in idexd per run (bench/README.md). A statement here
 // is a single-row write or read; it waits for the database's lock at
 // most busy_timeout (10 s).
