@@ -25,8 +25,9 @@ const dgramQueue = 4096
 
 // stockSize is how many runs' standard streams wait, made ahead by the
 // factory. Taking a set is a channel receive on the start's path; making
-// one there was a hand-off to the factory's locked thread and back, about
-// a third of the claim step (bench/README.md). The factory refills after
+// one there was a hand-off to the factory's locked thread and back, most
+// of the claim step: its p50 was 0.20 ms with it, 0.05 ms without
+// (bench/README.md). The factory refills after
 // each take, once for several takes under a burst.
 const stockSize = 8
 

@@ -302,11 +302,9 @@ func startAtOnce(t *testing.T, env *testutil.Env, student, script string, n int)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			runs[i], errs[i] = env.Engine.Start(ctxT(t, 30*time.Second), api.RunRequest{Student: student, Script: fmt.Sprintf(script, i)})
-		}()
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
