@@ -343,6 +343,10 @@ type DebugState struct {
 	// CgroupsKept are warm groups of ended runs kept for the next warm
 	// helpers (hybrid hosts): one fd of idexd's each, part of FDs.
 	CgroupsKept int `json:"cgroups_kept"`
+	// CgroupFiles are the cgroup files warm groups keep open (hybrid
+	// hosts): the kept groups' and the live warm helpers' and runs', one
+	// fd each, part of FDs.
+	CgroupFiles int `json:"cgroup_files"`
 }
 
 // VersionInfo is the body of GET /v1/version.

@@ -94,6 +94,8 @@ type Manager struct {
 	keep   int
 	// warmReused and warmMade count the warm groups CreateWarm handed out.
 	warmReused, warmMade atomic.Int64
+	// openFiles counts the cgroup files warm groups keep open (fileCache).
+	openFiles atomic.Int64
 }
 
 // limitControllers are the v2 controllers that hold a run's limits.
@@ -264,9 +266,19 @@ func (m *Manager) CreateWarm(id string, lim Limits) (*Group, error) {
 		return nil, err
 	}
 	g.warm = true
+	if m.mode == ModeHybrid {
+		// Only a hybrid host reuses warm groups (reuse.go), the case
+		// for keeping their files open.
+		g.files = newFileCache(&m.openFiles)
+	}
 	m.warmMade.Add(1)
 	return g, nil
 }
+
+// OpenFiles is how many cgroup files warm groups keep open now (fds of
+// idexd's: those of groups that wait kept, and of live warm helpers and
+// runs).
+func (m *Manager) OpenFiles() int { return int(m.openFiles.Load()) }
 
 func (m *Manager) create(rel string, lim Limits) (_ *Group, err error) {
 	g := &Group{mode: m.mode, v1Swap: m.v1Swap, m: m}

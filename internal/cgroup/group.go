@@ -52,6 +52,9 @@ type Group struct {
 	released bool
 	// killed: cgroup.kill was written, and the group cannot be reused.
 	killed atomic.Bool
+	// files keeps a reusable warm group's files open, for this run and
+	// the next ones in the same directories (nil: none kept).
+	files *fileCache
 }
 
 // errReleased is what a released group's reads return.
@@ -120,26 +123,14 @@ func (g *Group) update(lim Limits) error {
 // then the cap on socket buffers.
 func (g *Group) updateV1Memory(lim Limits) error {
 	dir := g.v1Dirs[cgroup1.Memory]
-	if err := setV1MemoryLimit(dir, lim.MemoryBytes, g.v1Swap); err != nil {
+	if err := setV1MemoryLimit(g.files, dir, lim.MemoryBytes, g.v1Swap); err != nil {
 		return err
 	}
 	tcp := strconv.FormatInt(socketBytes(lim), 10)
-	if err := writeFile(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp)); err != nil {
+	if err := g.files.write(filepath.Join(dir, "memory.kmem.tcp.limit_in_bytes"), []byte(tcp)); err != nil {
 		return fmt.Errorf("set memory.kmem.tcp.limit_in_bytes of %s to %s: %w", dir, tcp, err)
 	}
 	return nil
-}
-
-func readInt(path string) (int64, error) {
-	b, err := readFile(path)
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", path, err)
-	}
-	return v, nil
 }
 
 // ResetPeak forgets the peak memory so far (a warm helper's own), where
@@ -154,7 +145,7 @@ func (g *Group) resetPeak() error {
 	}
 	mem := g.v1Dirs[cgroup1.Memory]
 	for _, f := range []string{"memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes", "memory.kmem.tcp.max_usage_in_bytes"} {
-		err := writeFile(filepath.Join(mem, f), []byte("0"))
+		err := g.files.write(filepath.Join(mem, f), []byte("0"))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("reset %s of %s: %w", f, mem, err)
 		}
@@ -188,7 +179,7 @@ func (g *Group) Join(pid int) error {
 func (g *Group) joinV1(pid int) error {
 	b := []byte(strconv.Itoa(pid))
 	for _, dir := range g.v1Dirs {
-		if err := writeFile(filepath.Join(dir, "cgroup.procs"), b); err != nil {
+		if err := g.files.write(filepath.Join(dir, "cgroup.procs"), b); err != nil {
 			return err
 		}
 	}
@@ -227,7 +218,7 @@ func (g *Group) Populated() (pop bool, err error) {
 }
 
 func (g *Group) populated() (bool, error) {
-	b, err := readFile(filepath.Join(g.v2Path, "cgroup.events"))
+	b, err := g.files.read(filepath.Join(g.v2Path, "cgroup.events"))
 	if err != nil {
 		return false, fmt.Errorf("read cgroup.events of %s: %w", g.v2Path, err)
 	}
@@ -329,7 +320,7 @@ func (g *Group) v1Stats() (Stats, error) {
 		// Socket buffers are counted apart on v1; a run's peak is both.
 		{"memory.kmem.tcp.max_usage_in_bytes", &tcpPeak},
 	} {
-		v, err := readInt(filepath.Join(mem, f.name))
+		v, err := g.files.readInt(filepath.Join(mem, f.name))
 		if err != nil {
 			return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
 		}
@@ -337,7 +328,7 @@ func (g *Group) v1Stats() (Stats, error) {
 	}
 	s.PeakMemory += tcpPeak
 	s.Memory += tcpNow
-	oom, err := v1OOMKills(mem)
+	oom, err := v1OOMKills(g.files, mem)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read v1 stats of %s: %w", g.v2Path, err)
 	}
@@ -347,8 +338,8 @@ func (g *Group) v1Stats() (Stats, error) {
 
 // v1OOMKills is the oom_kill count of a v1 memory group (0 on kernels
 // before 4.13, which do not count).
-func v1OOMKills(mem string) (uint64, error) {
-	b, err := readFile(filepath.Join(mem, "memory.oom_control"))
+func v1OOMKills(files *fileCache, mem string) (uint64, error) {
+	b, err := files.read(filepath.Join(mem, "memory.oom_control"))
 	if err != nil {
 		return 0, err
 	}
@@ -372,7 +363,7 @@ func (g *Group) CPUTime() (d time.Duration, err error) {
 
 func (g *Group) cpuTime() (time.Duration, error) {
 	if g.v1 != nil {
-		b, err := readFile(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
+		b, err := g.files.read(filepath.Join(g.cpuacctDir, "cpuacct.usage"))
 		if err != nil {
 			return 0, fmt.Errorf("read cpuacct.usage of %s: %w", g.cpuacctDir, err)
 		}
@@ -423,6 +414,9 @@ func (g *Group) delete() error {
 		}
 		g.dir = nil
 	}
+	if err := g.files.close(); err != nil {
+		errs = append(errs, fmt.Errorf("close cgroup files: %w", err))
+	}
 	for _, dir := range g.v1Dirs {
 		errs = append(errs, rmdir(dir))
 	}
@@ -465,7 +459,7 @@ func (g *Group) Tasks() (int64, error) {
 	if dir == "" {
 		return 0, nil
 	}
-	return readInt(filepath.Join(dir, "pids.current"))
+	return g.files.readInt(filepath.Join(dir, "pids.current"))
 }
 
 // SetPids sets the group's task limit alone.
@@ -480,7 +474,7 @@ func (g *Group) setPids(n int64) error {
 	}
 	set := g.set
 	g.set = nil // unknown until written
-	if err := writeFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10))); err != nil {
+	if err := g.files.write(filepath.Join(dir, "pids.max"), []byte(strconv.FormatInt(n, 10))); err != nil {
 		return fmt.Errorf("set pids.max of %s to %d: %w", dir, n, err)
 	}
 	if set != nil {

@@ -146,7 +146,7 @@ func (g *Group) chargedOver(mem string) (bool, error) {
 		}{"memory.memsw.usage_in_bytes", keptChargeMax})
 	}
 	for _, f := range checks {
-		v, err := readInt(filepath.Join(mem, f.name))
+		v, err := g.files.readInt(filepath.Join(mem, f.name))
 		if err != nil {
 			return false, err
 		}
@@ -160,14 +160,14 @@ func (g *Group) chargedOver(mem string) (bool, error) {
 // reused is the group's directories as a fresh Group, its OOM count the
 // base of the next run's.
 func (g *Group) reused(m *Manager, mem string) (*Group, error) {
-	oom, err := v1OOMKills(mem)
+	oom, err := v1OOMKills(g.files, mem)
 	if err != nil {
 		return nil, fmt.Errorf("read oom_kill of %s: %w", mem, err)
 	}
 	return &Group{
 		mode: g.mode, v2: g.v2, v2Path: g.v2Path, v1: g.v1, dir: g.dir,
 		cpuacctDir: g.cpuacctDir, v1Dirs: g.v1Dirs, v1Swap: g.v1Swap, v2Missing: g.v2Missing,
-		set: g.set, m: m, warm: true, oomBase: oom,
+		set: g.set, m: m, warm: true, oomBase: oom, files: g.files,
 	}, nil
 }
 

@@ -372,3 +372,66 @@ func BenchmarkWarmGroup(b *testing.B) {
 		})
 	}
 }
+
+// TestKeptFilesReadAnew: a warm group keeps its files open (hybrid), and
+// what it reads through them is the kernel's figure at each read, not the
+// first read's: the run's memory grows by 32 MiB between two reads. The
+// files are closed with the group, in idexd's fd table too.
+func TestKeptFilesReadAnew(t *testing.T) {
+	m := keepingManager(t, "files")
+	g, err := m.CreateWarm("f1", cgroup.Limits{MemoryBytes: 256 << 20, Pids: 16, CPUPercent: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, goOn := inGroup(t, g, "b = bytearray(32 << 20)\nsys.stdin.readline()\n")
+	before, err := g.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := m.OpenFiles()
+	if hybrid := m.Mode() == cgroup.ModeHybrid; hybrid != (kept > 0) {
+		t.Fatalf("%s host: %d cgroup files kept open", m.Mode(), kept)
+	}
+	goOn()
+	var after cgroup.Stats
+	for deadline := time.Now().Add(10 * time.Second); after.Memory < before.Memory+32<<20; {
+		if time.Now().After(deadline) {
+			t.Fatalf("memory read %d bytes before the run's 32 MiB, %d after: not read anew", before.Memory, after.Memory)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if after, err = g.Stats(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.OpenFiles() != kept {
+		t.Errorf("cgroup files kept open %d -> %d over the same reads", kept, m.OpenFiles())
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // killed: its error is the kill's
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.KeepWarmGroups(0); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.OpenFiles(); n != 0 {
+		t.Errorf("%d cgroup files still open with no group left", n)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		if err == nil && strings.Contains(target, filepath.Base(g.Path())) {
+			t.Errorf("fd %s still open on %s", fd.Name(), target)
+		}
+	}
+}

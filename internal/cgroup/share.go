@@ -93,7 +93,7 @@ func (g *Group) setShare(share float64) error {
 		return nil
 	}
 	file, val := weightText(g.mode, share)
-	if err := writeFile(filepath.Join(dir, file), []byte(val)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := g.files.write(filepath.Join(dir, file), []byte(val)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("weigh cgroup %s (%s = %s): %w", dir, file, val, err)
 	}
 	return nil
@@ -146,7 +146,7 @@ func (m *Manager) prepareStudent(student string) error {
 		if err != nil {
 			return err
 		}
-		if err := setV1MemoryLimit(d, lim.MemoryBytes, m.v1Swap); err != nil {
+		if err := setV1MemoryLimit(nil, d, lim.MemoryBytes, m.v1Swap); err != nil {
 			return fmt.Errorf("student %s's memory total: %w", student, err)
 		}
 	}
@@ -167,8 +167,8 @@ func (m *Manager) prepareStudent(student string) error {
 // below memory, so raising writes memsw first and lowering memory first.
 // (cgroup1's Update swaps the wrong pair of settings: raising a warm
 // group's 256 MiB to 512 failed with EINVAL.)
-func setV1MemoryLimit(dir string, bytes int64, swap bool) error {
-	cur, err := readInt(filepath.Join(dir, "memory.limit_in_bytes"))
+func setV1MemoryLimit(files *fileCache, dir string, bytes int64, swap bool) error {
+	cur, err := files.readInt(filepath.Join(dir, "memory.limit_in_bytes"))
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func setV1MemoryLimit(dir string, bytes int64, swap bool) error {
 	}
 	v := strconv.FormatInt(bytes, 10)
 	for _, f := range order {
-		if err := writeFile(filepath.Join(dir, f), []byte(v)); err != nil {
+		if err := files.write(filepath.Join(dir, f), []byte(v)); err != nil {
 			return fmt.Errorf("set %s of %s to %s: %w", f, dir, v, err)
 		}
 	}

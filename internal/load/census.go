@@ -32,7 +32,8 @@ func isNSType(t string) bool {
 
 // FDKinds counts open fds by what they point at: "stdio" (0-2), "file",
 // "cgroup" (a directory or file under /sys/fs/cgroup), "warm cgroup" (the
-// group of a warm helper), "pipe", "socket", "pidfd", "eventpoll",
+// group of a warm helper), "warm cgroup file" (a file of one, kept open
+// by internal/cgroup), "pipe", "socket", "pidfd", "eventpoll",
 // "eventfd", "ns:<type>" (a namespace held open), "netns socket list" (a
 // proc/net file internal/netns keeps open for a namespace), and so on. A failed
 // check prints how the kinds moved, so a leak names itself.
@@ -45,6 +46,9 @@ func fdKind(fd int, target string) string {
 	case strings.HasPrefix(target, "/sys/fs/cgroup/"):
 		if strings.HasPrefix(filepath.Base(target), cgroup.WarmPrefix) {
 			return "warm cgroup"
+		}
+		if strings.HasPrefix(filepath.Base(filepath.Dir(target)), cgroup.WarmPrefix) {
+			return "warm cgroup file"
 		}
 		return "cgroup"
 	case strings.HasPrefix(target, "/proc/") && strings.Contains(target, "/net/"):

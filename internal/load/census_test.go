@@ -22,6 +22,7 @@ func TestFDKind(t *testing.T) {
 		{5, "/var/lib/idexd/idexd.db-wal", "file"},
 		{3, "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "cgroup"},
 		{13, "/sys/fs/cgroup/unified/idexd/warm.0123456789abcdef", "warm cgroup"},
+		{14, "/sys/fs/cgroup/memory/idexd/warm.0123456789abcdef/memory.max_usage_in_bytes", "warm cgroup file"},
 		{16, "pipe:[121820]", "pipe"},
 		{11, "socket:[121817]", "socket"},
 		{26, "anon_inode:[pidfd]", "pidfd"},

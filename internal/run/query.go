@@ -216,7 +216,7 @@ func (e *Engine) DebugState(context.Context) (api.DebugState, error) {
 	st := api.DebugState{
 		Goroutines: runtime.NumGoroutine(), FDs: len(fds),
 		RunsActive: e.Active(), RunsKept: kept, Cgroups: len(cgs), NetworksKept: e.sb.NetworksKept(),
-		CgroupsKept: e.cfg.Cgroups.Kept(),
+		CgroupsKept: e.cfg.Cgroups.Kept(), CgroupFiles: e.cfg.Cgroups.OpenFiles(),
 	}
 	if s, ok := e.cfg.Locks.(lock.Stats); ok {
 		st.LocksHeld = s.Held()
