@@ -77,3 +77,35 @@ func TestPerRunStatementsStartNoGoroutine(t *testing.T) {
 		t.Errorf("RecordStart with a cancelled context: %v, want context.Canceled", err)
 	}
 }
+
+// BenchmarkRunRecords is what the SQLite store costs a run: the student
+// looked up, the start and the end recorded.
+func BenchmarkRunRecords(b *testing.B) {
+	s, err := store.OpenSQLite(context.Background(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	ctx := context.Background()
+	if _, _, err := s.EnsureStudent(ctx, "ada", 60000, 60100); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; b.Loop(); i++ {
+		if _, err := s.GetStudent(ctx, "ada"); err != nil {
+			b.Fatal(err)
+		}
+		r := &api.Run{ID: fmt.Sprintf("r%d", i), Student: "ada", Script: "a.py", State: api.StateRunning, StartedAt: time.Now()}
+		if err := s.RecordStart(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+		now, code := time.Now(), 0
+		r.State, r.Reason, r.EndedAt, r.ExitCode = api.StateEnded, api.ReasonExited, &now, &code
+		if err := s.RecordEnd(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
