@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/run"
@@ -70,6 +72,19 @@ func TestDedicatedHelper(t *testing.T) {
 			if want := fmt.Sprintf("%d ['0', '1', '2', '3'] alice alice root True\n", res.Run.UID); res.Stdout != want {
 				t.Errorf("stdout %q, want %q", res.Stdout, want)
 			}
+			// The program's side fails after the helper has let it go
+			// (a cwd the student may not enter): the run ends
+			// start_failed with the cause, and the helper goes with it.
+			top := env.WriteScript(t, "alice", "shut/who.py", "print('unreachable')\n")
+			if err := os.Chmod(filepath.Dir(top), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			_, err := env.Engine.Start(ctxT(t, 10*time.Second), api.RunRequest{Student: "alice", Script: "who.py", Cwd: "shut"})
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != api.CodeStartFailed || !strings.Contains(err.Error(), "permission denied") {
+				t.Fatalf("start in a cwd alice cannot enter: %v, want start_failed naming permission denied", err)
+			}
+			assertClean(t, env)
 		})
 	}
 }
