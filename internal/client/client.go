@@ -467,5 +467,20 @@ func (e *Events) Next() (api.Event, error) {
 	return ev, nil
 }
 
-// Close ends the stream; the run goes on.
-func (e *Events) Close() error { return e.body.Close() }
+// Close ends the stream; the run goes on. After the end event it reads
+// the body's terminator first: a body closed before its EOF costs the
+// connection, and the next run a new one (an accept, a goroutine and its
+// buffers on the daemon's side).
+func (e *Events) Close() error {
+	if e.done {
+		// The terminator follows the end event at once; the limit bounds
+		// what a misbehaving server could make us read.
+		if _, err := io.Copy(io.Discard, io.LimitReader(e.body, maxDrain)); err != nil {
+			return errors.Join(fmt.Errorf("read the end of the event stream: %w", err), e.body.Close())
+		}
+	}
+	return e.body.Close()
+}
+
+// maxDrain bounds what Close reads after the end event.
+const maxDrain = 64 << 10

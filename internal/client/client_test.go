@@ -46,23 +46,10 @@ func TestErrorWithoutBody(t *testing.T) {
 // reuses its connection, and gives it back on CloseIdleConnections (each
 // idle connection is a goroutine and an fd in the daemon).
 func TestDialAndIdleConnections(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	c, dials := dialCounted(t, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"version":"v","api":"v1"}` + "\n")) // the client reads it or fails
-	})}
-	go func() { _ = srv.Serve(ln) }() // ends with Close
-	defer srv.Close()
-	dials := 0
-	c := &client.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		dials++
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for range 3 {
@@ -70,14 +57,70 @@ func TestDialAndIdleConnections(t *testing.T) {
 			t.Fatalf("version: %+v %v", v, err)
 		}
 	}
-	if dials != 1 {
-		t.Fatalf("%d dials for 3 requests in a row, want 1 (the connection reused)", dials)
+	if *dials != 1 {
+		t.Fatalf("%d dials for 3 requests in a row, want 1 (the connection reused)", *dials)
 	}
 	c.CloseIdleConnections()
 	if _, err := c.Version(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if dials != 2 {
-		t.Fatalf("%d dials after CloseIdleConnections, want 2", dials)
+	if *dials != 2 {
+		t.Fatalf("%d dials after CloseIdleConnections, want 2", *dials)
 	}
+}
+
+// TestFollowedRunsShareAConnection: a followed run's stream read to its end
+// event and closed leaves the connection for the next run, even from a
+// server whose body's terminator comes after the end event (idexd before
+// it wrote them together, or any proxy that splits them): Close reads it.
+func TestFollowedRunsShareAConnection(t *testing.T) {
+	c, dials := dialCounted(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusCreated)
+		run := `{"id":"r1","student":"alice","script":"hi.py","state":"running"}`
+		_, _ = w.Write([]byte(`{"seq":0,"type":"started","run":` + run + "}\n" + `{"seq":1,"type":"end","run":` + run + "}\n"))
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(50 * time.Millisecond) // the terminator comes late
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		r, evs, err := c.StartRunFollow(ctx, api.RunRequest{Student: "alice", Script: "hi.py"})
+		if err != nil || r.ID != "r1" {
+			t.Fatalf("followed start: %+v %v", r, err)
+		}
+		if ev, err := evs.Next(); err != nil || ev.Type != api.EventEnd {
+			t.Fatalf("event: %+v %v, want the end", ev, err)
+		}
+		if err := evs.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if *dials != 1 {
+		t.Fatalf("%d dials for 3 followed runs in a row, want 1 (the connection reused)", *dials)
+	}
+}
+
+// dialCounted serves h on a Unix socket until the test ends, and returns a
+// Client of it that counts its dials.
+func dialCounted(t *testing.T, h http.HandlerFunc) (*client.Client, *int) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: h}
+	go func() { _ = srv.Serve(ln) }() // ends with Close
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("close server: %v", err)
+		}
+	})
+	dials := new(int)
+	return &client.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		*dials++
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}, dials
 }

@@ -394,9 +394,10 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, id string,
 				}
 				after = evs[i].Seq
 				if evs[i].Type == api.EventEnd {
-					if err := rc.Flush(); err != nil {
-						log.Debug("flush stream", "err", err)
-					}
+					// No flush: net/http flushes the end event with the
+					// chunked body's terminator as the handler returns, so
+					// the reader sees the end and the body's EOF in one
+					// write, and its client can reuse the connection.
 					return
 				}
 			}

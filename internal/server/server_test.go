@@ -10,11 +10,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -621,8 +623,73 @@ func TestStartAndFollow(t *testing.T) {
 		stdout != "hi\n" || lines[len(lines)-1].Type != api.EventEnd || lines[len(lines)-1].Run.ID != lines[0].Run.ID {
 		t.Fatalf("followed start on the wire: %+v (stdout %q)", lines, stdout)
 	}
+	// Run after run through one client, one connection: the end event and
+	// the body's end come together, and Close reads to the end, so the
+	// transport keeps the connection. A new one per run costs the daemon
+	// an accept, a goroutine and its buffers each time.
+	var conns, reused atomic.Int32
+	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		conns.Add(1)
+		if info.Reused {
+			reused.Add(1)
+		}
+	}})
+	one := client.New(srv.Socket)
+	for range 4 {
+		_, evs, err := one.StartRunFollow(trace, api.RunRequest{Student: "alice", Script: "hi.py"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, last, _ := collect(t, evs); last.Type != api.EventEnd {
+			t.Fatalf("followed run ended with %+v", last)
+		}
+		if err := evs.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if conns.Load() != 4 || reused.Load() != 3 {
+		t.Fatalf("4 followed runs through one client: %d connections taken, %d of them reused; want 4 and 3", conns.Load(), reused.Load())
+	}
 	if n := env.Locks.Held(); n != 0 {
 		t.Fatalf("locks held after the runs: %d", n)
+	}
+}
+
+// TestEndComesWithTheBodysEnd: the end event and the chunked body's
+// terminator reach a waiting reader in one read. Apart, a client that
+// closes the stream after the end event, before the terminator came,
+// loses its connection, and its next run costs the daemon a new one.
+func TestEndComesWithTheBodysEnd(t *testing.T) {
+	env := testutil.NewEnv(t)
+	srv := env.Serve(t)
+	// The reader is already waiting when the program ends.
+	env.WriteScript(t, "alice", "late.py", "import time\ntime.sleep(0.3)\nprint('hi')\n")
+	conn, err := net.Dial("unix", srv.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"student":"alice","script":"late.py"}`
+	if _, err := fmt.Fprintf(conn, "POST /v1/runs?follow=1 HTTP/1.1\r\nHost: idexd\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var all []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read after %q: %v", all, err)
+		}
+		all = append(all, buf[:n]...)
+		if bytes.Contains(buf[:n], []byte(`"type":"end"`)) {
+			if !bytes.HasSuffix(buf[:n], []byte("\r\n0\r\n\r\n")) {
+				t.Fatalf("the read with the end event was %q: want the body's terminator in it", buf[:n])
+			}
+			return
+		}
 	}
 }
 
