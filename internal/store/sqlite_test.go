@@ -81,15 +81,7 @@ func TestPerRunStatementsStartNoGoroutine(t *testing.T) {
 // BenchmarkRunRecords is what the SQLite store costs a run: the student
 // looked up, the start and the end recorded.
 func BenchmarkRunRecords(b *testing.B) {
-	s, err := store.OpenSQLite(context.Background(), b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	s := openSQLite(b)
 	ctx := context.Background()
 	if _, _, err := s.EnsureStudent(ctx, "ada", 60000, 60100); err != nil {
 		b.Fatal(err)
@@ -105,6 +97,79 @@ func BenchmarkRunRecords(b *testing.B) {
 		now, code := time.Now(), 0
 		r.State, r.Reason, r.EndedAt, r.ExitCode = api.StateEnded, api.ReasonExited, &now, &code
 		if err := s.RecordEnd(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestStudentReadRacingAPut: what GetStudent keeps never outlives a
+// PutStudent, even when a read that began before the put ends after it.
+func TestStudentReadRacingAPut(t *testing.T) {
+	s := openSQLite(t)
+	ctx := context.Background()
+	if err := s.PutStudent(ctx, store.Student{Name: "zoe", UID: 70000, GID: 70000}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	readers := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					readers <- nil
+					return
+				default:
+				}
+				if _, err := s.GetStudent(ctx, "zoe"); err != nil {
+					readers <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := uint32(1); i <= 300; i++ {
+		want := store.Student{Name: "zoe", UID: 70000 + i, GID: 70000 + i}
+		if err := s.PutStudent(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.GetStudent(ctx, "zoe"); err != nil || got != want {
+			close(stop)
+			t.Fatalf("put %d: GetStudent = %+v, %v; want %+v", i, got, err, want)
+		}
+	}
+	close(stop)
+	for range 4 {
+		if err := <-readers; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// openSQLite opens a store in a temporary directory, closed when tb ends.
+func openSQLite(tb testing.TB) *store.SQLite {
+	tb.Helper()
+	s, err := store.OpenSQLite(context.Background(), tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return s
+}
+
+// BenchmarkGetStudent is the read every run start makes.
+func BenchmarkGetStudent(b *testing.B) {
+	s := openSQLite(b)
+	ctx := context.Background()
+	if _, _, err := s.EnsureStudent(ctx, "ada", 60000, 60100); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := s.GetStudent(ctx, "ada"); err != nil {
 			b.Fatal(err)
 		}
 	}

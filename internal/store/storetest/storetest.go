@@ -208,6 +208,10 @@ func testPutGetList(t *testing.T, s store.Store) {
 			t.Fatalf("PutStudent(%+v): %v", st, err)
 		}
 	}
+	// Read once, so that a store that keeps what it read is tested too.
+	if got, err := s.GetStudent(c, "zoe"); err != nil || got.UID != 5001 {
+		t.Fatalf("GetStudent(zoe) = %+v, %v; want uid 5001", got, err)
+	}
 	// PutStudent replaces: the passwd entry is the truth.
 	if err := s.PutStudent(c, store.Student{Name: "zoe", UID: 5004, GID: 6004}); err != nil {
 		t.Fatalf("PutStudent(zoe) again: %v", err)
