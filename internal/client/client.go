@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -390,9 +391,13 @@ func (c *Client) DebugState(ctx context.Context) (api.DebugState, error) {
 type Events struct {
 	body   io.ReadCloser
 	dec    *json.Decoder
-	done   bool
 	follow bool
 	any    bool // an event was read
+	// done is set by Next and read by Close, which may run on another
+	// goroutine to cut a blocked reader off.
+	done      atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Events opens the run's event stream after seq (0: from the start) and
@@ -444,7 +449,7 @@ func (c *Client) AllEvents(ctx context.Context, id string) ([]api.Event, error) 
 // after the end event: nothing was missing). A stream cut before its end
 // (the daemon went away) is io.ErrUnexpectedEOF.
 func (e *Events) Next() (api.Event, error) {
-	if e.done {
+	if e.done.Load() {
 		return api.Event{}, io.EOF
 	}
 	var ev api.Event
@@ -462,7 +467,7 @@ func (e *Events) Next() (api.Event, error) {
 	}
 	e.any = true
 	if ev.Type == api.EventEnd {
-		e.done = true
+		e.done.Store(true)
 	}
 	return ev, nil
 }
@@ -470,9 +475,16 @@ func (e *Events) Next() (api.Event, error) {
 // Close ends the stream; the run goes on. After the end event it reads
 // the body's terminator first: a body closed before its EOF costs the
 // connection, and the next run a new one (an accept, a goroutine and its
-// buffers on the daemon's side).
+// buffers on the daemon's side). Close may be called from another
+// goroutine to unblock a Next (a reader cut off on a timer); only the first
+// call closes, and every call returns its result.
 func (e *Events) Close() error {
-	if e.done {
+	e.closeOnce.Do(func() { e.closeErr = e.close() })
+	return e.closeErr
+}
+
+func (e *Events) close() error {
+	if e.done.Load() {
 		// The terminator follows the end event at once; the limit bounds
 		// what a misbehaving server could make us read.
 		if _, err := io.Copy(io.Discard, io.LimitReader(e.body, maxDrain)); err != nil {

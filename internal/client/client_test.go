@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -123,4 +124,63 @@ func dialCounted(t *testing.T, h http.HandlerFunc) (*client.Client, *int) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}, dials
+}
+
+// TestCloseFromAnotherGoroutine: a reader cut off by a Close on another
+// goroutine (idexload's reattaching readers do it on a timer), before or
+// after Next read the end event, and a second Close racing the first, are
+// all safe: run with -race, this failed on the unguarded end flag.
+func TestCloseFromAnotherGoroutine(t *testing.T) {
+	c, _ := dialCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		run := `{"id":"r1","student":"alice","script":"hi.py","state":"running"}`
+		_, _ = w.Write([]byte(`{"seq":1,"type":"started","run":` + run + "}\n"))
+		_ = http.NewResponseController(w).Flush()
+		if r.URL.Query().Get("after") == "1" {
+			<-r.Context().Done() // never ends: only a Close frees the reader
+			return
+		}
+		_, _ = w.Write([]byte(`{"seq":2,"type":"end","run":` + run + "}\n"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, after := range []int64{0, 1} {
+		evs, err := c.Events(ctx, "r1", after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := make(chan error, 1)
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			closed <- evs.Close()
+		}()
+		var last api.Event
+		var readErr error
+		for {
+			ev, err := evs.Next()
+			if err != nil {
+				readErr = err
+				break
+			}
+			last = ev
+		}
+		second := evs.Close()
+		first := <-closed
+		if (first == nil) != (second == nil) || (first != nil && !errors.Is(second, first)) {
+			t.Errorf("after=%d: the second Close returned %v, the first %v", after, second, first)
+		}
+		switch after {
+		case 0:
+			if last.Type != api.EventEnd || !errors.Is(readErr, io.EOF) {
+				t.Errorf("whole stream: last event %+v, then %v; want the end, then EOF", last, readErr)
+			}
+			if first != nil {
+				t.Errorf("closing a stream read to its end: %v", first)
+			}
+		case 1:
+			if errors.Is(readErr, io.EOF) {
+				t.Errorf("a reader cut off mid-stream read %v, want an error", readErr)
+			}
+		}
+	}
 }
