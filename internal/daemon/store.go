@@ -39,7 +39,7 @@ func openStore(ctx context.Context, cfg config.Config, dirs *students.Dirs, log 
 		})
 		st, locker = lz, lz
 	} else {
-		sq, err := store.OpenSQLite(ctx, cfg.StateDir)
+		sq, err := store.OpenSQLite(ctx, cfg.StateDir, log)
 		if err != nil {
 			return nil, nil, fmt.Errorf("open store: %w", err)
 		}

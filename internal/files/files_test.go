@@ -44,7 +44,7 @@ func newFixture(t *testing.T, lim quota.Limits, layout students.Layout) *fixture
 // newFixtureAt keeps the students' directories in root.
 func newFixtureAt(t *testing.T, root string, lim quota.Limits, layout students.Layout) *fixture {
 	t.Helper()
-	st, err := store.OpenSQLite(context.Background(), filepath.Join(testutil.TraversableDir(t), "state"))
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(testutil.TraversableDir(t), "state"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

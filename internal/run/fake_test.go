@@ -253,7 +253,7 @@ func (p *fakeProc) Warm() bool { return false }
 func fakeEnv(t *testing.T, sb *fakeSandbox) (*run.Engine, *lock.Table, string) {
 	t.Helper()
 	root := t.TempDir()
-	st, err := store.OpenSQLite(context.Background(), filepath.Join(root, "state"))
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(root, "state"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

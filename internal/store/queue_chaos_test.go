@@ -54,7 +54,7 @@ func TestQueuedLosesNoEndUnderChaos(t *testing.T) {
 		t.Run(fmt.Sprint("round", round), func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			sq, err := store.OpenSQLite(ctx, dir)
+			sq, err := store.OpenSQLite(ctx, dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +88,7 @@ func TestQueuedLosesNoEndUnderChaos(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The next instance, on a store that works, replays the rest.
-			sq2, err := store.OpenSQLite(ctx, dir)
+			sq2, err := store.OpenSQLite(ctx, dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,7 +133,7 @@ func TestQueuedReplayOutlivesACrash(t *testing.T) {
 	dir := t.TempDir()
 	spill := filepath.Join(dir, "pending-ends.jsonl")
 	log := slog.New(slog.DiscardHandler)
-	sq, err := store.OpenSQLite(ctx, dir)
+	sq, err := store.OpenSQLite(ctx, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestQueuedReplayOutlivesACrash(t *testing.T) {
 	}
 	// The next instance starts while the store is still down, replays,
 	// takes one more end, and is killed.
-	sq, err = store.OpenSQLite(ctx, dir)
+	sq, err = store.OpenSQLite(ctx, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestQueuedReplayOutlivesACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The third instance has a store that works: all four arrive.
-	sq, err = store.OpenSQLite(ctx, dir)
+	sq, err = store.OpenSQLite(ctx, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func TestQueuedKeepsEndsWhileStoreIsDown(t *testing.T) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	open := func() (*flaky, *store.Queued) {
-		sq, err := store.OpenSQLite(ctx, dir)
+		sq, err := store.OpenSQLite(ctx, dir, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +115,7 @@ func TestQueuedKeepsEndsWhileStoreIsDown(t *testing.T) {
 
 func TestQueuedFlushesInOrderWhenStoreReturns(t *testing.T) {
 	ctx := context.Background()
-	sq, err := store.OpenSQLite(ctx, t.TempDir())
+	sq, err := store.OpenSQLite(ctx, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestQueuedFlushesInOrderWhenStoreReturns(t *testing.T) {
 // write (a full disk) is not healthy until a write succeeds again.
 func TestQueuedHealthSeesFailedWrites(t *testing.T) {
 	ctx := context.Background()
-	sq, err := store.OpenSQLite(ctx, t.TempDir())
+	sq, err := store.OpenSQLite(ctx, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

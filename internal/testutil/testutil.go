@@ -239,7 +239,7 @@ func NewEnv(t testing.TB, opts ...Option) *Env {
 	RequireRoot(t)
 	root := TraversableDir(t)
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(root, "state"))
+	st, err := store.OpenSQLite(ctx, filepath.Join(root, "state"), nil)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
