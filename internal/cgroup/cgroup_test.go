@@ -1,6 +1,7 @@
 package cgroup_test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/idexd/idexd/internal/cgroup"
 	"github.com/idexd/idexd/internal/testutil"
@@ -95,18 +97,7 @@ func TestGroupsReadableByTheirRun(t *testing.T) {
 // TestCheckConcurrent: health and the watchdog probe the parent at the
 // same moments; no probe may see another's mkdir or rmdir.
 func TestCheckConcurrent(t *testing.T) {
-	testutil.RequireRoot(t)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	m, err := cgroup.New("idexd-test/probe-" + hex.EncodeToString(b[:]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := m.RemoveParent(); err != nil {
-			t.Error(err)
-		}
-	}()
+	m := testManager(t, "probe")
 	const workers, each = 8, 300
 	errs := make(chan error, workers*each)
 	var wg sync.WaitGroup
@@ -139,29 +130,10 @@ func TestCheckConcurrent(t *testing.T) {
 // through Update (which skips writing what the group already has) and
 // SetPids, in every order a run's start uses them.
 func TestLimitsFollowUpdates(t *testing.T) {
-	testutil.RequireRoot(t)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	m, err := cgroup.New("idexd-test/limits-" + hex.EncodeToString(b[:]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.RemoveParent(); err != nil {
-			t.Error(err)
-		}
-	})
+	m := testManager(t, "limits")
 	a := cgroup.Limits{MemoryBytes: 64 << 20, Pids: 16, CPUPercent: 100}
 	bb := cgroup.Limits{MemoryBytes: 32 << 20, Pids: 8, CPUPercent: 50}
-	g, err := m.CreateWarm("w1", a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := g.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
+	g := warmGroup(t, m, "w1", a)
 	// The files, read as the kernel has them.
 	file := func(ctrl, v1, v2 string) string {
 		dir := g.Path()
@@ -207,4 +179,110 @@ func TestLimitsFollowUpdates(t *testing.T) {
 		}
 		check(s.name, s.want.MemoryBytes, s.want.Pids, s.want.CPUPercent)
 	}
+}
+
+// TestKilledGroupExitsUnthrottled: processes killed while their group is
+// throttled (quota spent for the period) run their exits at once instead
+// of waiting for the next period. The kernel counts a period in which the
+// group sat throttled (cpu.stat nr_throttled): no period may be counted
+// between the kill and the group's last exit.
+func TestKilledGroupExitsUnthrottled(t *testing.T) {
+	m := testManager(t, "unthrottle")
+	g := warmGroup(t, m, "w1", cgroup.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUPercent: 100})
+	cpuDir := g.Path()
+	for _, d := range g.V1Dirs() {
+		if strings.Contains(d, "/cpu,") || strings.Contains(d, "/cpu/") {
+			cpuDir = d
+		}
+	}
+	throttled := func() int64 {
+		t.Helper()
+		out, err := os.ReadFile(filepath.Join(cpuDir, "cpu.stat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, "nr_throttled "); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("%s/cpu.stat has no nr_throttled: %q", cpuDir, out)
+		return 0
+	}
+	// Eight busy processes: started at a full CPU (python's own start
+	// would take seconds at 1%), then held to 1% of one.
+	cmd, goOn := inGroup(t, g, "import os\nfor _ in range(7):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n")
+	t.Cleanup(func() { _ = cmd.Wait() })
+	goOn()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		procs, err := os.ReadFile(filepath.Join(g.Path(), "cgroup.procs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(strings.Fields(string(procs))) == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tree did not reach 8 processes: %q", procs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := g.Update(cgroup.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUPercent: 1}); err != nil {
+		t.Fatal(err)
+	}
+	base := throttled()
+	for throttled() < base+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the group was not throttled at 1%% of a CPU: nr_throttled %d", throttled())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := throttled()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.KillAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := throttled(); after != before {
+		t.Errorf("nr_throttled went from %d to %d between the kill and the group's last exit: the killed processes waited for a period's quota", before, after)
+	}
+}
+
+// testManager is a cgroup manager of its own, its parent removed with
+// the test.
+func testManager(t *testing.T, name string) *cgroup.Manager {
+	t.Helper()
+	testutil.RequireRoot(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	m, err := cgroup.New("idexd-test/" + name + "-" + hex.EncodeToString(b[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.RemoveParent(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
+// warmGroup is a warm group of m, deleted with the test.
+func warmGroup(t *testing.T, m *cgroup.Manager, name string, lim cgroup.Limits) *cgroup.Group {
+	t.Helper()
+	g, err := m.CreateWarm(name, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	return g
 }

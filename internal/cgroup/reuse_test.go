@@ -17,7 +17,6 @@ import (
 	"unsafe"
 
 	"github.com/idexd/idexd/internal/cgroup"
-	"github.com/idexd/idexd/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,18 +49,7 @@ func inGroup(t *testing.T, g *cgroup.Group, script string) (*exec.Cmd, func()) {
 // warm group for the next, removed with the test.
 func keepingManager(t *testing.T, name string) *cgroup.Manager {
 	t.Helper()
-	testutil.RequireRoot(t)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	m, err := cgroup.New("idexd-test/" + name + "-" + hex.EncodeToString(b[:]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.RemoveParent(); err != nil {
-			t.Error(err)
-		}
-	})
+	m := testManager(t, name)
 	if err := m.KeepWarmGroups(1); err != nil {
 		t.Fatal(err)
 	}
