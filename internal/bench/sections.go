@@ -155,6 +155,11 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 	off := d.logSize()
 	*meter = cpuMeter{pid: d.pid()}
 	*floorMeter = cpuMeter{pid: floorMeter.pid}
+	span := meter.spanStart()
+	var floorSpan cpuUse
+	if b.floor != nil {
+		floorSpan = floorMeter.spanStart()
+	}
 	var end, first, bend, bfirst, fend pairs
 	for i := range n {
 		if ctx.Err() != nil {
@@ -173,6 +178,10 @@ func (b *bench) latency(ctx context.Context, d *daemon, label string, n int, gap
 		if b.floor != nil {
 			fend.add(ms(flEnd), ms(bEnd))
 		}
+	}
+	meter.spanEnd(span)
+	if b.floor != nil {
+		floorMeter.spanEnd(floorSpan)
 	}
 	log, err := d.logSince(off)
 	if err != nil {
@@ -345,6 +354,14 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 		if b.before != nil {
 			befMeter.pid = b.before.pid()
 		}
+		span := meter.spanStart()
+		var floorSpan, befSpan cpuUse
+		if b.floor != nil {
+			floorSpan = floorMeter.spanStart()
+		}
+		if b.before != nil {
+			befSpan = befMeter.spanStart()
+		}
 		off := d.logSize()
 		for range o.Rounds {
 			meter.begin()
@@ -387,6 +404,13 @@ func (b *bench) throughput(ctx context.Context, d *daemon) error {
 				fp.add(float64(nf)/ef.Seconds(), float64(n2)/e2.Seconds())
 			}
 			idRuns, idTime, bRuns, bTime = idRuns+float64(n1), idTime+e1.Seconds(), bRuns+float64(n2), bTime+e2.Seconds()
+		}
+		meter.spanEnd(span)
+		if b.floor != nil {
+			floorMeter.spanEnd(floorSpan)
+		}
+		if b.before != nil {
+			befMeter.spanEnd(befSpan)
 		}
 		log, err := d.logSince(off)
 		if err != nil {
