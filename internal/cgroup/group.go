@@ -52,6 +52,8 @@ type Group struct {
 	released bool
 	// killed: cgroup.kill was written, and the group cannot be reused.
 	killed atomic.Bool
+	// unthrottled: the killed group's CPU quota was lifted (unthrottle).
+	unthrottled atomic.Bool
 	// files keeps a reusable warm group's files open, for this run and
 	// the next ones in the same directories (nil: none kept).
 	files *fileCache
@@ -194,13 +196,19 @@ func (g *Group) joinV1(pid int) error {
 // them alone.
 func (g *Group) Kill() error {
 	err := g.live(func() error {
-		first := !g.killed.Swap(true)
+		g.killed.Store(true)
 		if err := g.v2.Kill(); err != nil {
 			return fmt.Errorf("kill cgroup %s: %w", g.v2Path, err)
 		}
-		if first {
-			return g.unthrottle()
+		// Once it has worked: a kill that failed, or a lift that did, is
+		// tried again by the next kill (KillAndWait's).
+		if g.unthrottled.Load() {
+			return nil
 		}
+		if err := g.unthrottle(); err != nil {
+			return err
+		}
+		g.unthrottled.Store(true)
 		return nil
 	})
 	if errors.Is(err, errReleased) {
