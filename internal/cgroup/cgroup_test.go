@@ -216,7 +216,7 @@ func TestKilledGroupExitsUnthrottled(t *testing.T) {
 	// Eight busy processes: started at a full CPU (python's own start
 	// would take seconds at 1%), then held to 1% of one.
 	cmd, goOn := inGroup(t, g, "import os\nfor _ in range(7):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n")
-	t.Cleanup(func() { _ = cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Wait() }) // reaped only: killed, its error is the kill's
 	goOn()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
