@@ -1,9 +1,10 @@
 # What would a fork server save? Spawning `python3 hi.py` against forking this
 # (already started) interpreter and running hi.py's code in the child, and
 # against a bare fork+_exit, which is the floor of any fork server on this
-# machine. Run as: cd DIR-WITH-hi.py && python3 forkrun.py [N]
+# machine. Run as root: cd DIR-WITH-hi.py && /usr/bin/python3 forkrun.py [N]
+# (the same interpreter as the spawned runs')
 # CPU is summed from RUSAGE_CHILDREN (the runs) and RUSAGE_SELF (the parent).
-import ctypes, gc, os, resource, sys, time
+import ctypes, gc, os, resource, signal, sys, time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 devnull = os.open('/dev/null', os.O_WRONLY)
@@ -74,6 +75,75 @@ def fork_ns_run():
     os.waitpid(pid, 0)
 
 
+CLONE_NEWNET = 0x40000000
+V1 = '/sys/fs/cgroup'
+MEMPARENT = open('/proc/self/cgroup').read().split('memory:')[1].split('\n')[0]
+GROUPS = []  # this run's kept v1 groups, made once: cpu (with a quota), cpuacct, memory, pids
+NETNS = None  # a kept network namespace's fd, as idexd keeps one per student
+
+
+def setup_sandbox():
+    """Make the kept groups and network namespace that fork_sandbox_run's
+    children enter, as a warm idexd has them ready."""
+    global NETNS
+    limits = {'cpu': {'cpu.cfs_period_us': '100000', 'cpu.cfs_quota_us': '100000'}, 'cpuacct': {},
+              'memory': {'memory.limit_in_bytes': str(512 << 20)}, 'pids': {'pids.max': '256'}}
+    for ctrl, files in limits.items():
+        d = f'{V1}/{ctrl}' + (MEMPARENT if ctrl == 'memory' else '') + '/forkrun'
+        os.makedirs(d, exist_ok=True)
+        for f, v in files.items():
+            with open(f'{d}/{f}', 'w') as fh:
+                fh.write(v)
+        GROUPS.append(d)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a process whose network namespace outlives it through the parent's fd
+        check(libc.unshare(CLONE_NEWNET), 'unshare net')
+        os.write(w, b'x')
+        while True:
+            signal.pause()  # until the parent has opened the namespace and kills it
+    os.read(r, 1)
+    NETNS = os.open(f'/proc/{pid}/ns/net', os.O_RDONLY)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+
+
+def teardown_sandbox():
+    for d in GROUPS:
+        os.rmdir(d)
+    os.close(NETNS)
+
+
+def fork_sandbox_run():
+    """fork_ns_run, with what else a run's child would do itself: join the
+    run's kept v1 groups (a cgroup.procs write each) and the student's kept
+    network namespace (setns)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            me = str(os.getpid())
+            for d in GROUPS:
+                with open(f'{d}/cgroup.procs', 'w') as f:
+                    f.write(me)
+            check(libc.setns(NETNS, CLONE_NEWNET), 'setns net')
+            check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
+            check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
+            inner = os.fork()
+            if inner == 0:
+                check(libc.mount(b'tmpfs', b'/tmp', b'tmpfs', MS_NOSUID | MS_NODEV, b'size=64m'), 'mount /tmp')
+                check(libc.mount(b'proc', b'/proc', b'proc', MS_NOSUID | MS_NODEV, None), 'mount /proc')
+                os.setgroups([])
+                os.setgid(UID)
+                os.setuid(UID)
+                fork_run_body()
+            os.waitpid(inner, 0)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def fork_run_body():
     os.dup2(devnull, 1)
     with open('hi.py') as f:
@@ -98,10 +168,13 @@ def fork_exit():
     os.waitpid(pid, 0)
 
 
+setup_sandbox()
 gc.freeze()  # keep the parent's objects' pages shared after a fork
-for name, f in [('spawn', spawn), ('fork+run', fork_run), ('fork+_exit', fork_exit), ('spawn+ns', spawn_ns), ('fork+ns+run', fork_ns_run)] * 2:
+for name, f in [('spawn', spawn), ('fork+run', fork_run), ('fork+_exit', fork_exit), ('spawn+ns', spawn_ns), ('fork+ns+run', fork_ns_run),
+                ('fork+sandbox', fork_sandbox_run)] * 2:
     c0, m0, t0 = children(), me(), time.perf_counter()
     for _ in range(N):
         f()
     c1, m1, t1 = children(), me(), time.perf_counter()
     print(f"{name:12s} children cpu {1000*(c1-c0)/N:6.2f} ms/run, parent {1000*(m1-m0)/N:5.2f}, wall {1000*(t1-t0)/N:6.2f}")
+teardown_sandbox()
