@@ -29,13 +29,7 @@ def spawn():
 def fork_run():
     pid = os.fork()
     if pid == 0:
-        os.dup2(devnull, 1)
-        with open('hi.py') as f:
-            src = f.read()
-        g = {'__name__': '__main__', '__file__': 'hi.py', '__builtins__': __builtins__}
-        exec(compile(src, 'hi.py', 'exec'), g)
-        sys.stdout.flush()
-        os._exit(0)
+        fork_run_body()
     os.waitpid(pid, 0)
 
 
@@ -56,9 +50,19 @@ def fork_ns_run():
     mount, IPC, UTS and PID namespaces, forks again to be the new PID
     namespace's first process, mounts a private /tmp and /proc, drops to the
     student's uid and runs hi.py there."""
+    forked_sandboxed_run(join=False)
+
+
+def forked_sandboxed_run(join):
     pid = os.fork()
     if pid == 0:
         try:
+            if join:
+                me = str(os.getpid())
+                for d in GROUPS:
+                    with open(f'{d}/cgroup.procs', 'w') as f:
+                        f.write(me)
+                check(libc.setns(NETNS, CLONE_NEWNET), 'setns net')
             check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
             check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
             inner = os.fork()
@@ -120,31 +124,11 @@ def fork_sandbox_run():
     """fork_ns_run, with what else a run's child would do itself: join the
     run's kept v1 groups (a cgroup.procs write each) and the student's kept
     network namespace (setns)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            me = str(os.getpid())
-            for d in GROUPS:
-                with open(f'{d}/cgroup.procs', 'w') as f:
-                    f.write(me)
-            check(libc.setns(NETNS, CLONE_NEWNET), 'setns net')
-            check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
-            check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
-            inner = os.fork()
-            if inner == 0:
-                check(libc.mount(b'tmpfs', b'/tmp', b'tmpfs', MS_NOSUID | MS_NODEV, b'size=64m'), 'mount /tmp')
-                check(libc.mount(b'proc', b'/proc', b'proc', MS_NOSUID | MS_NODEV, None), 'mount /proc')
-                os.setgroups([])
-                os.setgid(UID)
-                os.setuid(UID)
-                fork_run_body()
-            os.waitpid(inner, 0)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    forked_sandboxed_run(join=True)
 
 
 def fork_run_body():
+    """Run hi.py's code as __main__ in this (forked) process and exit."""
     os.dup2(devnull, 1)
     with open('hi.py') as f:
         src = f.read()
