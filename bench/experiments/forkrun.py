@@ -177,6 +177,8 @@ def as_python_main():
         exec(compile(src, 'hi.py', 'exec'), main.__dict__)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)  # sys.exit("message"), as python prints it
     except BaseException:  # a student's uncaught exception: python prints it and exits 1
         sys.excepthook(*sys.exc_info())
         code = 1
