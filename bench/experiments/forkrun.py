@@ -1,12 +1,16 @@
 # What would a fork server save? Spawning `python3 hi.py` against forking this
 # (already started) interpreter and running hi.py's code in the child, and
 # against a bare fork+_exit, which is the floor of any fork server on this
-# machine. Run as root: cd DIR-WITH-hi.py && /usr/bin/python3 forkrun.py [N]
+# machine. Run as root: cd DIR-WITH-hi.py && /usr/bin/python3 forkrun.py [N [W]]
 # (the same interpreter as the spawned runs')
 # CPU is summed from RUSAGE_CHILDREN (the runs) and RUSAGE_SELF (the parent).
+# With W > 1, W workers forked from this process share the N runs of each
+# variant, as W clients would keep a fork server busy; the figures are then
+# all the CPU per run (the workers' own included) and runs a second.
 import builtins, ctypes, gc, io, os, resource, signal, sys, time, types
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+W = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 devnull = os.open('/dev/null', os.O_WRONLY)
 
 
@@ -242,8 +246,26 @@ for name, f in [('spawn', spawn), ('fork+run', fork_run), ('fork+_exit', fork_ex
                 ('fork+sandbox 1', fork_sandbox_run_one_fork),
                 ('fork+sandbox 1+main', fork_sandbox_run_as_main)] * 2:
     c0, m0, t0 = children(), me(), time.perf_counter()
-    for _ in range(N):
-        f()
+    if W == 1:
+        for _ in range(N):
+            f()
+    else:
+        workers = []
+        for w in range(W):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    for _ in range(N // W):
+                        f()
+                finally:
+                    os._exit(0)
+            workers.append(pid)
+        for pid in workers:
+            os.waitpid(pid, 0)
     c1, m1, t1 = children(), me(), time.perf_counter()
-    print(f"{name:20s} children cpu {1000*(c1-c0)/N:6.2f} ms/run, parent {1000*(m1-m0)/N:5.2f}, wall {1000*(t1-t0)/N:6.2f}")
+    n = N if W == 1 else N // W * W
+    if W == 1:
+        print(f"{name:20s} children cpu {1000*(c1-c0)/n:6.2f} ms/run, parent {1000*(m1-m0)/n:5.2f}, wall {1000*(t1-t0)/n:6.2f}")
+    else:
+        print(f"{name:20s} all cpu {1000*(c1-c0+m1-m0)/n:6.2f} ms/run, {n/(t1-t0):6.1f} runs/s with {W} workers")
 teardown_sandbox()
