@@ -24,17 +24,38 @@ def me():
     return r.ru_utime + r.ru_stime
 
 
+def reap(pid, what):
+    """Wait for pid and fail on anything but a clean exit: a run that broke
+    must not pass for a fast one."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f'{what}: pid {pid} ended with {code}')
+
+
+def child(body):
+    """Run body in a forked child; it must end the process itself. An
+    exception prints its traceback and exits 1, so reap sees it."""
+    try:
+        body()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
 def spawn():
     pid = os.posix_spawn('/usr/bin/python3', ['python3', 'hi.py'], {},
                          file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
-    os.waitpid(pid, 0)
+    reap(pid, 'spawn')
 
 
 def fork_run():
     pid = os.fork()
     if pid == 0:
-        fork_run_body()
-    os.waitpid(pid, 0)
+        child(fork_run_body)
+    reap(pid, 'fork+run')
 
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -58,21 +79,20 @@ def fork_ns_run():
 
 
 def forked_sandboxed_run(join):
+    def outer():
+        if join:
+            join_groups_and_net()
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
+        check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
+        inner = os.fork()
+        if inner == 0:
+            child(lambda: (mount_and_drop(), fork_run_body()))
+        reap(inner, 'sandboxed run')
+
     pid = os.fork()
     if pid == 0:
-        try:
-            if join:
-                join_groups_and_net()
-            check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
-            check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
-            inner = os.fork()
-            if inner == 0:
-                mount_and_drop()
-                fork_run_body()
-            os.waitpid(inner, 0)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+        child(outer)
+    reap(pid, 'sandboxed run\'s outer fork')
 
 
 CLONE_NEWNET = 0x40000000
@@ -113,7 +133,8 @@ def setup_sandbox():
 def teardown_sandbox():
     for d in GROUPS:
         os.rmdir(d)
-    os.close(NETNS)
+    if NETNS is not None:
+        os.close(NETNS)
 
 
 def fork_sandbox_run():
@@ -131,18 +152,20 @@ def fork_sandbox_run_one_fork(body=None):
     for its next child only, forks, and setns's back to its own, so the
     child is the new namespace's first process at once (PID 1)."""
     check(libc.unshare(CLONE_NEWPID), 'unshare pid')
-    pid = os.fork()
-    if pid == 0:
-        try:
-            join_groups_and_net()
-            check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC), 'unshare')
-            check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
-            mount_and_drop()
-            (body or fork_run_body)()
-        finally:
-            os._exit(0)
-    check(libc.setns(SELF_PIDNS, CLONE_NEWPID), 'setns back to our PID namespace')
-    os.waitpid(pid, 0)
+    def run():
+        join_groups_and_net()
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC), 'unshare')
+        check(libc.mount(b'none', b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')
+        mount_and_drop()
+        (body or fork_run_body)()
+
+    try:
+        pid = os.fork()
+        if pid == 0:
+            child(run)
+    finally:
+        check(libc.setns(SELF_PIDNS, CLONE_NEWPID), 'setns back to our PID namespace')
+    reap(pid, 'one-fork sandboxed run')
 
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -229,43 +252,45 @@ def spawn_ns():
     pid = os.posix_spawn('/usr/bin/unshare', ['unshare', '-m', '-i', '-u', '-p', '--fork', '--mount-proc',
                                               f'--setuid={UID}', f'--setgid={UID}', '/usr/bin/python3', 'hi.py'], {},
                          file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
-    os.waitpid(pid, 0)
+    reap(pid, 'spawn+ns')
 
 
 def fork_exit():
     pid = os.fork()
     if pid == 0:
         os._exit(0)
-    os.waitpid(pid, 0)
+    reap(pid, 'fork+_exit')
 
 
-setup_sandbox()
-gc.freeze()  # keep the parent's objects' pages shared after a fork
-for name, f in [('spawn', spawn), ('fork+run', fork_run), ('fork+_exit', fork_exit), ('spawn+ns', spawn_ns), ('fork+ns+run', fork_ns_run),
-                ('fork+sandbox', fork_sandbox_run),
-                ('fork+sandbox 1', fork_sandbox_run_one_fork),
-                ('fork+sandbox 1+main', fork_sandbox_run_as_main)] * 2:
-    c0, m0, t0 = children(), me(), time.perf_counter()
-    if W == 1:
-        for _ in range(N):
-            f()
-    else:
-        workers = []
-        for w in range(W):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    for _ in range(N // W):
-                        f()
-                finally:
-                    os._exit(0)
-            workers.append(pid)
-        for pid in workers:
-            os.waitpid(pid, 0)
-    c1, m1, t1 = children(), me(), time.perf_counter()
-    n = N if W == 1 else N // W * W
-    if W == 1:
-        print(f"{name:20s} children cpu {1000*(c1-c0)/n:6.2f} ms/run, parent {1000*(m1-m0)/n:5.2f}, wall {1000*(t1-t0)/n:6.2f}")
-    else:
-        print(f"{name:20s} all cpu {1000*(c1-c0+m1-m0)/n:6.2f} ms/run, {n/(t1-t0):6.1f} runs/s with {W} workers")
-teardown_sandbox()
+def measure():
+    for name, f in [('spawn', spawn), ('fork+run', fork_run), ('fork+_exit', fork_exit), ('spawn+ns', spawn_ns),
+                    ('fork+ns+run', fork_ns_run), ('fork+sandbox', fork_sandbox_run),
+                    ('fork+sandbox 1', fork_sandbox_run_one_fork),
+                    ('fork+sandbox 1+main', fork_sandbox_run_as_main)] * 2:
+        c0, m0, t0 = children(), me(), time.perf_counter()
+        if W == 1:
+            for _ in range(N):
+                f()
+        else:
+            workers = []
+            for w in range(W):
+                pid = os.fork()
+                if pid == 0:
+                    child(lambda: [f() for _ in range(N // W)])
+                workers.append(pid)
+            for pid in workers:
+                reap(pid, f'{name} worker')
+        c1, m1, t1 = children(), me(), time.perf_counter()
+        n = N if W == 1 else N // W * W
+        if W == 1:
+            print(f"{name:20s} children cpu {1000*(c1-c0)/n:6.2f} ms/run, parent {1000*(m1-m0)/n:5.2f}, wall {1000*(t1-t0)/n:6.2f}")
+        else:
+            print(f"{name:20s} all cpu {1000*(c1-c0+m1-m0)/n:6.2f} ms/run, {n/(t1-t0):6.1f} runs/s with {W} workers")
+
+
+try:
+    setup_sandbox()
+    gc.freeze()  # keep the parent's objects' pages shared after a fork
+    measure()
+finally:
+    teardown_sandbox()
