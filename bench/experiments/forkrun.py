@@ -111,23 +111,32 @@ def setup_sandbox():
     for ctrl, files in limits.items():
         d = f'{V1}/{ctrl}' + (MEMPARENT if ctrl == 'memory' else '') + '/forkrun'
         os.makedirs(d, exist_ok=True)
+        GROUPS.append(d)  # before its limits, so a failed write still leaves it to teardown
         for f, v in files.items():
             with open(f'{d}/{f}', 'w') as fh:
                 fh.write(v)
-        GROUPS.append(d)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # a process whose network namespace outlives it through the parent's fd
-        check(libc.unshare(CLONE_NEWNET), 'unshare net')
-        os.write(w, b'x')
-        while True:
-            signal.pause()  # until the parent has opened the namespace and kills it
-    os.read(r, 1)
-    NETNS = os.open(f'/proc/{pid}/ns/net', os.O_RDONLY)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+        def hold():
+            check(libc.unshare(CLONE_NEWNET), 'unshare net')
+            os.write(w, b'x')
+            while True:
+                signal.pause()  # until the parent has opened the namespace and kills it
+        child(hold)
+    os.close(w)  # so a holder that failed reads as EOF, not a hang
+    got = os.read(r, 1)
     os.close(r)
-    os.close(w)
+    if got != b'x':
+        reap(pid, 'network namespace holder')  # raises with its exit code
+        raise RuntimeError('network namespace holder exited 0 before making the namespace')
+    try:
+        NETNS = os.open(f'/proc/{pid}/ns/net', os.O_RDONLY)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != -signal.SIGKILL:
+        raise RuntimeError(f'network namespace holder: pid {pid} ended with {os.waitstatus_to_exitcode(status)}, want killed')
 
 
 def teardown_sandbox():
