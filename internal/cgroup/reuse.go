@@ -187,3 +187,29 @@ func (m *Manager) putKept(g *Group) bool {
 	m.kept = append(m.kept, g)
 	return true
 }
+
+// KeepForNextRun readies the group of a helper kept for another run
+// (package sandbox): the run's processes are gone, the helper is not. As
+// for a reused group, it says false when the group should go with its
+// helper instead: killed, released, on a unified host (v2's peak cannot be
+// reset), or holding more than keptChargeMax or any socket buffer. The OOM
+// count becomes the next run's base; the peak and CPU base are the
+// caller's to take (ResetPeak, CPUTime), as for any warm group.
+func (g *Group) KeepForNextRun() (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.released || g.killed.Load() || g.mode != ModeHybrid {
+		return false, nil
+	}
+	mem := g.v1Dirs[cgroup1.Memory]
+	over, err := g.chargedOver(mem)
+	if err != nil || over {
+		return false, err
+	}
+	oom, err := v1OOMKills(g.files, mem)
+	if err != nil {
+		return false, fmt.Errorf("read oom_kill of %s: %w", mem, err)
+	}
+	g.oomBase = oom
+	return true, nil
+}

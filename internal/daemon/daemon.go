@@ -257,7 +257,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 	log.Info("fair share between students", "settings", fairText(cfg))
 	// Discards the warm helpers; after Run's drain there is nothing left.
 	d.closers = append(d.closers, func() error { return d.eng.Shutdown(context.Background(), 0) })
-	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts, Networks: d.eng.Networks, WarmCgroups: d.cg.WarmGroupCounts, StoreErrors: d.st.Errors, Queue: d.eng.Queue}
+	src := metrics.Sources{Active: d.eng.Active, WarmStarts: d.eng.WarmStarts, HelpersReused: d.eng.HelpersReused, Networks: d.eng.Networks, WarmCgroups: d.cg.WarmGroupCounts, StoreErrors: d.st.Errors, Queue: d.eng.Queue}
 	if stats, ok := d.locker.(lock.Stats); ok {
 		src.LockCounts, src.LocksLost = stats.Counts, stats.Lost
 	}

@@ -22,6 +22,8 @@ type Sources struct {
 	LocksLost   func() int64
 	StoreErrors func() int64
 	WarmStarts  func() int64
+	// HelpersReused counts helpers kept for another run.
+	HelpersReused func() int64
 	// Networks says where runs' network namespaces came from.
 	Networks func() (kept, spare, made int64)
 	// WarmCgroups says where warm helpers' cgroups came from.
@@ -117,6 +119,11 @@ func (m *Metrics) Watch(src Sources) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "idexd_runs_warm_started_total", Help: "Runs started on a warm helper (no cgroup move on the start path)."},
 			func() float64 { return float64(src.WarmStarts()) }))
+	}
+	if src.HelpersReused != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "idexd_helpers_reused_total", Help: "Times a run's sandbox helper was kept, cleaned, for another run instead of a new one being made."},
+			func() float64 { return float64(src.HelpersReused()) }))
 	}
 	if src.Networks != nil {
 		for i, from := range []string{"kept", "spare", "made"} {

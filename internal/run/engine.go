@@ -77,6 +77,9 @@ type Config struct {
 	// WarmRuns is how many helpers wait, already in their cgroups and
 	// namespaces, for the next runs (0: every run starts cold).
 	WarmRuns int
+	// HelperRuns is how many runs a helper may serve, with a pool on a
+	// hybrid host (sandbox.Config.HelperRuns; 0: its default).
+	HelperRuns int
 	// Helper is the binary each run's helper runs (the zero value: this
 	// binary, re-executed).
 	Helper sandbox.Binary
@@ -212,6 +215,9 @@ func (e *Engine) WarmReady() int { return e.sb.WarmReady() }
 // WarmStarts is how many runs started on a warm helper.
 func (e *Engine) WarmStarts() int64 { return e.sb.WarmStarts() }
 
+// HelpersReused is how many times a run's helper was kept for another run.
+func (e *Engine) HelpersReused() int64 { return e.sb.HelpersReused() }
+
 // Networks says where runs' network namespaces came from: kept from the
 // student's last run, a spare made ahead, or made on the spot.
 func (e *Engine) Networks() (kept, spare, made int64) {
@@ -250,7 +256,7 @@ func New(cfg Config) (*Engine, error) {
 			WarmLimits: cgroup.Limits{
 				MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
 			},
-			Log: cfg.Log, FailAt: cfg.FailAt,
+			HelperRuns: cfg.HelperRuns, Log: cfg.Log, FailAt: cfg.FailAt,
 		})
 		if err != nil {
 			e.sockets.close()

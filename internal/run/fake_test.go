@@ -107,6 +107,9 @@ func (s *fakeSandbox) Prepare(student, id string, lim cgroup.Limits) (run.Proces
 
 func (s *fakeSandbox) WarmReady() int    { return 0 }
 func (s *fakeSandbox) WarmStarts() int64 { return 0 }
+
+func (s *fakeSandbox) HelpersReused() int64 { return 0 }
+
 func (s *fakeSandbox) NetworksKept() int { return 0 }
 
 func (s *fakeSandbox) Networks() netns.Stats { return netns.Stats{} }

@@ -21,6 +21,8 @@ type Sandbox interface {
 	Prepare(student, id string, lim cgroup.Limits) (Process, error)
 	WarmReady() int
 	WarmStarts() int64
+	// HelpersReused is how many times a helper was kept for another run.
+	HelpersReused() int64
 	// NetworksKept is how many network namespaces the sandbox keeps for
 	// students' next runs; Networks, where those of runs came from.
 	NetworksKept() int

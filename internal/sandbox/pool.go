@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"time"
 )
 
@@ -13,18 +14,26 @@ import (
 // time, keeps them off the path from Run to first output. A nil pool
 // (size 0) hands out nothing and every run starts cold.
 type pool struct {
-	sb    *Sandbox
+	sb *Sandbox
+	// size is how many helpers fill makes ready ahead of runs; slots holds
+	// up to KeptGroups(size), the rest being helpers kept after their runs
+	// (put): under a burst, a run's end puts its helper back before its
+	// student's next start takes one.
+	size  int
 	slots chan *Process
-	kick  chan struct{}
-	stop  chan struct{}
-	done  chan struct{}
+	// mu orders put against close: nothing is put once close drains.
+	mu     sync.Mutex
+	closed bool
+	kick   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 func newPool(sb *Sandbox, size int) *pool {
 	if size <= 0 {
 		return nil
 	}
-	p := &pool{sb: sb, slots: make(chan *Process, size),
+	p := &pool{sb: sb, size: size, slots: make(chan *Process, KeptGroups(size)),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.fill()
 	return p
@@ -47,11 +56,30 @@ func (p *pool) take() *Process {
 	}
 }
 
+// put gives back a helper kept after its run; false when the pool is full
+// or closing, and the caller then discards it.
+func (p *pool) put(s *Process) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	select {
+	case p.slots <- s:
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *pool) fill() {
 	defer close(p.done)
 	backoff := time.Duration(0)
 	for {
-		for len(p.slots) < cap(p.slots) {
+		for len(p.slots) < p.size {
 			select {
 			case <-p.stop:
 				return
@@ -67,7 +95,12 @@ func (p *pool) fill() {
 				break
 			}
 			backoff = 0
-			p.slots <- s
+			if !p.put(s) {
+				// Closing, or kept helpers filled the slots meanwhile.
+				if err := s.discard(); err != nil {
+					p.sb.cfg.Log.Error("discard warm helper", "helper", s.Pid(), "err", err)
+				}
+			}
 		}
 		wait := time.Minute
 		if backoff > 0 {
@@ -133,6 +166,9 @@ func (p *pool) close() error {
 	if p == nil {
 		return nil
 	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	close(p.stop)
 	<-p.done
 	var errs []error

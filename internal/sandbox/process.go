@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,7 +50,32 @@ type Process struct {
 	closed   bool
 	// input is what the input watcher needs, once the program runs.
 	input atomic.Pointer[inputWatch]
+	// reusable: the helper reported ready again after the program's exit
+	// (a kept helper, see keptRuns); Close gives it to the pool when
+	// nothing else of the run is left.
+	reusable atomic.Bool
+	// unreaped: Wait returned without reaping the helper, which did not
+	// report ready in time after the exit; Close reaps it once its group
+	// was killed.
+	unreaped bool
+	// handedOver: Close gave the helper to the pool for another run, and
+	// this Process no longer speaks for it.
+	handedOver atomic.Bool
 }
+
+// DefaultHelperRuns is how many runs a helper serves at most when its
+// group can be kept with it (a pool; cgroup.Group.KeepForNextRun): each
+// later run saves a helper process, its address space and its namespaces,
+// 0.84-1.03 ms of CPU here (bench/README.md, "What a helper costs as a
+// process"). The bound keeps anything that grows slowly in a helper from
+// growing for ever. The helper of internal/sandbox/inside ignores it and
+// serves one.
+const DefaultHelperRuns = 500
+
+// cleanupWait bounds how long a kept helper may take, after the program's
+// exit, to kill what the run left and report ready; past it the run's
+// group is killed, helper and all, as for a helper that serves one run.
+const cleanupWait = 2 * time.Second
 
 // helperEnv is the helper's own environment; the program gets the job's.
 // One P and no GC: the helper allocates a few KiB before the job and
@@ -85,11 +111,15 @@ func (s *Sandbox) spawn(g *cgroup.Group) (_ *Process, err error) {
 	// No CLONE_NEWNET: the network namespace comes with the job, from
 	// the student's kept ones (package netns).
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	env := helperEnv
+	if s.cfg.WarmRuns > 0 && s.cfg.HelperRuns > 1 { // a pool, to keep it in
+		env = append(env[:len(env):len(env)], "IDEXD_HELPER_RUNS="+strconv.Itoa(s.cfg.HelperRuns))
+	}
 	cmd := &exec.Cmd{
 		Path:       s.cfg.Helper.exe(),
 		Args:       s.helperArgs,
 		Dir:        "/",
-		Env:        helperEnv,
+		Env:        env,
 		ExtraFiles: []*os.File{theirs},
 		SysProcAttr: &syscall.SysProcAttr{
 			Cloneflags: flags,
@@ -365,7 +395,17 @@ func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
 		defer p.sb.inputs.remove(in)
 	}
 	for {
-		r, err := p.read(0, runningReplyMax)
+		var timeout time.Duration
+		if exit != nil {
+			timeout = cleanupWait
+		}
+		r, err := p.read(timeout, runningReplyMax)
+		if exit != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// A kept helper still cleaning up: the run's end kills its
+			// group (KillAndWait), and Close reaps it.
+			p.unreaped = true
+			return *exit, nil
+		}
 		if err != nil {
 			// EOF: the helper is gone. Closed: the run's end deleted the
 			// process while its helper was killed; the reap says how.
@@ -376,6 +416,11 @@ func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
 		}
 		if r.Exit != nil {
 			exit = &Exit{Code: r.Exit.Code, Signal: syscall.Signal(r.Exit.Signal)}
+		}
+		if r.Ready && exit != nil {
+			// A kept helper, clean and armed for the next run.
+			p.reusable.Store(true)
+			return *exit, nil
 		}
 	}
 	ps, err := p.reap()
@@ -423,6 +468,10 @@ func (p *Process) InputSent() {
 // Interrupt sends sig to the program's process group, through the helper
 // (Ctrl-C is SIGINT): the program may catch it and go on.
 func (p *Process) Interrupt(sig syscall.Signal) error {
+	if p.handedOver.Load() {
+		// The helper serves another run now.
+		return fmt.Errorf("signal run's helper %d: %w", p.Pid(), os.ErrProcessDone)
+	}
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("signal run's helper %d: %w", p.Pid(), err)
 	}
@@ -434,8 +483,18 @@ func (p *Process) Interrupt(sig syscall.Signal) error {
 func (p *Process) Kill() error { return p.group.Kill() }
 
 // KillAndWait kills the run's processes and waits until its cgroup is
-// empty or ctx ends.
-func (p *Process) KillAndWait(ctx context.Context) error { return p.group.KillAndWait(ctx) }
+// empty or ctx ends. A kept helper that reported ready has killed and
+// reaped what its run left: when its group holds only the helper, nothing
+// is killed and the helper stays for the next run.
+func (p *Process) KillAndWait(ctx context.Context) error {
+	if p.reusable.Load() {
+		if n, err := p.group.Tasks(); err == nil && n == 1 {
+			return nil
+		}
+		p.reusable.Store(false)
+	}
+	return p.group.KillAndWait(ctx)
+}
 
 // CPUTime is the run's CPU time so far, without the helper's own start-up.
 func (p *Process) CPUTime() (time.Duration, error) {
@@ -462,6 +521,18 @@ func (p *Process) Close() error {
 	if closed {
 		return nil
 	}
+	if p.reusable.Load() {
+		kept, err := p.keep()
+		if kept || err != nil {
+			return err
+		}
+	}
+	if p.unreaped {
+		// The group is empty (KillAndWait): the helper is dead.
+		if _, err := p.reap(); err != nil {
+			return errors.Join(err, p.group.Release(), p.ctl.Close())
+		}
+	}
 	err := p.group.Release()
 	if p.netNS != nil {
 		if err == nil {
@@ -473,6 +544,56 @@ func (p *Process) Close() error {
 		p.netNS = nil
 	}
 	return errors.Join(err, p.ctl.Close())
+}
+
+// keep gives a kept helper, ready for another run, to the pool as a new
+// Process, with its group (cgroup.Group.KeepForNextRun) and the run's
+// network namespace back with the student's. It returns false, having
+// changed nothing, when the helper should end with its run instead; on
+// error the helper is discarded.
+func (p *Process) keep() (bool, error) {
+	ok, err := p.group.KeepForNextRun()
+	if err != nil || !ok {
+		// KeepForNextRun changed nothing: the helper ends as any other.
+		p.reusable.Store(false)
+		if err != nil {
+			p.sb.cfg.Log.Warn("keep a helper for another run; it ends instead", "helper", p.Pid(), "err", err)
+		}
+		return false, p.endKept()
+	}
+	if p.netNS != nil {
+		// The helper went back to its template's network namespace and
+		// nothing else of the run is left: the namespace is free.
+		p.sb.nets.Put(p.student, p.netNS)
+		p.netNS = nil
+	}
+	next := &Process{sb: p.sb, group: p.group, cmd: p.cmd, ctl: p.ctl, settledCh: make(chan struct{})}
+	p.handedOver.Store(true)
+	if err := p.group.ResetPeak(); err != nil {
+		return true, errors.Join(fmt.Errorf("keep helper %d: %w", p.Pid(), err), next.discard())
+	}
+	cpu, err := p.group.CPUTime()
+	if err != nil {
+		return true, errors.Join(fmt.Errorf("keep helper %d: %w", p.Pid(), err), next.discard())
+	}
+	next.cpuBase = cpu
+	p.sb.reused.Add(1)
+	if !p.sb.pool.put(next) {
+		return true, next.discard()
+	}
+	return true, nil
+}
+
+// endKept ends a kept helper that reported ready but will serve no other
+// run: it exits on EOF (ExitAborted), and is reaped.
+func (p *Process) endKept() error {
+	if err := p.ctl.CloseWrite(); err != nil {
+		return fmt.Errorf("end kept helper %d: %w", p.Pid(), err)
+	}
+	if _, err := p.reap(); err != nil {
+		return err
+	}
+	return nil
 }
 
 // discard ends a helper that no run will use: it exits without running

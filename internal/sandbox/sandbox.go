@@ -60,6 +60,13 @@ type Config struct {
 	// run starts cold), with WarmLimits until a run claims one.
 	WarmRuns   int
 	WarmLimits cgroup.Limits
+	// HelperRuns is how many runs a helper serves at most, with a pool
+	// (0: DefaultHelperRuns; 1: one each). After each it kills what the
+	// run left and takes fresh namespaces; idexd keeps it for the next run
+	// where the run's group can be kept too (cgroup.Group.KeepForNextRun:
+	// hybrid hosts). A helper without this support (package inside)
+	// serves one whatever this says.
+	HelperRuns int
 	// KeptNetworks bounds the network namespaces kept after their runs
 	// for their students' next runs (package netns); 0:
 	// netns.DefaultMaxKept.
@@ -78,6 +85,8 @@ type Sandbox struct {
 	nets       *netns.Supply // nil with the host's network
 	inputs     *inputWatcher
 	warmStarts atomic.Int64
+	// reused counts helpers kept for another run (Process.keep).
+	reused atomic.Int64
 }
 
 // New returns a Sandbox and starts filling its warm pool.
@@ -94,6 +103,9 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	if cfg.Setup.TmpBytes <= 0 {
 		cfg.Setup.TmpBytes = 256 << 20
+	}
+	if cfg.HelperRuns <= 0 {
+		cfg.HelperRuns = DefaultHelperRuns
 	}
 	if cfg.Setup.TmpInodes <= 0 {
 		cfg.Setup.TmpInodes = 16384
@@ -259,6 +271,9 @@ func (s *Sandbox) start(g *cgroup.Group, step func(string) error) (*Process, err
 	p.cpuBase = cpu
 	return p, nil
 }
+
+// HelpersReused is how many times a helper was kept for another run.
+func (s *Sandbox) HelpersReused() int64 { return s.reused.Load() }
 
 // WarmReady is how many warm helpers wait for a run now.
 func (s *Sandbox) WarmReady() int {
