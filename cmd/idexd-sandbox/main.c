@@ -1034,6 +1034,9 @@ static int helper(int argc, char **argv)
 			return 0; /* PID 1 leaving takes every process left with it */
 		if (next_run(&tmpl))
 			return send_error();
+		/* The run can end now; the next one's namespaces come after. */
+		if (send_packet("{\"clean\":true}", 14, -1))
+			return EXIT_FAILED;
 	}
 }
 

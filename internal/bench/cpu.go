@@ -13,8 +13,9 @@ import (
 
 func nproc() int { return runtime.NumCPU() }
 
-// cpuUse is CPU time spent so far by idexd (itself, and its reaped
-// children: helpers that became the interpreters) and by idexbench
+// cpuUse is CPU time spent so far by idexd (itself, its reaped children,
+// and its live children with what they reaped: the helpers and the
+// interpreters they started) and by idexbench
 // (itself: the client or exec.Cmd side, and its reaped children: the bare
 // interpreters). Deltas over a measurement, divided by the runs, say what
 // a run costs each party in CPU: on a 2-core machine that is what limits
@@ -88,25 +89,63 @@ const userHZ = 100
 
 // statTimes reads utime, stime, cutime and cstime of a process.
 func statTimes(pid int) ([4]time.Duration, error) {
+	t, _, err := statTimesPpid(pid)
+	return t, err
+}
+
+// statTimesPpid reads utime, stime, cutime and cstime of a process, and
+// its parent's pid.
+func statTimesPpid(pid int) ([4]time.Duration, int, error) {
 	var out [4]time.Duration
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return out, fmt.Errorf("read stat of %d: %w", pid, err)
+		return out, 0, fmt.Errorf("read stat of %d: %w", pid, err)
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	// After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+	// After the command: state is field 3, ppid 4, utime 14, stime 15,
+	// cutime 16, cstime 17.
 	if len(f) < 15 {
-		return out, fmt.Errorf("stat of %d has %d fields after the command", pid, len(f))
+		return out, 0, fmt.Errorf("stat of %d has %d fields after the command", pid, len(f))
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return out, 0, fmt.Errorf("parse ppid %q of %d: %w", f[1], pid, err)
 	}
 	for i := range out {
 		v, err := strconv.ParseInt(f[11+i], 10, 64)
 		if err != nil {
-			return out, fmt.Errorf("parse stat field %d %q of %d: %w", 14+i, f[11+i], pid, err)
+			return out, 0, fmt.Errorf("parse stat field %d %q of %d: %w", 14+i, f[11+i], pid, err)
 		}
 		out[i] = time.Duration(v) * (time.Second / userHZ)
 	}
-	return out, nil
+	return out, ppid, nil
+}
+
+// liveChildrenCPU is what the live children of pid have used so far, with
+// the children they reaped. idexd's kept helpers live for many runs and
+// reap every run's interpreter: until a helper ends, neither its CPU nor
+// theirs is in idexd's cutime. Counted at both ends of a section, a helper
+// alive at both adds what it used between them; one that ended meanwhile
+// moved its total into idexd's cutime, less what the start counted.
+func liveChildrenCPU(pid int) (time.Duration, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("list processes: %w", err)
+	}
+	var sum time.Duration
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		t, ppid, err := statTimesPpid(child)
+		if err != nil || ppid != pid {
+			continue // gone meanwhile, or another's
+		}
+		sum += t[0] + t[1] + t[2] + t[3]
+	}
+	return sum, nil
 }
 
 func readCPU(daemonPid int) (cpuUse, error) {
@@ -116,7 +155,11 @@ func readCPU(daemonPid int) (cpuUse, error) {
 		return u, fmt.Errorf("idexd: %w", err)
 	}
 	u.daemon = t[0] + t[1]
-	u.daemonKids = t[2] + t[3]
+	live, err := liveChildrenCPU(daemonPid)
+	if err != nil {
+		return u, fmt.Errorf("idexd's children: %w", err)
+	}
+	u.daemonKids = t[2] + t[3] + live
 	var self, kids unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &self); err != nil {
 		return u, fmt.Errorf("getrusage self: %w", err)

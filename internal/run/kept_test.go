@@ -26,7 +26,7 @@ if libc.shmget(0x1d3, 4096, 0o1600) < 0:
     raise SystemExit("shmget: errno %d" % ctypes.get_errno())
 subprocess.Popen(["sleep", "300"], start_new_session=True,
                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print("left")
+print("left", os.readlink("/proc/self/ns/pid"))
 `
 
 // lookScript reports what the run sees of earlier runs, and sleeps long
@@ -43,6 +43,7 @@ try:
 except PermissionError:
     print("pid 1 refused")
 time.sleep(0.3)
+print("ns", os.readlink("/proc/self/ns/pid"))
 `
 
 // TestKeptHelperLeavesNothingToTheNextRun: a helper kept after its run
@@ -56,12 +57,18 @@ func TestKeptHelperLeavesNothingToTheNextRun(t *testing.T) {
 	env := testutil.NewEnv(t, warm(1))
 	env.WriteScript(t, "alice", "leave.py", leaveScript)
 	env.WriteScript(t, "bob", "look.py", lookScript)
+	// The PID namespaces alice's runs had: a helper kept is one of them
+	// again in one of bob's.
+	alices := map[string]bool{}
+	shared := 0
 	for round := range 3 {
 		waitWarm(t, env, 1)
 		res := runToEnd(t, env, api.RunRequest{Student: "alice", Script: "leave.py"})
-		if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" || res.Stdout != "left\n" {
+		ns, ok := strings.CutPrefix(strings.TrimSpace(res.Stdout), "left ")
+		if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" || !ok {
 			t.Fatalf("round %d: alice's run ended %s exit %s: %q %q", round, res.Run.Reason, exitCode(res.Run), res.Stdout, res.Stderr)
 		}
+		alices[ns] = true
 		// Only now, after the run's end: a Ctrl-C for its helper.
 		if err := signalHelpers(t, env); err != nil {
 			t.Fatal(err)
@@ -76,13 +83,20 @@ func TestKeptHelperLeavesNothingToTheNextRun(t *testing.T) {
 			if res.Run.Reason != api.ReasonExited || exitCode(res.Run) != "0" {
 				t.Fatalf("round %d, bob's run %d ended %s exit %s: %s", round, i, res.Run.Reason, exitCode(res.Run), res.Stderr)
 			}
+			seen, ns, _ := strings.Cut(res.Stdout, "ns ")
+			if alices[strings.TrimSpace(ns)] {
+				shared++
+			}
 			want := "files []\nprocs 2\nshm 0\npid1 ['0']\npid 1 refused\n"
-			if res.Stdout != want {
+			if seen != want {
 				t.Errorf("round %d, bob's run %d saw:\n%s\nwant:\n%s", round, i, res.Stdout, want)
 			}
 		}
 	}
 	n := env.Engine.HelpersReused()
+	if env.Cgroups.Mode() == cgroup.ModeHybrid && shared == 0 {
+		t.Errorf("none of bob's 6 runs had a helper alice's runs had: the test did not test a kept helper across students")
+	}
 	switch {
 	case env.Cgroups.Mode() != cgroup.ModeHybrid && n != 0:
 		t.Errorf("%d helpers kept on a unified host, want 0: v2's peak cannot be reset", n)

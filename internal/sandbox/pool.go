@@ -106,11 +106,34 @@ func (p *pool) fill() {
 		if backoff > 0 {
 			wait = backoff
 		}
+		if len(p.slots) > p.size {
+			wait = min(wait, trimAfter)
+		}
 		select {
 		case <-p.stop:
 			return
 		case <-p.kick:
 		case <-time.After(wait):
+			p.trim()
+		}
+	}
+}
+
+// trimAfter is how long helpers kept beyond the pool's size wait without
+// a run taking one before they go: a burst's helpers serve the class's next
+// runs, and a quiet host is left with the pool it was configured with.
+const trimAfter = 10 * time.Second
+
+// trim discards the helpers beyond the pool's size.
+func (p *pool) trim() {
+	for len(p.slots) > p.size {
+		select {
+		case s := <-p.slots:
+			if err := s.discard(); err != nil {
+				p.sb.cfg.Log.Error("discard a kept helper beyond the pool's size", "helper", s.Pid(), "err", err)
+			}
+		default:
+			return
 		}
 	}
 }

@@ -73,8 +73,9 @@ type Process struct {
 const DefaultHelperRuns = 500
 
 // cleanupWait bounds how long a kept helper may take, after the program's
-// exit, to kill what the run left and report ready; past it the run's
-// group is killed, helper and all, as for a helper that serves one run.
+// exit, to kill what the run left and say so (clean), and then to arm the
+// next run's namespaces (ready); past it the helper is killed with its
+// group, as one that serves one run would have been.
 const cleanupWait = 2 * time.Second
 
 // helperEnv is the helper's own environment; the program gets the job's.
@@ -112,7 +113,9 @@ func (s *Sandbox) spawn(g *cgroup.Group) (_ *Process, err error) {
 	// the student's kept ones (package netns).
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
 	env := helperEnv
-	if s.cfg.WarmRuns > 0 && s.cfg.HelperRuns > 1 { // a pool, to keep it in
+	// A pool to keep it in, and groups that can be kept with it (hybrid:
+	// cgroup.Group.KeepForNextRun).
+	if s.cfg.WarmRuns > 0 && s.cfg.HelperRuns > 1 && s.cfg.Cgroups.Mode() == cgroup.ModeHybrid {
 		env = append(env[:len(env):len(env)], "IDEXD_HELPER_RUNS="+strconv.Itoa(s.cfg.HelperRuns))
 	}
 	cmd := &exec.Cmd{
@@ -417,8 +420,9 @@ func (p *Process) Wait(onInput func(waiting bool)) (Exit, error) {
 		if r.Exit != nil {
 			exit = &Exit{Code: r.Exit.Code, Signal: syscall.Signal(r.Exit.Signal)}
 		}
-		if r.Ready && exit != nil {
-			// A kept helper, clean and armed for the next run.
+		if r.Clean && exit != nil {
+			// A kept helper: nothing of the run is left, and its ready
+			// for the next run comes after the run's end (keep).
 			p.reusable.Store(true)
 			return *exit, nil
 		}
@@ -546,11 +550,11 @@ func (p *Process) Close() error {
 	return errors.Join(err, p.ctl.Close())
 }
 
-// keep gives a kept helper, ready for another run, to the pool as a new
-// Process, with its group (cgroup.Group.KeepForNextRun) and the run's
-// network namespace back with the student's. It returns false, having
-// changed nothing, when the helper should end with its run instead; on
-// error the helper is discarded.
+// keep hands a kept helper, clean after its run, to the pool as a new
+// Process once it is ready (awaitKept), with its group
+// (cgroup.Group.KeepForNextRun); the run's network namespace goes back to
+// the student's. It returns false, having changed nothing, when the helper
+// should end with its run instead.
 func (p *Process) keep() (bool, error) {
 	ok, err := p.group.KeepForNextRun()
 	if err != nil || !ok {
@@ -569,19 +573,35 @@ func (p *Process) keep() (bool, error) {
 	}
 	next := &Process{sb: p.sb, group: p.group, cmd: p.cmd, ctl: p.ctl, settledCh: make(chan struct{})}
 	p.handedOver.Store(true)
-	if err := p.group.ResetPeak(); err != nil {
-		return true, errors.Join(fmt.Errorf("keep helper %d: %w", p.Pid(), err), next.discard())
-	}
-	cpu, err := p.group.CPUTime()
-	if err != nil {
-		return true, errors.Join(fmt.Errorf("keep helper %d: %w", p.Pid(), err), next.discard())
-	}
-	next.cpuBase = cpu
-	p.sb.reused.Add(1)
-	if !p.sb.pool.put(next) {
-		return true, next.discard()
-	}
+	p.sb.keeping.Add(1)
+	go p.sb.awaitKept(next)
 	return true, nil
+}
+
+// awaitKept waits for a kept helper to have armed its next run's
+// namespaces, then gives it to the pool with its group's peak reset and
+// CPU counted from here (what the helper did for the next run is not the
+// run's); anything else discards it.
+func (s *Sandbox) awaitKept(p *Process) {
+	defer s.keeping.Done()
+	err := p.awaitReady(cleanupWait)
+	if err == nil {
+		err = p.group.ResetPeak()
+	}
+	if err == nil {
+		p.cpuBase, err = p.group.CPUTime()
+	}
+	if err == nil {
+		s.reused.Add(1)
+		if s.pool.put(p) {
+			return
+		}
+	} else {
+		s.cfg.Log.Warn("keep a helper for another run; it ends instead", "helper", p.Pid(), "err", err)
+	}
+	if err := p.discard(); err != nil {
+		s.cfg.Log.Error("discard a kept helper", "helper", p.Pid(), "err", err)
+	}
 }
 
 // endKept ends a kept helper that reported ready but will serve no other

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,9 @@ type Sandbox struct {
 	warmStarts atomic.Int64
 	// reused counts helpers kept for another run (Process.keep).
 	reused atomic.Int64
+	// keeping tracks kept helpers between their run's end and their ready
+	// (awaitKept).
+	keeping sync.WaitGroup
 }
 
 // New returns a Sandbox and starts filling its warm pool.
@@ -308,6 +312,8 @@ func (s *Sandbox) NetworksKept() int {
 // the network namespaces kept for students.
 func (s *Sandbox) Close() error {
 	err := s.pool.close()
+	// Kept helpers still arming find the pool closed and are discarded.
+	s.keeping.Wait()
 	// The helpers just discarded gave their groups back; none waits for
 	// a helper any more.
 	return errors.Join(err, s.cfg.Cgroups.KeepWarmGroups(0), s.closeNets())

@@ -20,9 +20,18 @@
 //	                 the host's network) its network namespace as SCM_RIGHTS
 //	helper -> idexd  {"pid":N} or {"error":"..."} the program started, or why not
 //	helper -> idexd  {"exit":{"code":C}} or {"exit":{"signal":S}}
+//	helper -> idexd  {"clean":true}               a kept helper: nothing of
+//	                 the run is left
+//	helper -> idexd  {"ready":true}               armed for another job
+//	                 (then EOF or a Job, as above)
 //
 // EOF instead of a job means the start was abandoned: the helper exits
-// without running anything.
+// without running anything. After the exit, a helper that serves one run
+// (this Go twin always; the C helper unless IDEXD_HELPER_RUNS allows more)
+// exits; a kept one kills what the run left and says it is ready again.
+// The C helper also stays root and lets only the program's child become
+// the student, so that it can serve the next run; this twin becomes the
+// student itself.
 package inside
 
 import (
@@ -121,6 +130,10 @@ type Exit struct {
 // Reply is one message from the helper.
 type Reply struct {
 	Ready bool `json:"ready,omitempty"`
+	// Clean is a kept helper's word, after the exit, that nothing of the
+	// run is left in its PID namespace; ready follows once it has armed
+	// fresh namespaces for the next job.
+	Clean bool `json:"clean,omitempty"`
 	Pid   int  `json:"pid,omitempty"`
 	// Threads is how many threads the helper itself has once the program
 	// runs: they count against the run's pids limit, so idexd adds them.
