@@ -328,12 +328,18 @@ func TestCrashRecovery(t *testing.T) {
 	old := d.runs()[0]
 	id := old.ID
 	// The run's processes as the host sees them (its own PID namespace
-	// numbers them differently): the helper and python, as bob, in this
-	// daemon's cgroups (other tests' students may have bob's uid).
+	// numbers them differently), in this daemon's cgroups (other tests'
+	// students may have bob's uid): python as bob, and the helpers, root
+	// (the run's, and the pool's, which must go with idexd too).
 	pids := procsOf(old.UID, d.cgroupParent)
-	if len(pids) < 2 {
-		t.Fatalf("processes of bob's uid %d: %v, want the run's helper and python", old.UID, pids)
+	if len(pids) != 1 {
+		t.Fatalf("processes of bob's uid %d: %v, want the run's python", old.UID, pids)
 	}
+	helpers := procsOf(0, d.cgroupParent)
+	if len(helpers) < 1 {
+		t.Fatalf("no root process in %s: want the run's helper", d.cgroupParent)
+	}
+	pids = append(pids, helpers...)
 	if err := d.stop(syscall.SIGKILL); err == nil {
 		t.Fatal("idexd survived SIGKILL")
 	}

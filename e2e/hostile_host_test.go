@@ -437,12 +437,24 @@ func startTicks(pid string) int64 {
 func nsRefs(want map[string]runNS) []string {
 	var out []string
 	ents, _ := os.ReadDir("/proc")
+	inPidNS := map[string]int{}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err == nil {
+			inPidNS[nsOf(atoi(e.Name()))["pid"]]++
+		}
+	}
 	for _, e := range ents {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
 		born := startTicks(e.Name())
 		for k, l := range nsOf(atoi(e.Name())) {
+			// A kept helper stays PID 1 of the PID and UTS namespaces its
+			// runs had (README, "Kept helpers"): only as root, alone in
+			// its PID namespace, so nothing of any run is left with it.
+			if (k == "pid" || k == "uts") && keptHelper(e.Name(), inPidNS) {
+				continue
+			}
 			if w, ok := want[l]; ok && born <= w.seen {
 				out = append(out, fmt.Sprintf("%s (of %s, seen at tick %d in process %s) held by process %s (%s, born at tick %d, in %v) as its %s namespace",
 					l, w.run, w.seen, w.by, e.Name(), comm(e.Name()), born, nsOf(atoi(e.Name())), k))
@@ -477,6 +489,26 @@ func nsRefs(want map[string]runNS) []string {
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// keptHelper says whether pid is an idle kept helper: root, PID 1 of its
+// PID namespace, and the only process in it.
+func keptHelper(pid string, inPidNS map[string]int) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return false
+	}
+	root, init := false, false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 1 && f[0] == "Uid:":
+			root = f[1] == "0"
+		case len(f) > 1 && f[0] == "NSpid:":
+			init = f[len(f)-1] == "1"
+		}
+	}
+	return root && init && inPidNS[nsOf(atoi(pid))["pid"]] == 1
+}
 
 func comm(pid string) string {
 	b, _ := os.ReadFile("/proc/" + pid + "/comm")

@@ -53,7 +53,9 @@ func TestWarmPoolStaysFlat(t *testing.T) {
 	if nets != baseNet+4 {
 		t.Errorf("network namespace fds %d -> %d, want four more: alice's namespace and its socket lists, kept for her next run", baseNet, nets)
 	}
-	if fds-nets != base-baseNet {
+	// Fewer is no leak: what an earlier test of the package still had
+	// open (its engine's last closes) can count in the base.
+	if fds-nets > base-baseNet {
 		t.Errorf("fd leak: %d -> %d, network namespaces aside", base-baseNet, fds-nets)
 	}
 }

@@ -50,13 +50,13 @@ type Process struct {
 	closed   bool
 	// input is what the input watcher needs, once the program runs.
 	input atomic.Pointer[inputWatch]
-	// reusable: the helper reported ready again after the program's exit
-	// (a kept helper, see keptRuns); Close gives it to the pool when
+	// reusable: the helper said clean after the program's exit (a kept
+	// helper, see DefaultHelperRuns); Close gives it to the pool when
 	// nothing else of the run is left.
 	reusable atomic.Bool
-	// unreaped: Wait returned without reaping the helper, which did not
-	// report ready in time after the exit; Close reaps it once its group
-	// was killed.
+	// unreaped: Wait returned without reaping the helper, which neither
+	// said clean nor exited in time after the exit; Close reaps it once
+	// its group was killed.
 	unreaped bool
 	// handedOver: Close gave the helper to the pool for another run, and
 	// this Process no longer speaks for it.
@@ -487,8 +487,8 @@ func (p *Process) Interrupt(sig syscall.Signal) error {
 func (p *Process) Kill() error { return p.group.Kill() }
 
 // KillAndWait kills the run's processes and waits until its cgroup is
-// empty or ctx ends. A kept helper that reported ready has killed and
-// reaped what its run left: when its group holds only the helper, nothing
+// empty or ctx ends. A kept helper that said clean has killed and reaped
+// what its run left: when its group holds only the helper, nothing
 // is killed and the helper stays for the next run.
 func (p *Process) KillAndWait(ctx context.Context) error {
 	if p.reusable.Load() {
@@ -525,19 +525,21 @@ func (p *Process) Close() error {
 	if closed {
 		return nil
 	}
+	var errs []error
 	if p.reusable.Load() {
 		kept, err := p.keep()
-		if kept || err != nil {
+		if kept {
 			return err
 		}
+		errs = append(errs, err)
 	}
 	if p.unreaped {
 		// The group is empty (KillAndWait): the helper is dead.
 		if _, err := p.reap(); err != nil {
-			return errors.Join(err, p.group.Release(), p.ctl.Close())
+			errs = append(errs, err)
 		}
 	}
-	err := p.group.Release()
+	err := errors.Join(append(errs, p.group.Release())...)
 	if p.netNS != nil {
 		if err == nil {
 			// Every process of the run is gone with its group.
@@ -604,8 +606,8 @@ func (s *Sandbox) awaitKept(p *Process) {
 	}
 }
 
-// endKept ends a kept helper that reported ready but will serve no other
-// run: it exits on EOF (ExitAborted), and is reaped.
+// endKept ends a kept helper that said clean but will serve no other run:
+// it exits on EOF (ExitAborted), and is reaped.
 func (p *Process) endKept() error {
 	if err := p.ctl.CloseWrite(); err != nil {
 		return fmt.Errorf("end kept helper %d: %w", p.Pid(), err)
