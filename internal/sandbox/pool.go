@@ -69,10 +69,16 @@ func (p *pool) put(s *Process) bool {
 	}
 	select {
 	case p.slots <- s:
-		return true
 	default:
 		return false
 	}
+	// fill waits again, to trim the helpers beyond the size once none
+	// comes or goes for trimAfter.
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 func (p *pool) fill() {
@@ -120,7 +126,7 @@ func (p *pool) fill() {
 }
 
 // trimAfter is how long helpers kept beyond the pool's size wait without
-// a run taking one before they go: a burst's helpers serve the class's next
+// a run taking one, or one coming back, before they go: a burst's helpers serve the class's next
 // runs, and a quiet host is left with the pool it was configured with.
 const trimAfter = 10 * time.Second
 
