@@ -259,7 +259,9 @@ static int prepare(void)
 		return failf("helper: make the host's filesystem read-only: %s", errstr(errno));
 	if (mount_over("/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "mode=755,size=4k,nr_inodes=16"))
 		return -1;
-	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, ""))
+	/* hidepid=2 (invisible): the student sees their own processes only,
+	 * not this helper, which stays root (inside.prepare says more). */
+	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=2"))
 		return failf("helper: mount the run's /proc: %s", errstr(errno));
 	if (mount_over("/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5,max=16"))
 		return -1;

@@ -33,7 +33,11 @@ if "loopback" in held:
         out["echo"] = oserr(e)
 out["interfaces"] = sorted(n for _, n in socket.if_nameindex())
 out["visible_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-with open("/proc/1/comm") as f:
-    out["pid1_comm"] = f.read().strip()
+try:
+    # Hidden (hidepid=2) where PID 1 is idexd's root helper.
+    with open("/proc/1/comm") as f:
+        out["pid1_comm"] = f.read().strip()
+except OSError as e:
+    out["pid1_comm"] = oserr(e)
 ready(**out)
 result(**out)

@@ -61,7 +61,11 @@ func prepare(s Setup) ([]*userFile, error) {
 	}
 	// This helper is PID 1 of the run's PID namespace, so the new proc
 	// shows the run's processes only.
-	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, ""); err != nil {
+	// hidepid=2 (invisible): a run sees its student's processes only. The
+	// C helper stays root as the run's PID 1, and so is hidden from the
+	// student, as a host with ProtectProc=invisible hides other uids';
+	// this twin becomes the student, and stays visible.
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, "hidepid=2"); err != nil {
 		return nil, fmt.Errorf("helper: mount the run's /proc: %w", err)
 	}
 	// A devpts of its own: ptys a program opens come from a pool of 16,
