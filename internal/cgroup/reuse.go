@@ -112,6 +112,17 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	if pop, err := g.populated(); err != nil || pop {
 		return nil, err
 	}
+	oom, ok, err := g.leftLittle()
+	if err != nil || !ok {
+		return nil, err
+	}
+	return g.reused(m, oom), nil
+}
+
+// leftLittle says whether what the ended run left charged to the group
+// (hybrid) lets the next run use it, and reads the OOM count that will be
+// the next run's base.
+func (g *Group) leftLittle() (oom uint64, ok bool, err error) {
 	mem := g.v1Dirs[cgroup1.Memory]
 	// A run leaves memory charged to its group: the page cache of files
 	// it read or wrote, and kernel objects (dentries, inodes), 0.45-0.75
@@ -127,9 +138,12 @@ func (m *Manager) reusable(g *Group) (*Group, error) {
 	// reclaims them, as every group's were before groups were reused.
 	over, err := g.chargedOver(mem)
 	if err != nil || over {
-		return nil, err
+		return 0, false, err
 	}
-	return g.reused(m, mem)
+	if oom, err = v1OOMKills(g.files, mem); err != nil {
+		return 0, false, fmt.Errorf("read oom_kill of %s: %w", mem, err)
+	}
+	return oom, true, nil
 }
 
 // chargedOver says whether the group holds more than keptChargeMax of
@@ -157,18 +171,14 @@ func (g *Group) chargedOver(mem string) (bool, error) {
 	return false, nil
 }
 
-// reused is the group's directories as a fresh Group, its OOM count the
-// base of the next run's.
-func (g *Group) reused(m *Manager, mem string) (*Group, error) {
-	oom, err := v1OOMKills(g.files, mem)
-	if err != nil {
-		return nil, fmt.Errorf("read oom_kill of %s: %w", mem, err)
-	}
+// reused is the group's directories as a fresh Group, with oom the base
+// of the next run's OOM count.
+func (g *Group) reused(m *Manager, oom uint64) *Group {
 	return &Group{
 		mode: g.mode, v2: g.v2, v2Path: g.v2Path, v1: g.v1, dir: g.dir,
 		cpuacctDir: g.cpuacctDir, v1Dirs: g.v1Dirs, v1Swap: g.v1Swap, v2Missing: g.v2Missing,
 		set: g.set, m: m, warm: true, oomBase: oom, files: g.files,
-	}, nil
+	}
 }
 
 func (m *Manager) room() bool {
@@ -201,15 +211,9 @@ func (g *Group) KeepForNextRun() (bool, error) {
 	if g.released || g.killed.Load() || g.mode != ModeHybrid {
 		return false, nil
 	}
-	mem := g.v1Dirs[cgroup1.Memory]
-	over, err := g.chargedOver(mem)
-	if err != nil || over {
-		return false, err
+	oom, ok, err := g.leftLittle()
+	if ok {
+		g.oomBase = oom
 	}
-	oom, err := v1OOMKills(g.files, mem)
-	if err != nil {
-		return false, fmt.Errorf("read oom_kill of %s: %w", mem, err)
-	}
-	g.oomBase = oom
-	return true, nil
+	return ok, err
 }

@@ -17,8 +17,7 @@ type pool struct {
 	sb *Sandbox
 	// size is how many helpers fill makes ready ahead of runs; slots holds
 	// up to KeptGroups(size), the rest being helpers kept after their runs
-	// (put): under a burst, a run's end puts its helper back before its
-	// student's next start takes one.
+	// (put), until trim.
 	size  int
 	slots chan *Process
 	// mu orders put against close: nothing is put once close drains.
@@ -126,8 +125,9 @@ func (p *pool) fill() {
 }
 
 // trimAfter is how long helpers kept beyond the pool's size wait without
-// a run taking one, or one coming back, before they go: a burst's helpers serve the class's next
-// runs, and a quiet host is left with the pool it was configured with.
+// a run taking one, or one coming back, before they go: a burst's helpers
+// serve the class's next runs, and a quiet host is left with the pool it
+// was configured with.
 const trimAfter = 10 * time.Second
 
 // trim discards the helpers beyond the pool's size.
