@@ -54,6 +54,8 @@ func startDaemon(ctx context.Context, o Options, dc daemonConfig) (*daemon, erro
 	h, err := harness.Start(ctx, harness.Config{
 		Idexd: o.Idexd, Name: "idexbench", Host: "idexbench", Interpreter: o.Python, MaxRuns: dc.maxRuns,
 		LogLevel: "info", Extra: extra, NoStudentLimits: !dc.fairDefaults,
+		// What a host runs with: kept helpers wait for the next burst.
+		WarmKeep: harness.WarmKeepDefault,
 		// SIGTERM: idexd drains when idexbench goes, however it goes.
 		Pdeathsig: syscall.SIGTERM,
 	})

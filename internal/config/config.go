@@ -69,6 +69,10 @@ type Config struct {
 	// WarmRuns is how many helpers wait, already in their cgroups, for the
 	// next runs: it takes the slow cgroup move off the start path.
 	WarmRuns int `toml:"warm_runs"`
+	// WarmKeep is how long the helpers a burst leaves beyond warm_runs
+	// wait for the next runs before they end (hybrid hosts, where a
+	// helper serves many runs).
+	WarmKeep Duration `toml:"warm_keep"`
 	// MaxRunsPerStudent caps one student's runs, running or waiting in the
 	// admission queue (student_busy); 0: no cap.
 	MaxRunsPerStudent int `toml:"max_runs_per_student"`
@@ -152,6 +156,7 @@ func Default() Config {
 		Host:          host,
 		MaxRuns:       256,
 		WarmRuns:      4,
+		WarmKeep:      Duration{5 * time.Minute},
 		Network:       NetworkNone,
 		TmpMB:         256,
 		ShutdownGrace: Duration{10 * time.Second},
@@ -353,6 +358,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WarmRuns < 0 || c.WarmRuns > c.MaxRuns {
 		errs = append(errs, fmt.Errorf("warm_runs must be 0..max_runs (%d), got %d", c.MaxRuns, c.WarmRuns))
+	}
+	if c.WarmKeep.Duration < time.Second || c.WarmKeep.Duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("warm_keep must be 1s..24h, got %s", c.WarmKeep.Duration))
 	}
 	errs = append(errs, c.validateFair()...)
 	if c.InputWaitSeconds < 1 {

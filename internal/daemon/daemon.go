@@ -244,6 +244,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err e
 		Defaults: cfg.Defaults, Max: cfg.Max, MaxRuns: cfg.MaxRuns,
 		UIDSource: cfg.UIDSource, UIDMin: cfg.UIDMin, UIDMax: cfg.UIDMax,
 		KeepEnded: cfg.KeepEnded.Duration, KeepEndedBytes: cfg.KeepEndedMB << 20, WarmRuns: cfg.WarmRuns,
+		WarmKeep:  cfg.WarmKeep.Duration,
 		InputWait: time.Duration(cfg.InputWaitSeconds) * time.Second,
 		Helper:    helper, Quiet: quiet, Log: log, Cgroups: d.cg, Dirs: dirs, Store: d.st, Locks: d.locker,
 		Hooks: hooks, Umask: runUmask(dirs), AdmitStudent: quotas.Admit, HealthChecks: quotas.HealthChecks,

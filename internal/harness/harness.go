@@ -44,7 +44,13 @@ type Config struct {
 	MaxRuns     int    // default 256
 	WarmRuns    int    // -1: 0 warm runs; 0: the daemon's default
 	KeepEnded   string // default the daemon's (10m)
-	LogLevel    string // default the daemon's (info)
+	// WarmKeep is how long helpers kept after a burst wait; default
+	// "10s", not the daemon's 5m: the tests that look at the daemon at
+	// rest expect its pool back at warm_runs soon after their load.
+	// WarmKeepDefault leaves the daemon's own (and fits a build from
+	// before warm_keep).
+	WarmKeep string
+	LogLevel string // default the daemon's (info)
 	// NoStudentLimits turns off the per-student cap and start rate
 	// (issue 12) for a load or a benchmark that starts one student's runs
 	// far more often, and more at once, than a class does.
@@ -129,6 +135,9 @@ func Start(ctx context.Context, c Config) (*Daemon, error) {
 	return d, nil
 }
 
+// WarmKeepDefault, as Config.WarmKeep, leaves warm_keep to the daemon.
+const WarmKeepDefault = "default"
+
 // config is the TOML of c.
 func config(c Config) string {
 	if c.Interpreter == "" {
@@ -150,6 +159,13 @@ func config(c Config) string {
 	}
 	if c.KeepEnded != "" {
 		conf += fmt.Sprintf("keep_ended = %q\n", c.KeepEnded)
+	}
+	switch c.WarmKeep {
+	case WarmKeepDefault:
+	case "":
+		conf += "warm_keep = \"10s\"\n"
+	default:
+		conf += fmt.Sprintf("warm_keep = %q\n", c.WarmKeep)
 	}
 	if c.LogLevel != "" {
 		conf += fmt.Sprintf("log_level = %q\n", c.LogLevel)

@@ -80,7 +80,7 @@ func TestCheckKeptCgroups(t *testing.T) {
 	for _, c := range []struct {
 		kept, warm int
 		ok         bool
-	}{{0, 4, true}, {32, 4, true}, {33, 4, false}, {40, 40, true}, {41, 40, false}, {0, 0, true}, {1, 0, false}} {
+	}{{0, 4, true}, {80, 4, true}, {81, 4, false}, {80, 80, true}, {81, 80, false}, {100, 100, true}, {101, 100, false}, {0, 0, true}, {1, 0, false}} {
 		p := checkKeptCgroups(api.DebugState{CgroupsKept: c.kept}, c.warm)
 		if (p == "") != c.ok {
 			t.Errorf("%d kept with %d warm helpers: %q, want ok %v", c.kept, c.warm, p, c.ok)

@@ -154,7 +154,8 @@ func (r *restSampler) atRest(s DaemonState, children int) bool {
 
 // unrest says why a look is not at rest.
 func (r *restSampler) unrest(s DaemonState) string {
-	return fmt.Sprintf("runs_active %d, %d live children of the daemon where %d warm helpers are expected (--warm-runs)",
+	return fmt.Sprintf("runs_active %d, %d live children of the daemon where %d warm helpers are expected (--warm-runs; "+
+		"the helpers a burst leaves beyond them wait warm_keep, 5m by default, before they go)",
 		s.Debug.RunsActive, s.Census.Children, r.warm)
 }
 

@@ -80,6 +80,9 @@ type Config struct {
 	// HelperRuns is how many runs a helper may serve, with a pool on a
 	// hybrid host (sandbox.Config.HelperRuns; 0: its default).
 	HelperRuns int
+	// WarmKeep is how long helpers kept after a burst, beyond WarmRuns,
+	// wait for the next runs (sandbox.Config.WarmKeep; 0: its default).
+	WarmKeep time.Duration
 	// Helper is the binary each run's helper runs (the zero value: this
 	// binary, re-executed).
 	Helper sandbox.Binary
@@ -256,7 +259,7 @@ func New(cfg Config) (*Engine, error) {
 			WarmLimits: cgroup.Limits{
 				MemoryBytes: cfg.Defaults.MemoryMB << 20, Pids: cfg.Defaults.Pids, CPUPercent: cfg.Defaults.CPUPercent,
 			},
-			HelperRuns: cfg.HelperRuns, Log: cfg.Log, FailAt: cfg.FailAt,
+			HelperRuns: cfg.HelperRuns, WarmKeep: cfg.WarmKeep, Log: cfg.Log, FailAt: cfg.FailAt,
 		})
 		if err != nil {
 			e.sockets.close()

@@ -7,9 +7,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idexd/idexd/internal/api"
 	"github.com/idexd/idexd/internal/cgroup"
+	"github.com/idexd/idexd/internal/run"
 	"github.com/idexd/idexd/internal/testutil"
 )
 
@@ -115,16 +117,9 @@ func TestKeptHelperLeavesNothingToTheNextRun(t *testing.T) {
 // the pool's helpers, idle between runs.
 func signalHelpers(t *testing.T, env *testutil.Env) error {
 	t.Helper()
-	in := "/" + strings.Trim(env.Cgroups.Parent(), "/") + "/" + cgroup.WarmPrefix
-	var pids []int
-	for _, pid := range allPids(t) {
-		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
-		if err == nil && strings.Contains(string(b), in) {
-			pids = append(pids, pid)
-		}
-	}
+	pids := warmGroupsProcesses(t, env)
 	if len(pids) == 0 {
-		return fmt.Errorf("no idle helper in %s* to signal", in)
+		return fmt.Errorf("no idle helper in %s to signal", warmGroups(env))
 	}
 	for _, pid := range pids {
 		p, err := os.FindProcess(pid)
@@ -136,6 +131,26 @@ func signalHelpers(t *testing.T, env *testutil.Env) error {
 		}
 	}
 	return nil
+}
+
+// warmGroups is where the sandbox's warm groups are, in /proc/PID/cgroup.
+func warmGroups(env *testutil.Env) string {
+	return "/" + strings.Trim(env.Cgroups.Parent(), "/") + "/" + cgroup.WarmPrefix
+}
+
+// warmGroupsProcesses are the processes in env's warm groups, read from
+// the host's /proc: with no run live, the idle helpers.
+func warmGroupsProcesses(t *testing.T, env *testutil.Env) []int {
+	t.Helper()
+	in := warmGroups(env)
+	var pids []int
+	for _, pid := range allPids(t) {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+		if err == nil && strings.Contains(string(b), in) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func allPids(t *testing.T) []int {
@@ -169,4 +184,66 @@ func processesOf(t *testing.T, uid uint32) []int {
 		}
 	}
 	return found
+}
+
+// TestBurstHelpersWaitForTheNextBurst: the helpers a class's burst leaves
+// beyond warm_runs wait for its next burst, which then starts warm, and
+// go once no run has come for WarmKeep (hybrid hosts, where a helper
+// serves many runs). Counted on the host: the processes in the sandbox's
+// warm groups while no run is live.
+func TestBurstHelpersWaitForTheNextBurst(t *testing.T) {
+	const keep = 3 * time.Second
+	env := testutil.NewEnv(t, warm(1), func(c *run.Config) { c.WarmKeep = keep })
+	const n = 6
+	for i := range n {
+		env.WriteScript(t, "alice", fmt.Sprintf("b%d.py", i), "print('x')\n")
+	}
+	burst := func() {
+		t.Helper()
+		for i, r := range startAtOnce(t, env, "alice", "b%d.py", n) {
+			if res := testutil.Collect(ctxT(t, 30*time.Second), t, r); res.Run.Reason != api.ReasonExited {
+				t.Fatalf("run %d ended %s (%s), want exited", i, res.Run.Reason, res.Run.Error)
+			}
+		}
+	}
+	waitWarm(t, env, 1)
+	burst()
+	if env.Cgroups.Mode() != cgroup.ModeHybrid {
+		// A unified host keeps no helper: each serves one run.
+		if kept := env.Engine.HelpersReused(); kept != 0 {
+			t.Errorf("%d helpers kept on a unified host, want 0", kept)
+		}
+		assertClean(t, env)
+		return
+	}
+	// Every helper of the burst comes back: the warm one and the cold ones.
+	waitWarm(t, env, n)
+	warmBefore := env.Engine.WarmStarts()
+	burst()
+	if got := env.Engine.WarmStarts() - warmBefore; got != n {
+		t.Errorf("%d of the second burst's %d runs started warm, want all", got, n)
+	}
+	waitWarm(t, env, n)
+	back := time.Now()
+	if idle := warmGroupsProcesses(t, env); len(idle) < n {
+		t.Fatalf("%d processes in the warm groups after the second burst, want its %d helpers: %v", len(idle), n, idle)
+	}
+	// Then no run comes: they go, down to warm_runs, after keep (the
+	// slack is for a loaded host; a pool that ignored keep and kept the
+	// old fixed 10 s would miss it).
+	deadline := back.Add(keep + 6*time.Second)
+	for len(warmGroupsProcesses(t, env)) > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d processes in the warm groups %s after the burst, want warm_runs (1): %v",
+				len(warmGroupsProcesses(t, env)), time.Since(back).Round(time.Millisecond), warmGroupsProcesses(t, env))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if gone := time.Since(back); gone < keep/2 {
+		t.Errorf("the burst's helpers went %s after the last came back, want not before warm_keep (%s)", gone.Round(time.Millisecond), keep)
+	}
+	if idle := warmGroupsProcesses(t, env); len(idle) != 1 {
+		t.Errorf("%d processes in the warm groups at rest, want the one warm helper: %v", len(idle), idle)
+	}
+	assertClean(t, env)
 }

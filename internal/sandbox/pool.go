@@ -20,6 +20,9 @@ type pool struct {
 	// (put), until trim.
 	size  int
 	slots chan *Process
+	// keep is how long helpers beyond size wait without a helper taken or
+	// put back before they end (Config.WarmKeep).
+	keep time.Duration
 	// mu orders put against close: nothing is put once close drains.
 	mu     sync.Mutex
 	closed bool
@@ -28,11 +31,11 @@ type pool struct {
 	done   chan struct{}
 }
 
-func newPool(sb *Sandbox, size int) *pool {
+func newPool(sb *Sandbox, size int, keep time.Duration) *pool {
 	if size <= 0 {
 		return nil
 	}
-	p := &pool{sb: sb, size: size, slots: make(chan *Process, KeptGroups(size)),
+	p := &pool{sb: sb, size: size, keep: keep, slots: make(chan *Process, KeptGroups(size)),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.fill()
 	return p
@@ -72,7 +75,7 @@ func (p *pool) put(s *Process) bool {
 		return false
 	}
 	// fill waits again, to trim the helpers beyond the size once none
-	// comes or goes for trimAfter.
+	// comes or goes for keep.
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -107,28 +110,28 @@ func (p *pool) fill() {
 				}
 			}
 		}
-		wait := time.Minute
+		// Wake for a retry after a failure, or to trim the helpers beyond
+		// the size; else only when a helper is taken or put back.
+		var wait time.Duration
 		if backoff > 0 {
 			wait = backoff
 		}
-		if len(p.slots) > p.size {
-			wait = min(wait, trimAfter)
+		if len(p.slots) > p.size && (wait == 0 || p.keep < wait) {
+			wait = p.keep
+		}
+		var timeout <-chan time.Time
+		if wait > 0 {
+			timeout = time.After(wait)
 		}
 		select {
 		case <-p.stop:
 			return
 		case <-p.kick:
-		case <-time.After(wait):
+		case <-timeout:
 			p.trim()
 		}
 	}
 }
-
-// trimAfter is how long helpers kept beyond the pool's size wait without
-// a run taking one, or one coming back, before they go: a burst's helpers
-// serve the class's next runs, and a quiet host is left with the pool it
-// was configured with.
-const trimAfter = 10 * time.Second
 
 // trim discards the helpers beyond the pool's size.
 func (p *pool) trim() {

@@ -68,6 +68,10 @@ type Config struct {
 	// hybrid hosts). A helper without this support (package inside)
 	// serves one whatever this says.
 	HelperRuns int
+	// WarmKeep is how long helpers beyond WarmRuns, kept after their runs,
+	// wait without a run taking one or one coming back before they end
+	// (0: DefaultWarmKeep).
+	WarmKeep time.Duration
 	// KeptNetworks bounds the network namespaces kept after their runs
 	// for their students' next runs (package netns); 0:
 	// netns.DefaultMaxKept.
@@ -111,6 +115,9 @@ func New(cfg Config) (*Sandbox, error) {
 	if cfg.HelperRuns <= 0 {
 		cfg.HelperRuns = DefaultHelperRuns
 	}
+	if cfg.WarmKeep <= 0 {
+		cfg.WarmKeep = DefaultWarmKeep
+	}
 	if cfg.Setup.TmpInodes <= 0 {
 		cfg.Setup.TmpInodes = 16384
 	}
@@ -134,18 +141,28 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := cfg.Cgroups.KeepWarmGroups(KeptGroups(cfg.WarmRuns)); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", errors.Join(err, s.closeNets()))
 	}
-	s.pool = newPool(s, cfg.WarmRuns)
+	s.pool = newPool(s, cfg.WarmRuns, cfg.WarmKeep)
 	return s, nil
 }
 
 // keptGroupsMin is how many ended runs' groups wait, at least, for the
-// next warm helpers and cold runs (hybrid hosts). A run's end gives one
-// back and the refill it caused takes it; but when a burst empties the
-// pool, every start is cold and takes one too, and a pool's worth was
-// too few: at 64 clients two thirds of the starts were cold, and most of
-// their groups were made and removed (five directories each, 0.7 ms of
-// idexd's CPU). A kept group is five empty directories and an fd.
-const keptGroupsMin = 32
+// next warm helpers and cold runs (hybrid hosts), and how many helpers
+// kept after their runs the pool holds. A run's end gives one back and
+// the refill it caused takes it; but when a burst empties the pool, every
+// start is cold and takes one too. It is a class: 60 and more students
+// press Run, then again a minute later. With 32, the 64 helpers of a
+// 64-client burst came back to 32 places, and each later burst started
+// half its runs cold (a helper made and one discarded, 4-6 ms of CPU
+// each); with 80, none (bench/README.md, "Kept helpers across bursts").
+// An idle kept helper costs the host about 170 kB (its pages, page
+// tables and kernel stack) and idexd an fd for its control socket and its
+// groups'.
+const keptGroupsMin = 80
+
+// DefaultWarmKeep is how long a burst's helpers, beyond warm_runs, wait
+// for the class's next runs: a class runs, reads and edits, and runs
+// again within minutes; a quiet host is left with warm_runs.
+const DefaultWarmKeep = 5 * time.Minute
 
 // KeptGroups is how many ended runs' groups a sandbox with warm helpers
 // keeps, at most: none without a pool (cold runs then sit under their
