@@ -152,8 +152,10 @@ func New(cfg Config) (*Sandbox, error) {
 // start is cold and takes one too. It is a class: 60 and more students
 // press Run, then again a minute later. With 32, the 64 helpers of a
 // 64-client burst came back to 32 places, and each later burst started
-// half its runs cold (a helper made and one discarded, 4-6 ms of CPU
-// each); with 80, none (bench/README.md, "Kept helpers across bursts").
+// half its runs cold (a helper made for each, one thrown away at each
+// end); with 80 (and warm_keep), none, and idexbench at 64 clients spent
+// 0.89-0.90x the server CPU per run (bench/README.md, "Kept helpers
+// across bursts").
 // An idle kept helper costs the host about 170 kB (its pages, page
 // tables and kernel stack) and idexd about 22 fds (its control socket,
 // pidfd and its groups' open files): 80 of them, about 14 MB and 1,800 of
