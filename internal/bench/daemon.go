@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +38,8 @@ type daemonConfig struct {
 	// 12) as shipped; the other sections start one student's runs far
 	// more often than a class does, and turn them off.
 	fairDefaults bool
+	// warmKeep overrides warm_keep ("": the daemon's default).
+	warmKeep string
 }
 
 // startDaemon starts idexd and waits until it is healthy.
@@ -54,8 +57,9 @@ func startDaemon(ctx context.Context, o Options, dc daemonConfig) (*daemon, erro
 	h, err := harness.Start(ctx, harness.Config{
 		Idexd: o.Idexd, Name: "idexbench", Host: "idexbench", Interpreter: o.Python, MaxRuns: dc.maxRuns,
 		LogLevel: "info", Extra: extra, NoStudentLimits: !dc.fairDefaults,
-		// What a host runs with: kept helpers wait for the next burst.
-		WarmKeep: harness.WarmKeepDefault,
+		// What a host runs with (kept helpers wait for the next burst),
+		// unless the section says otherwise.
+		WarmKeep: cmp.Or(dc.warmKeep, harness.WarmKeepDefault),
 		// SIGTERM: idexd drains when idexbench goes, however it goes.
 		Pdeathsig: syscall.SIGTERM,
 	})
