@@ -492,8 +492,12 @@ func (p *Process) Kill() error { return p.group.Kill() }
 // is killed and the helper stays for the next run.
 func (p *Process) KillAndWait(ctx context.Context) error {
 	if p.reusable.Load() {
-		if n, err := p.group.Tasks(); err == nil && n == 1 {
+		n, err := p.group.Tasks()
+		if err == nil && n == 1 {
 			return nil
+		}
+		if err != nil {
+			p.sb.cfg.Log.Warn("count a kept helper's tasks; its group is killed instead", "helper", p.Pid(), "err", err)
 		}
 		p.reusable.Store(false)
 	}
@@ -555,8 +559,9 @@ func (p *Process) Close() error {
 // keep hands a kept helper, clean after its run, to the pool as a new
 // Process once it is ready (awaitKept), with its group
 // (cgroup.Group.KeepForNextRun); the run's network namespace goes back to
-// the student's. It returns false, having changed nothing, when the helper
-// should end with its run instead.
+// the student's. When the helper should end with its run instead, it ends
+// it (endKept) and returns false; the group is then the caller's to
+// release, as any run's.
 func (p *Process) keep() (bool, error) {
 	ok, err := p.group.KeepForNextRun()
 	if err != nil || !ok {
@@ -594,8 +599,8 @@ func (s *Sandbox) awaitKept(p *Process) {
 		p.cpuBase, err = p.group.CPUTime()
 	}
 	if err == nil {
-		s.reused.Add(1)
 		if s.pool.put(p) {
+			s.reused.Add(1)
 			return
 		}
 	} else {

@@ -90,7 +90,8 @@ type Sandbox struct {
 	nets       *netns.Supply // nil with the host's network
 	inputs     *inputWatcher
 	warmStarts atomic.Int64
-	// reused counts helpers kept for another run (Process.keep).
+	// reused counts helpers kept for another run and back in the pool
+	// (awaitKept).
 	reused atomic.Int64
 	// keeping tracks kept helpers between their run's end and their ready
 	// (awaitKept).
