@@ -37,41 +37,46 @@ func run(socket, root, student string, n int, pauses string) error {
 	c := client.New(socket)
 	st, err := c.EnsureStudent(ctx, student)
 	if err != nil {
-		return err
+		return fmt.Errorf("student %s: %w", student, err)
 	}
 	p := filepath.Join(root, student, "hi.py")
 	if err := os.WriteFile(p, []byte("print('hi')\n"), 0o644); err != nil {
-		return err
+		return fmt.Errorf("write the script: %w", err)
 	}
 	if err := os.Chown(p, int(st.UID), int(st.GID)); err != nil {
-		return err
+		return fmt.Errorf("give the script to %s: %w", student, err)
 	}
 	for _, ps := range strings.Split(pauses, ",") {
 		d := time.Duration(0)
 		if ps != "0" {
 			if d, err = time.ParseDuration(ps); err != nil {
-				return err
+				return fmt.Errorf("pause %q: %w", ps, err)
 			}
 		}
 		fmt.Printf("pause %s start %s\n", ps, time.Now().UTC().Format(time.RFC3339Nano))
 		var total time.Duration
 		for i := 0; i < n; i++ {
 			t0 := time.Now()
-			_, evs, err := c.StartRunFollow(ctx, api.RunRequest{Student: student, Script: "hi.py"})
+			r, evs, err := c.StartRunFollow(ctx, api.RunRequest{Student: student, Script: "hi.py"})
 			if err != nil {
-				return err
+				return fmt.Errorf("start run %d: %w", i, err)
 			}
+			var end api.Event
 			for {
-				_, err := evs.Next()
+				ev, err := evs.Next()
 				if errors.Is(err, io.EOF) {
 					break
 				}
 				if err != nil {
-					return err
+					return errors.Join(fmt.Errorf("events of run %s: %w", r.ID, err), evs.Close())
 				}
+				end = ev
 			}
 			if err := evs.Close(); err != nil {
-				return err
+				return fmt.Errorf("close the events of run %s: %w", r.ID, err)
+			}
+			if end.Type != api.EventEnd || end.Run == nil || end.Run.ExitCode == nil || *end.Run.ExitCode != 0 {
+				return fmt.Errorf("run %s did not exit 0: last event %+v", r.ID, end)
 			}
 			total += time.Since(t0)
 			time.Sleep(d)
